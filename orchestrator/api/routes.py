@@ -1,0 +1,149 @@
+"""/api/v1 (jobs, logs, cancel) and the health probes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from orchestrator.api.auth import Principal, Role, authenticate
+from orchestrator.config import Config
+from orchestrator.jobs.states import JobState
+from orchestrator.jobs.views import job_view
+from orchestrator.logs.store import LogStore
+from orchestrator.runtime.docker_engine import DockerEngine, EngineError
+from orchestrator.scheduler import NotCancellableError, Scheduler
+from orchestrator.store.base import JobStore
+
+log = logging.getLogger(__name__)
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _err(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class Api:
+    def __init__(
+        self, config: Config, store: JobStore, scheduler: Scheduler, logs: LogStore, engine: DockerEngine
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.scheduler = scheduler
+        self.logs = logs
+        self.engine = engine
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/healthz", self.healthz),
+            web.get("/readyz", self.readyz),
+            web.get("/api/v1/jobs", self._auth("viewer", self.list_jobs)),
+            web.get("/api/v1/jobs/{job_id}", self._auth("viewer", self.show_job)),
+            web.get("/api/v1/jobs/{job_id}/logs", self._auth("viewer", self.job_logs)),
+            web.post("/api/v1/jobs/{job_id}/cancel", self._auth("operator", self.cancel_job)),
+        ]
+
+    def _auth(self, role: Role, handler: Handler) -> Handler:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            principal = authenticate(request.headers.get("Authorization"), self.config.api.tokens)
+            if principal is None:
+                resp = _err(401, "missing or invalid bearer token")
+                resp.headers["WWW-Authenticate"] = 'Bearer realm="runner-orchestrator"'
+                return resp
+            if not principal.allows(role):
+                return _err(403, f"token {principal.name!r} has role {principal.role}; this needs {role}")
+            request[PRINCIPAL] = principal
+            return await handler(request)
+
+        return wrapped
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        checks: dict[str, str] = {}
+        try:
+            await self.engine.ping()
+            checks["docker"] = "ok"
+        except EngineError as exc:
+            checks["docker"] = f"unreachable: {exc}"
+        try:
+            await self.store.check_writable()
+            checks["store"] = "ok"
+        except Exception as exc:
+            checks["store"] = f"not writable: {type(exc).__name__}: {exc}"
+        ready = all(v == "ok" for v in checks.values())
+        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        state_arg = request.query.get("status")
+        try:
+            state = JobState(state_arg) if state_arg else None
+        except ValueError:
+            return _err(400, f"unknown status {state_arg!r}; one of {', '.join(s.value for s in JobState)}")
+        try:
+            limit = min(max(int(request.query.get("limit", "100")), 1), 1000)
+        except ValueError:
+            return _err(400, "limit must be an integer")
+        jobs = await self.store.list_jobs(state=state, pool=request.query.get("pool"), limit=limit)
+        return web.json_response({"jobs": [job_view(j) for j in jobs]})
+
+    async def show_job(self, request: web.Request) -> web.Response:
+        job = await self.store.get(request.match_info["job_id"])
+        if job is None:
+            return _err(404, f"no job {request.match_info['job_id']!r}")
+        return web.json_response(job_view(job))
+
+    async def job_logs(self, request: web.Request) -> web.StreamResponse:
+        job_id = request.match_info["job_id"]
+        job = await self.store.get(job_id)
+        if job is None:
+            return _err(404, f"no job {job_id!r}")
+        try:
+            offset = int(request.query.get("offset", "0"))
+        except ValueError:
+            return _err(400, "offset must be a non-negative integer")
+        if offset < 0:
+            return _err(400, "offset must be a non-negative integer")
+        follow = request.query.get("follow", "false").lower() in {"1", "true", "yes"}
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8", "X-Job-Status": job.state})
+        if not follow:
+            size = self.logs.size(job_id)
+            resp.headers["X-Log-Offset"] = str(size)
+            await resp.prepare(request)
+            pos = offset
+            while pos < size:
+                data = self.logs.read(job_id, pos, min(256 * 1024, size - pos))
+                if not data:
+                    break
+                pos += len(data)
+                await resp.write(data)
+            await resp.write_eof()
+            return resp
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+
+        async def finished() -> bool:
+            current = await self.store.get(job_id)
+            return current is None or current.state.final
+
+        async for data in self.logs.follow(job_id, offset, finished):
+            await resp.write(data)
+        await resp.write_eof()
+        return resp
+
+    async def cancel_job(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["job_id"]
+        principal = request[PRINCIPAL]
+        try:
+            job = await self.scheduler.cancel(job_id, reason=f"cancelled by {principal.name}")
+        except KeyError:
+            return _err(404, f"no job {job_id!r}")
+        except NotCancellableError as exc:
+            return _err(409, str(exc))
+        log.info("job cancel requested", extra={"job_id": job_id, "by": principal.name})
+        return web.json_response(job_view(job))

@@ -1,0 +1,245 @@
+"""`orchestrator` command line: run the controller, check a config, inspect and steer jobs, send a test webhook."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from orchestrator.config import ConfigError, hash_token, load_config
+
+EXIT_USAGE = 2
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"orchestrator: {message}", file=sys.stderr)
+    return code
+
+
+# -- serve -------------------------------------------------------------------------------------------------------
+
+
+async def _serve(config_path: Path, drain_timeout_s: float) -> int:
+    from orchestrator import structured_logs
+    from orchestrator.app import build_app, build_controller
+
+    structured_logs.configure(os.environ.get("ORCHESTRATOR_LOG_LEVEL", "info"))
+    config = load_config(config_path)
+    controller = build_controller(config)
+    app = build_app(controller, drain_timeout_s=drain_timeout_s)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port)
+    await site.start()
+    print(
+        json.dumps({"event": "listening", "url": f"http://{config.server.host}:{config.server.port}"}),
+        file=sys.stderr,
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    return 0
+
+
+# -- config ------------------------------------------------------------------------------------------------------
+
+
+def _config_check(path: Path) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"{exc.path}: invalid configuration", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{path}: OK (controller {config.controller_id}, {len(config.pools)} pool(s), digest {config.digest()[:16]})")
+    return 0
+
+
+def _token_new(name: str, role: str) -> int:
+    token = secrets.token_urlsafe(32)
+    print(f"token (give to the client, shown once): {token}", file=sys.stderr)
+    print(f'[[api.tokens]]\nname = "{name}"\nrole = "{role}"\nsha256 = "{hash_token(token)}"')
+    return 0
+
+
+# -- API client --------------------------------------------------------------------------------------------------
+
+
+def _client_token(args: argparse.Namespace) -> str:
+    if args.token_file:
+        return str(Path(args.token_file).read_text(encoding="utf-8").strip())
+    token = os.environ.get("ORCHESTRATOR_TOKEN", "")
+    if not token:
+        raise SystemExit(_fail("set ORCHESTRATOR_TOKEN or pass --token-file", EXIT_USAGE))
+    return token
+
+
+async def _request(args: argparse.Namespace, method: str, path: str) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {_client_token(args)}"}
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
+        session.request(method, args.url.rstrip("/") + path, headers=headers) as resp,
+    ):
+        body = await resp.json(content_type=None)
+        return resp.status, body
+
+
+def _print_jobs(jobs: list[dict[str, Any]]) -> None:
+    print(f"{'JOB':32} {'STATUS':10} {'POOL':12} {'REPOSITORY':28} {'CREATED':20}")
+    for j in jobs:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["created_at"]))
+        print(f"{j['job_id']:32} {j['status']:10} {j['pool']:12} {j['repository']:28} {created:20}")
+
+
+async def _jobs(args: argparse.Namespace) -> int:
+    if args.jobs_cmd == "logs":
+        return await _follow_logs(args)
+    if args.jobs_cmd == "list":
+        query = "?" + "&".join(f"{k}={v}" for k, v in (("status", args.status), ("pool", args.pool)) if v)
+        status, body = await _request(args, "GET", "/api/v1/jobs" + (query if len(query) > 1 else ""))
+    elif args.jobs_cmd == "show":
+        status, body = await _request(args, "GET", f"/api/v1/jobs/{args.job_id}")
+    else:
+        status, body = await _request(args, "POST", f"/api/v1/jobs/{args.job_id}/cancel")
+    if status >= 400:
+        return _fail(f"{status}: {body.get('error', body)}")
+    if args.jobs_cmd == "list" and not args.json:
+        _print_jobs(body["jobs"])
+    else:
+        print(json.dumps(body, indent=2))
+    return 0
+
+
+async def _follow_logs(args: argparse.Namespace) -> int:
+    """Prints the log; with -f follows it live and reconnects from the last byte received after a drop."""
+    offset = 0
+    headers = {"Authorization": f"Bearer {_client_token(args)}"}
+    base = args.url.rstrip("/") + f"/api/v1/jobs/{args.job_id}/logs"
+    out = sys.stdout.buffer
+    failures = 0
+    while True:
+        params = {"offset": str(offset), "follow": "true" if args.follow else "false"}
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)) as session,
+                session.get(base, params=params, headers=headers) as resp,
+            ):
+                if resp.status >= 400:
+                    body = await resp.json(content_type=None)
+                    return _fail(f"{resp.status}: {body.get('error', body)}")
+                async for chunk in resp.content.iter_any():
+                    out.write(chunk)
+                    out.flush()
+                    offset += len(chunk)
+                    failures = 0
+            return 0
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+            if not args.follow:
+                return _fail(f"connection failed: {exc}")
+            failures += 1
+            if failures > 30:
+                return _fail("gave up reconnecting after 30 attempts")
+            await asyncio.sleep(min(1.0 * failures, 5.0))
+
+
+async def _send_webhook(args: argparse.Namespace, body: bytes, secret: bytes) -> int:
+    from orchestrator.intake.signatures import sign
+
+    msg_id = args.delivery_id or f"msg_{secrets.token_hex(8)}"
+    headers = sign(args.scheme, secret, body, msg_id=msg_id, timestamp=int(time.time()))
+    headers["Content-Type"] = "application/json"
+    url = args.url.rstrip("/") + f"/webhooks/{args.source}"
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
+        session.post(url, data=body, headers=headers) as resp,
+    ):
+        print(f"{resp.status} {await resp.text()}")
+        return 0 if resp.status < 300 else 1
+
+
+# -- parser ------------------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    serve = sub.add_parser("serve", help="run the controller")
+    serve.add_argument("--config", "-c", required=True, type=Path)
+    serve.add_argument("--drain-timeout", type=float, default=0.0, help="seconds running jobs may finish on SIGTERM")
+
+    cfg = sub.add_parser("config", help="configuration tools").add_subparsers(dest="config_cmd", required=True)
+    check = cfg.add_parser("check", help="validate a config file; exit 2 when invalid")
+    check.add_argument("file", type=Path)
+
+    tok = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_cmd", required=True)
+    new = tok.add_parser("new", help="generate a token and the config entry holding its hash")
+    new.add_argument("--name", required=True)
+    new.add_argument("--role", choices=["viewer", "operator", "admin"], default="viewer")
+
+    jobs = sub.add_parser("jobs", help="inspect and steer jobs through the API")
+    jobs.add_argument("--url", default=os.environ.get("ORCHESTRATOR_URL", DEFAULT_URL))
+    jobs.add_argument("--token-file", help="file holding the API bearer token (default: $ORCHESTRATOR_TOKEN)")
+    jsub = jobs.add_subparsers(dest="jobs_cmd", required=True)
+    jl = jsub.add_parser("list")
+    jl.add_argument("--status")
+    jl.add_argument("--pool")
+    jl.add_argument("--json", action="store_true")
+    for name in ("show", "cancel"):
+        jsub.add_parser(name).add_argument("job_id")
+    jlog = jsub.add_parser("logs")
+    jlog.add_argument("job_id")
+    jlog.add_argument("-f", "--follow", action="store_true")
+
+    wh = sub.add_parser("send-webhook", help="sign and send a job spec, as a CI front-end would")
+    wh.add_argument("spec", help="job spec JSON file, or - for stdin")
+    wh.add_argument("--url", default=os.environ.get("ORCHESTRATOR_URL", DEFAULT_URL))
+    wh.add_argument("--source", required=True)
+    wh.add_argument("--scheme", required=True, choices=["hub-sha256", "gitea-sha256", "standard-webhooks"])
+    wh.add_argument("--secret-file", required=True)
+    wh.add_argument("--delivery-id")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.cmd == "serve":
+            return asyncio.run(_serve(args.config, args.drain_timeout))
+        if args.cmd == "config":
+            return _config_check(args.file)
+        if args.cmd == "token":
+            return _token_new(args.name, args.role)
+        if args.cmd == "jobs":
+            return asyncio.run(_jobs(args))
+        if args.cmd == "send-webhook":
+            from orchestrator.intake.signatures import decode_secret
+
+            body = Path(args.spec).read_bytes() if args.spec != "-" else sys.stdin.buffer.read()
+            secret = decode_secret(args.scheme, Path(args.secret_file).read_text(encoding="utf-8"))
+            return asyncio.run(_send_webhook(args, body, secret))
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except (OSError, ValueError, aiohttp.ClientError) as exc:
+        return _fail(str(exc))
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Controller configuration: a TOML file validated by pydantic models.
+
+Secrets never live in the config itself: webhook secrets are read from files named here, API tokens are stored
+as SHA-256 hashes. Loading reads the file(s) and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from orchestrator.intake.signatures import SCHEMES, decode_secret
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+_MEMORY = re.compile(r"^(\d+)([kmg]?)$", re.IGNORECASE)
+_MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+class ConfigError(Exception):
+    """A config problem a user can fix; `problems` lists one line per invalid field."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__(f"{path}: " + "; ".join(problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_memory(value: str | int) -> int:
+    """'512m' → bytes; Docker-style units so pool files read like `docker run --memory`."""
+    if isinstance(value, int):
+        return value
+    match = _MEMORY.match(value.strip())
+    if not match:
+        raise ValueError(f"memory must look like 512m, 2g or a byte count, got {value!r}")
+    return int(match.group(1)) * _MEMORY_UNITS[match.group(2).lower()]
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    public_url: str | None = Field(None, description="URL Vault and users reach the controller at")
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # Standard-webhooks timestamp tolerance is fixed by its spec; this bounds the replay memory for the others.
+    delivery_ttl_s: int = Field(7 * 86400, ge=60)
+
+
+class DockerConfig(_Strict):
+    base_url: str | None = Field(None, description="Docker engine URL; default from DOCKER_HOST or the local socket")
+    stop_grace_s: float = Field(10.0, ge=0, le=300)
+    api_timeout_s: float = Field(60.0, gt=0)
+    init: bool = Field(True, description="run docker-init as PID 1 so SIGTERM reaches the job's shell")
+
+
+class ApiToken(_Strict):
+    name: str = Field(pattern=_NAME)
+    role: Literal["viewer", "operator", "admin"]
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the bearer token")
+
+
+class ApiConfig(_Strict):
+    tokens: list[ApiToken] = Field(default_factory=list)
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique_names(cls, tokens: list[ApiToken]) -> list[ApiToken]:
+        names = [t.name for t in tokens]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"token names must be unique, repeated: {', '.join(dupes)}")
+        return tokens
+
+
+class SourceConfig(_Strict):
+    scheme: str
+    secret_files: list[Path] = Field(min_length=1, description="one or more files; several allow key rotation")
+
+    @field_validator("scheme")
+    @classmethod
+    def _known_scheme(cls, scheme: str) -> str:
+        if scheme not in SCHEMES:
+            raise ValueError(f"unknown scheme {scheme!r}; expected one of {', '.join(sorted(SCHEMES))}")
+        return scheme
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_file(cls, data: object) -> object:
+        if isinstance(data, dict) and "secret_file" in data:
+            data = dict(data)
+            if "secret_files" in data:
+                raise ValueError("give secret_file or secret_files, not both")
+            data["secret_files"] = [data.pop("secret_file")]
+        return data
+
+
+class PoolConfig(_Strict):
+    image: str = Field(min_length=1)
+    user: str = Field("10001:10001", description="uid:gid the job runs as; never root")
+    memory: int = Field(512 * 1024**2, description="bytes, or a string like 512m")
+    cpus: float = Field(1.0, gt=0, le=256)
+    pids: int = Field(256, ge=16, le=65536)
+    network: str = Field("none", description="'none' or the name of a Docker network the pool may use")
+    max_concurrent: int = Field(2, ge=1, le=1000)
+    max_queue: int = Field(1000, ge=0, description="queued jobs beyond this are refused with 429")
+    default_timeout_s: int = Field(600, ge=1)
+    max_timeout_s: int = Field(3600, ge=1)
+    workspace_size: str = Field("1g", pattern=r"^\d+[kmg]?$")
+    tmp_size: str = Field("256m", pattern=r"^\d+[kmg]?$")
+    labels: dict[str, str] = Field(default_factory=dict)
+    retry_on_restart: bool = False
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, value: object) -> int:
+        if not isinstance(value, (str, int)):
+            raise ValueError("memory must be a string like 512m or a byte count")
+        parsed = parse_memory(value)
+        if parsed < 6 * 1024**2:
+            raise ValueError("memory must be at least 6m (Docker's minimum)")
+        return parsed
+
+    @field_validator("user")
+    @classmethod
+    def _not_root(cls, user: str) -> str:
+        if not re.fullmatch(r"\d+(:\d+)?", user):
+            raise ValueError("user must be numeric uid or uid:gid so the image cannot map it to root")
+        uid, _, gid = user.partition(":")
+        if int(uid) == 0 or (gid and int(gid) == 0):
+            raise ValueError("jobs never run as root (uid/gid 0)")
+        return user
+
+    @field_validator("network")
+    @classmethod
+    def _network(cls, network: str) -> str:
+        if network in {"host"} or network.startswith("container:"):
+            raise ValueError(f"network {network!r} would share a host or container namespace; not allowed")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", network):
+            raise ValueError(f"network {network!r} is not a valid Docker network name")
+        return network
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> PoolConfig:
+        if self.default_timeout_s > self.max_timeout_s:
+            raise ValueError("default_timeout_s must not exceed max_timeout_s")
+        return self
+
+
+class StorageConfig(_Strict):
+    backend: Literal["sqlite"] = "sqlite"
+
+
+class Config(_Strict):
+    controller_id: str = Field(pattern=_NAME)
+    data_dir: Path
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    docker: DockerConfig = Field(default_factory=DockerConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    sources: dict[Annotated[str, Field(pattern=_NAME)], SourceConfig] = Field(default_factory=dict)
+    pools: dict[Annotated[str, Field(pattern=_NAME)], PoolConfig] = Field(min_length=1)
+    max_total_concurrent: int = Field(16, ge=1)
+
+    def digest(self) -> str:
+        """Stable digest of the effective config, for audit and `config check` output."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+
+def _format_error(err: dict[str, object]) -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ()))  # type: ignore[attr-defined]
+    msg = str(err.get("msg", "invalid"))
+    return f"{loc or '(top level)'}: {msg}"
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the file; relative paths inside are resolved against the file's directory."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
+    base = path.resolve().parent
+    _resolve_paths(raw, base)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(str(path), [_format_error(dict(e)) for e in exc.errors()]) from None
+    problems = [p for name, src in config.sources.items() for p in _check_secret_files(name, src)]
+    if problems:
+        raise ConfigError(str(path), problems)
+    return config
+
+
+def _resolve_paths(raw: dict[str, object], base: Path) -> None:
+    data_dir = raw.get("data_dir")
+    if isinstance(data_dir, str):
+        raw["data_dir"] = str(base / data_dir)
+    sources = raw.get("sources")
+    if isinstance(sources, dict):
+        for src in sources.values():
+            if not isinstance(src, dict):
+                continue
+            for key in ("secret_file", "secret_files"):
+                val = src.get(key)
+                if isinstance(val, str):
+                    src[key] = str(base / val)
+                elif isinstance(val, list):
+                    src[key] = [str(base / v) if isinstance(v, str) else v for v in val]
+
+
+def _check_secret_files(name: str, src: SourceConfig) -> list[str]:
+    problems = []
+    for file in src.secret_files:
+        where = f"sources.{name}.secret_files: {file}"
+        try:
+            decode_secret(src.scheme, file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            problems.append(f"{where}: file not found")
+        except PermissionError:
+            problems.append(f"{where}: not readable by this user")
+        except (ValueError, UnicodeDecodeError) as exc:
+            problems.append(f"{where}: {exc}")
+        else:
+            if file.stat().st_mode & 0o077:
+                problems.append(f"{where}: readable by group/others; run chmod 600 on it")
+    return problems
+
+
+def read_source_secrets(src: SourceConfig) -> list[bytes]:
+    return [decode_secret(src.scheme, f.read_text(encoding="utf-8")) for f in src.secret_files]
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()

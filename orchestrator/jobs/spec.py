@@ -1,0 +1,92 @@
+"""The job spec on the wire: what a webhook body must contain. Versioned so senders can be upgraded safely."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+JOB_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+# Names the runtime sets itself; a job overriding them could confuse its own shell or escape the workspace.
+RESERVED_ENV = frozenset({"HOME", "PATH", "USER", "PWD", "SHELL", "IFS", "ENV", "BASH_ENV", "LD_PRELOAD"})
+RESERVED_ENV_PREFIXES = ("ORCHESTRATOR_", "CI_JOB_")
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+class SecretRequest(_Wire):
+    """One value the job wants from the credentials backend; the value itself never travels in the spec."""
+
+    path: str = Field(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9._/-]+$")
+    key: str = Field(min_length=1, max_length=256)
+    name: str = Field(pattern=ENV_NAME_PATTERN, description="file name under /run/secrets, or env var name")
+    deliver: Literal["file", "env"] = "file"
+    engine: Literal["kv2", "generic"] = "kv2"
+    mount: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$")
+
+    @field_validator("path")
+    @classmethod
+    def _no_traversal(cls, path: str) -> str:
+        if any(part in {"", ".", ".."} for part in path.strip("/").split("/")):
+            raise ValueError("path segments must not be empty, '.' or '..'")
+        return path.strip("/")
+
+
+class JobSpec(_Wire):
+    version: Literal[1] = 1
+    id: str = Field(pattern=JOB_ID_PATTERN)
+    pool: str = Field(min_length=1, max_length=63)
+    repository: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._/-]+$")
+    ref: str = Field(min_length=1, max_length=256)
+    sha: str = Field(pattern=r"^[0-9a-fA-F]{7,64}$")
+    commands: list[str] = Field(min_length=1, max_length=500)
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout_s: int | None = Field(None, ge=1)
+    secrets: list[SecretRequest] = Field(default_factory=list, max_length=100)
+
+    @field_validator("ref")
+    @classmethod
+    def _printable_ref(cls, ref: str) -> str:
+        if not ref.isprintable() or ":" in ref:
+            raise ValueError("ref must be printable and contain no ':' (it is part of the OIDC subject)")
+        return ref
+
+    @field_validator("commands")
+    @classmethod
+    def _commands(cls, commands: list[str]) -> list[str]:
+        for i, cmd in enumerate(commands):
+            if not cmd.strip():
+                raise ValueError(f"commands[{i}] is empty")
+            if "\x00" in cmd:
+                raise ValueError(f"commands[{i}] contains a NUL byte")
+            if len(cmd) > 64 * 1024:
+                raise ValueError(f"commands[{i}] is longer than 64 KiB")
+        return commands
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, env: dict[str, str]) -> dict[str, str]:
+        if len(env) > 200:
+            raise ValueError("at most 200 environment variables")
+        for name, value in env.items():
+            if not re.fullmatch(ENV_NAME_PATTERN, name):
+                raise ValueError(f"env name {name!r} is not a valid shell variable name")
+            if name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES):
+                raise ValueError(f"env name {name!r} is reserved by the runner")
+            if "\x00" in value or len(value) > 32 * 1024:
+                raise ValueError(f"env {name!r} has a NUL byte or is longer than 32 KiB")
+        return env
+
+    @field_validator("secrets")
+    @classmethod
+    def _unique_secret_names(cls, secrets: list[SecretRequest]) -> list[SecretRequest]:
+        seen: set[str] = set()
+        for s in secrets:
+            if s.name in seen:
+                raise ValueError(f"secret name {s.name!r} is used twice")
+            seen.add(s.name)
+        return secrets

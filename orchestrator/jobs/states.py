@@ -1,0 +1,129 @@
+"""The job state machine. Pure: every state change in the product goes through `transition`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import StrEnum
+
+from orchestrator.jobs.spec import JobSpec
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    STARTING = "starting"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED, JobState.ERROR})
+
+_ENDINGS = FINAL_STATES
+ALLOWED: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.STARTING, JobState.CANCELLED, JobState.ERROR}),
+    # Back to QUEUED only when a controller restart re-queues the job (pool retry_on_restart).
+    JobState.STARTING: frozenset({JobState.RUNNING, JobState.QUEUED} | _ENDINGS),
+    JobState.RUNNING: frozenset({JobState.QUEUED} | _ENDINGS),
+}
+
+
+class InvalidTransitionError(Exception):
+    def __init__(self, job_id: str, current: JobState, new: JobState) -> None:
+        super().__init__(f"job {job_id}: cannot go from {current} to {new}")
+        self.current = current
+        self.new = new
+
+
+@dataclass(frozen=True)
+class Job:
+    spec: JobSpec
+    source: str
+    state: JobState
+    created_at: float
+    controller_id: str
+    timeout_s: int
+    updated_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    container_id: str | None = None
+    credentials_accessor: str | None = None
+    attempt: int = 1
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def pool(self) -> str:
+        return self.spec.pool
+
+
+def new_job(spec: JobSpec, *, source: str, controller_id: str, timeout_s: int, now: float) -> Job:
+    return Job(
+        spec=spec,
+        source=source,
+        state=JobState.QUEUED,
+        created_at=now,
+        updated_at=now,
+        controller_id=controller_id,
+        timeout_s=timeout_s,
+    )
+
+
+def transition(
+    job: Job,
+    new: JobState,
+    *,
+    now: float,
+    reason: str | None = None,
+    exit_code: int | None = None,
+    container_id: str | None = None,
+    credentials_accessor: str | None = None,
+) -> Job:
+    """Returns the job in its new state; raises InvalidTransitionError for a move the machine forbids."""
+    if new not in ALLOWED.get(job.state, frozenset()):
+        raise InvalidTransitionError(job.id, job.state, new)
+    changes: dict[str, object] = {"state": new, "updated_at": now}
+    if new is JobState.RUNNING:
+        changes["started_at"] = now
+    if new.final:
+        changes["finished_at"] = now
+    if new is JobState.QUEUED:
+        changes.update(attempt=job.attempt + 1, started_at=None, container_id=None, exit_code=None)
+        changes["credentials_accessor"] = None
+    if reason is not None:
+        changes["reason"] = reason
+    if exit_code is not None:
+        changes["exit_code"] = exit_code
+    if container_id is not None:
+        changes["container_id"] = container_id
+    if credentials_accessor is not None:
+        changes["credentials_accessor"] = credentials_accessor
+    return dataclasses.replace(job, **changes)  # type: ignore[arg-type]
+
+
+def state_for_exit(exit_code: int) -> JobState:
+    return JobState.SUCCEEDED if exit_code == 0 else JobState.FAILED
+
+
+def exit_reason(exit_code: int) -> str | None:
+    """Human-readable reason for the common non-zero exit codes a CI user meets."""
+    if exit_code == 0:
+        return None
+    if exit_code == 137:
+        return "exit code 137: killed (SIGKILL), often the pool's memory limit"
+    if exit_code == 127:
+        return "exit code 127: command not found"
+    if exit_code > 128:
+        return f"exit code {exit_code}: terminated by signal {exit_code - 128}"
+    return f"exit code {exit_code}"

@@ -1,0 +1,142 @@
+"""Per-job log files (only redacted bytes ever reach them) and live fan-out to followers.
+
+Followers never receive data pushed from the job: they read the file from their own offset and are only woken
+up when it grows. A slow or stalled reader therefore costs nothing but its own file handle; the job and other
+readers never wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+from orchestrator.jobs.spec import JOB_ID_PATTERN
+
+_READ_CHUNK = 256 * 1024
+
+
+def truncation_notice(limit: int) -> bytes:
+    return f"\n[orchestrator] log truncated: the job wrote more than {limit} bytes; the rest was discarded\n".encode()
+
+
+class JobLog:
+    """The log of a job while it runs: append-only, with a change signal for followers."""
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self._file = path.open("ab", buffering=0)
+        os.chmod(path, 0o600)
+        self.size = self._file.tell()
+        self.truncated = False
+        self.done = False
+        self._changed = asyncio.Event()
+
+    def append(self, data: bytes) -> None:
+        if self.done or self.truncated or not data:
+            return
+        room = self.max_bytes - self.size
+        if len(data) > room:
+            data = data[: max(room, 0)] + truncation_notice(self.max_bytes)
+            self.truncated = True
+        self._file.write(data)
+        self.size += len(data)
+        self._signal()
+
+    def _signal(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def changed(self, within_s: float) -> None:
+        """Returns when the log grows or closes, or after `within_s`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), within_s)
+
+    async def close(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        await asyncio.to_thread(os.fsync, self._file.fileno())
+        self._file.close()
+        self._signal()
+
+
+class LogStore:
+    def __init__(self, directory: Path, *, max_bytes: int = 100 * 1024 * 1024) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self._live: dict[str, JobLog] = {}
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def path(self, job_id: str) -> Path:
+        # Job ids are validated by the spec; this re-check keeps a path traversal impossible here too.
+        import re
+
+        if not re.fullmatch(JOB_ID_PATTERN, job_id) or job_id in {".", ".."}:
+            raise ValueError("invalid job id")
+        return self.directory / f"{job_id}.log"
+
+    def open(self, job_id: str) -> JobLog:
+        log = JobLog(self.path(job_id), self.max_bytes)
+        self._live[job_id] = log
+        return log
+
+    async def close(self, job_id: str) -> None:
+        log = self._live.pop(job_id, None)
+        if log is not None:
+            await log.close()
+
+    def live(self, job_id: str) -> JobLog | None:
+        return self._live.get(job_id)
+
+    def size(self, job_id: str) -> int:
+        log = self._live.get(job_id)
+        if log is not None:
+            return log.size
+        try:
+            return self.path(job_id).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def read(self, job_id: str, offset: int = 0, limit: int = _READ_CHUNK) -> bytes:
+        try:
+            with self.path(job_id).open("rb") as f:
+                f.seek(offset)
+                return f.read(limit)
+        except FileNotFoundError:
+            return b""
+
+    async def follow(
+        self,
+        job_id: str,
+        offset: int,
+        is_finished: Callable[[], Awaitable[bool]],
+        *,
+        poll_s: float = 0.5,
+    ) -> AsyncIterator[bytes]:
+        """Yields the log from `offset` on until the job has finished and everything written was sent."""
+        while True:
+            log = self._live.get(job_id)
+            data = self.read(job_id, offset)
+            if data:
+                offset += len(data)
+                yield data
+                continue
+            if log is None:
+                # Not running under this process (queued, or finished): finished means nothing more will come.
+                if await is_finished():
+                    data = self.read(job_id, offset)
+                    if not data:
+                        return
+                    offset += len(data)
+                    yield data
+                    continue
+                await asyncio.sleep(poll_s)
+            elif log.done:
+                if offset >= log.size:
+                    return
+            else:
+                await log.changed(poll_s)

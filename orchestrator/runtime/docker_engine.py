@@ -1,0 +1,298 @@
+"""Thin adapter over the `docker` package. Blocking SDK calls run on a dedicated thread pool; each attached
+output stream gets its own thread so a quiet job never occupies a pool worker. Transient failures (daemon
+unreachable, 5xx, timeouts) are retried with tenacity on a bounded budget; anything else surfaces at once as an
+EngineError carrying a message a user can act on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+import threading
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from orchestrator.runtime.container_spec import (
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    ContainerSpec,
+    managed_filters,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_HEADER = struct.Struct(">BxxxI")
+
+
+class EngineError(Exception):
+    def __init__(self, message: str, *, transient: bool = False, status: int | None = None) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.status = status
+
+
+class ContainerGoneError(EngineError):
+    """The container no longer exists (removed out from under us, or never created)."""
+
+
+@dataclass(frozen=True)
+class ManagedContainer:
+    id: str
+    name: str
+    job_id: str
+    attempt: int
+    status: str
+
+
+def _explain(exc: BaseException) -> EngineError:
+    if isinstance(exc, EngineError):
+        return exc
+    if isinstance(exc, docker.errors.ImageNotFound):
+        return EngineError(f"image not found on the Docker host: {exc.explanation}", status=404)
+    if isinstance(exc, docker.errors.NotFound):
+        return ContainerGoneError(f"not found: {exc.explanation}", status=404)
+    if isinstance(exc, docker.errors.APIError):
+        status = exc.status_code
+        transient = status is None or (status >= 500 and "OCI runtime" not in str(exc.explanation))
+        return EngineError(f"Docker API error {status}: {exc.explanation}", transient=transient, status=status)
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)):
+        return EngineError(f"Docker engine unreachable: {type(exc).__name__}", transient=True)
+    if isinstance(exc, docker.errors.DockerException):
+        return EngineError(f"Docker error: {exc}", transient=True)
+    return EngineError(f"unexpected Docker client error: {type(exc).__name__}: {exc}")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, EngineError) and exc.transient
+
+
+def demultiplex(buffer: bytearray) -> bytes:
+    """Consume complete frames of Docker's attach stream (8-byte header: stream id, size) from `buffer`, return
+    their payloads in arrival order. stdout and stderr are merged on purpose: order is what a reader needs."""
+    out = bytearray()
+    pos = 0
+    while len(buffer) - pos >= _HEADER.size:
+        _stream, size = _HEADER.unpack_from(buffer, pos)
+        end = pos + _HEADER.size + size
+        if end > len(buffer):
+            break
+        out += buffer[pos + _HEADER.size : end]
+        pos = end
+    del buffer[:pos]
+    return bytes(out)
+
+
+class AttachedStream:
+    """Output of one container, read by a dedicated thread and handed to the event loop with back-pressure:
+    the reader thread blocks while `sink` is busy, so memory stays bounded whatever the job prints."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock: socket.socket = getattr(sock, "_sock", sock)
+        self._closed = threading.Event()
+
+    def send(self, payload: bytes) -> None:
+        self._sock.sendall(payload)
+
+    def pump(self, loop: asyncio.AbstractEventLoop, sink: Callable[[bytes], Coroutine[Any, Any, None]]) -> None:
+        buffer = bytearray()
+        try:
+            while not self._closed.is_set():
+                data = self._sock.recv(65536)
+                if not data:
+                    break
+                buffer += data
+                chunk = demultiplex(buffer)
+                if chunk:
+                    asyncio.run_coroutine_threadsafe(sink(chunk), loop).result()
+        except OSError:
+            if not self._closed.is_set():
+                raise
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if not self._closed.is_set():
+            self._closed.set()
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                self._sock.close()
+
+
+class DockerEngine:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_timeout_s: float = 60.0,
+        retry_budget_s: float = 30.0,
+        retry_attempts: int = 5,
+        max_workers: int = 32,
+    ) -> None:
+        self._base_url = base_url
+        self._timeout = api_timeout_s
+        self._retry_budget_s = retry_budget_s
+        self._retry_attempts = retry_attempts
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="docker")
+        self._client: docker.DockerClient | None = None
+        self.retries = 0
+
+    def _api(self) -> Any:
+        if self._client is None:
+            kwargs: dict[str, Any] = {"timeout": int(self._timeout), "max_pool_size": 64}
+            if self._base_url:
+                self._client = docker.DockerClient(base_url=self._base_url, **kwargs)
+            else:
+                self._client = docker.from_env(**kwargs)
+        return self._client.api
+
+    async def _call(self, fn: Callable[[], T], *, retry: bool = True) -> T:
+        loop = asyncio.get_running_loop()
+
+        async def once() -> T:
+            try:
+                return await loop.run_in_executor(self._executor, fn)
+            except Exception as exc:
+                raise _explain(exc) from exc
+
+        if not retry:
+            return await once()
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(_is_transient),
+            stop=stop_after_attempt(self._retry_attempts) | stop_after_delay(self._retry_budget_s),
+            wait=wait_exponential(multiplier=0.2, max=5),
+            reraise=True,
+            before_sleep=self._count_retry,
+        ):
+            with attempt:
+                return await once()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _count_retry(self, state: Any) -> None:
+        self.retries += 1
+        log.warning("docker call failed, retrying", extra={"attempt": state.attempt_number})
+
+    async def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def ping(self) -> None:
+        await self._call(lambda: self._api().ping(), retry=False)
+
+    async def create(self, spec: ContainerSpec) -> str:
+        """Idempotent by container name: a retried create that had in fact succeeded returns the same id."""
+
+        def _create() -> str:
+            api = self._api()
+            kw = dict(spec.create_kwargs)
+            host_config = api.create_host_config(
+                **{k: kw.pop(k) for k in _HOST_CONFIG_KEYS if k in kw},
+            )
+            for unused in ("detach", "volumes", "mounts"):
+                kw.pop(unused, None)
+            try:
+                created = api.create_container(name=spec.name, host_config=host_config, **kw)
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:
+                    raise
+                return str(api.inspect_container(spec.name)["Id"])
+            return str(created["Id"])
+
+        return await self._call(_create)
+
+    async def attach(self, container_id: str) -> AttachedStream:
+        sock = await self._call(
+            lambda: self._api().attach_socket(container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+        )
+        return AttachedStream(sock)
+
+    async def start(self, container_id: str) -> None:
+        await self._call(lambda: self._api().start(container_id))
+
+    async def wait(self, container_id: str, timeout_s: float) -> int:
+        result = await self._call(lambda: self._api().wait(container_id, timeout=timeout_s))
+        return int(result["StatusCode"])
+
+    async def stop(self, container_id: str, grace_s: float) -> None:
+        """SIGTERM, then SIGKILL after `grace_s` (Docker's stop semantics)."""
+        try:
+            await self._call(lambda: self._api().stop(container_id, timeout=int(grace_s)))
+        except ContainerGoneError:
+            return
+
+    async def remove(self, container_id: str) -> None:
+        def _remove() -> None:
+            try:
+                self._api().remove_container(container_id, force=True, v=True)
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409 and "already in progress" in str(exc.explanation):
+                    return
+                raise
+
+        await self._call(_remove)
+
+    async def exists(self, container_id: str) -> bool:
+        try:
+            await self._call(lambda: self._api().inspect_container(container_id))
+        except ContainerGoneError:
+            return False
+        return True
+
+    async def image_id(self, image: str) -> str:
+        info = await self._call(lambda: self._api().inspect_image(image))
+        return str(info["Id"])
+
+    async def list_managed(self, controller_id: str) -> list[ManagedContainer]:
+        rows = await self._call(lambda: self._api().containers(all=True, filters=dict(managed_filters(controller_id))))
+        found = []
+        for row in rows:
+            labels = row.get("Labels") or {}
+            names = row.get("Names") or [""]
+            found.append(
+                ManagedContainer(
+                    id=row["Id"],
+                    name=names[0].lstrip("/"),
+                    job_id=labels.get(LABEL_JOB, ""),
+                    attempt=int(labels.get(LABEL_ATTEMPT, "1") or 1),
+                    status=row.get("State", ""),
+                )
+            )
+        return found
+
+
+_HOST_CONFIG_KEYS = (
+    "init",
+    "privileged",
+    "cap_drop",
+    "cap_add",
+    "security_opt",
+    "read_only",
+    "tmpfs",
+    "network_mode",
+    "ipc_mode",
+    "pids_limit",
+    "mem_limit",
+    "memswap_limit",
+    "nano_cpus",
+    "ulimits",
+    "log_config",
+)

@@ -1,0 +1,267 @@
+"""One job's life in one fresh container: create → attach → start → stream → exit/timeout/cancel → remove.
+
+The container is removed and credentials released before the job's final state is stored, so anyone who sees a
+final state can rely on nothing of the job being left."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from orchestrator.config import Config
+from orchestrator.credentials.base import CredentialsBackend, CredentialsError, JobCredentials
+from orchestrator.jobs.states import Job, JobState, exit_reason, state_for_exit, transition
+from orchestrator.logs.redact import SecretSet, StreamRedactor
+from orchestrator.logs.store import JobLog, LogStore
+from orchestrator.runtime.container_spec import build_container_spec, job_script, stdin_payload
+from orchestrator.runtime.docker_engine import AttachedStream, DockerEngine, EngineError
+from orchestrator.store.base import JobStore
+
+log = logging.getLogger(__name__)
+
+IDLE_FLUSH_S = 1.0
+_REMOVE_ATTEMPTS_S = 120.0
+
+
+@dataclass
+class _Attempt:
+    """What one run has acquired so far, so that teardown releases exactly that."""
+
+    job: Job
+    joblog: JobLog
+    redactor: StreamRedactor | None = None
+    creds: JobCredentials | None = None
+    container_id: str | None = None
+    stream: AttachedStream | None = None
+
+
+class JobLostError(Exception):
+    """Another writer moved the job (e.g. reconciliation in a second controller); this runner must stop."""
+
+
+@dataclass
+class RunControl:
+    """Handles the scheduler keeps to steer a running job."""
+
+    cancel: asyncio.Event
+    cancel_reason: str = "cancelled by operator"
+    started_monotonic: float | None = None
+
+
+class JobRunner:
+    def __init__(
+        self,
+        config: Config,
+        store: JobStore,
+        engine: DockerEngine,
+        logs: LogStore,
+        credentials: CredentialsBackend | None = None,
+        clock: Callable[[], float] = time.time,
+        on_change: Callable[[Job], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.engine = engine
+        self.logs = logs
+        self.credentials = credentials
+        self.clock = clock
+        self.on_change = on_change or (lambda job: None)
+
+    async def _move(self, job: Job, new: JobState, **fields: object) -> Job:
+        moved = transition(job, new, now=self.clock(), **fields)  # type: ignore[arg-type]
+        if not await self.store.update(moved, expected=job.state):
+            raise JobLostError(job.id)
+        self.on_change(moved)
+        return moved
+
+    async def _save(self, job: Job, **fields: object) -> Job:
+        updated = replace(job, updated_at=self.clock(), **fields)  # type: ignore[arg-type]
+        if not await self.store.update(updated, expected=job.state):
+            raise JobLostError(job.id)
+        return updated
+
+    async def run(self, job: Job, control: RunControl) -> Job:
+        try:
+            job = await self._move(job, JobState.STARTING)
+        except JobLostError:
+            return job
+        attempt = _Attempt(job=job, joblog=self.logs.open(job.id))
+        outcome: tuple[JobState, str | None, int | None] = (JobState.ERROR, "internal error", None)
+        try:
+            outcome = await self._execute(attempt, control)
+        except CredentialsError as exc:
+            outcome = (JobState.ERROR, f"credentials: {exc}", None)
+        except EngineError as exc:
+            outcome = (JobState.ERROR, f"docker: {exc}", None)
+        except JobLostError:
+            outcome = (JobState.ERROR, "job record changed by another controller", None)
+        except asyncio.CancelledError:
+            outcome = (JobState.ERROR, "controller shutting down", None)
+            raise
+        except Exception as exc:
+            log.exception("job failed unexpectedly", extra={"job_id": job.id})
+            outcome = (JobState.ERROR, f"internal error: {type(exc).__name__}", None)
+        finally:
+            job = await asyncio.shield(self._finish(attempt, *outcome))
+        return job
+
+    async def _execute(self, at: _Attempt, control: RunControl) -> tuple[JobState, str | None, int | None]:
+        cancelled = (JobState.CANCELLED, control.cancel_reason, None)
+        if control.cancel.is_set():
+            return cancelled
+        secrets = SecretSet()
+        if at.job.spec.secrets:
+            if self.credentials is None:
+                raise CredentialsError("the job asks for secrets but no credentials backend is configured")
+            at.creds = await self.credentials.acquire(at.job)
+            for secret in at.creds.secrets:
+                secrets.add(secret.value, name=secret.name)
+            if at.creds.accessor:
+                at.job = await self._save(at.job, credentials_accessor=at.creds.accessor)
+        at.redactor = StreamRedactor(secrets)
+        cspec = build_container_spec(
+            at.job.spec,
+            self.config.pools[at.job.pool],
+            controller_id=self.config.controller_id,
+            attempt=at.job.attempt,
+            init=self.config.docker.init,
+        )
+        at.container_id = await self.engine.create(cspec)
+        at.job = await self._save(at.job, container_id=at.container_id)
+        if control.cancel.is_set():
+            return cancelled
+        at.stream = await self.engine.attach(at.container_id)
+        await self.engine.start(at.container_id)
+        payload = stdin_payload(job_script(at.job.spec.commands, at.creds.secrets if at.creds else ()))
+        await asyncio.to_thread(at.stream.send, payload)
+        at.job = await self._move(at.job, JobState.RUNNING)
+        control.started_monotonic = asyncio.get_running_loop().time()
+        return await self._supervise(at.job, at.container_id, at.stream, at.joblog, at.redactor, control)
+
+    async def _supervise(
+        self,
+        job: Job,
+        container_id: str,
+        stream: AttachedStream,
+        joblog: JobLog,
+        redactor: StreamRedactor,
+        control: RunControl,
+    ) -> tuple[JobState, str | None, int | None]:
+        loop = asyncio.get_running_loop()
+        last_output = loop.time()
+
+        async def sink(chunk: bytes) -> None:
+            nonlocal last_output
+            last_output = loop.time()
+            joblog.append(redactor.feed(chunk))
+
+        pumped: asyncio.Future[None] = loop.create_future()
+
+        def pump() -> None:
+            try:
+                stream.pump(loop, sink)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(_set_exception, pumped, exc)
+            else:
+                loop.call_soon_threadsafe(_set_result, pumped)
+
+        threading.Thread(target=pump, name=f"attach-{job.id}", daemon=True).start()
+        deadline = loop.time() + job.timeout_s
+        cancel_wait = asyncio.ensure_future(control.cancel.wait())
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                waiters: set[asyncio.Future[Any]] = {pumped, cancel_wait}
+                done, _ = await asyncio.wait(
+                    waiters, timeout=min(remaining, IDLE_FLUSH_S), return_when="FIRST_COMPLETED"
+                )
+                if cancel_wait in done:
+                    await self._stop(container_id, stream, pumped)
+                    return JobState.CANCELLED, control.cancel_reason, None
+                if pumped in done:
+                    exc = pumped.exception()
+                    if exc is not None:
+                        raise EngineError(f"output stream broke: {type(exc).__name__}") from exc
+                    code = await self._wait_exit(container_id, deadline)
+                    if code is None:
+                        break
+                    return state_for_exit(code), exit_reason(code), code
+                if loop.time() - last_output >= IDLE_FLUSH_S and redactor.pending:
+                    joblog.append(redactor.flush_idle())
+            await self._stop(container_id, stream, pumped)
+            return JobState.TIMED_OUT, f"timed out after {job.timeout_s} s", None
+        finally:
+            cancel_wait.cancel()
+
+    async def _wait_exit(self, container_id: str, deadline: float) -> int | None:
+        """Exit code once the process is gone; None if it outlives the deadline (it closed its output early)."""
+        loop = asyncio.get_running_loop()
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                return await self.engine.wait(container_id, timeout_s=min(remaining, 5.0) + 0.5)
+            except EngineError as exc:
+                if not exc.transient or loop.time() >= deadline:
+                    raise
+        return None
+
+    async def _stop(self, container_id: str, stream: AttachedStream, pumped: asyncio.Future[None]) -> None:
+        await self.engine.stop(container_id, self.config.docker.stop_grace_s)
+        # Output written before the kill is still in flight; give the reader a moment to store it.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(pumped), timeout=5)
+        stream.close()
+
+    async def _finish(self, at: _Attempt, final: JobState, reason: str | None, exit_code: int | None) -> Job:
+        job, joblog = at.job, at.joblog
+        if at.stream is not None:
+            at.stream.close()
+        if at.redactor is not None:
+            joblog.append(at.redactor.flush())
+        if final is JobState.ERROR and reason:
+            joblog.append(f"\n[orchestrator] job ended in error: {reason}\n".encode())
+        if at.container_id is not None:
+            await self._remove(job.id, at.container_id)
+        if at.creds is not None and self.credentials is not None:
+            await self.credentials.release(at.creds)
+        try:
+            job = await self._move(job, final, reason=reason, exit_code=exit_code)
+        except JobLostError:
+            log.warning("job moved by another writer before it could finish", extra={"job_id": job.id})
+        await self.logs.close(job.id)
+        return job
+
+    async def _remove(self, job_id: str, container_id: str) -> None:
+        """Removal is retried well past the normal budget: a container left behind is the failure this
+        product exists to prevent. If it still fails, start-up reconciliation removes it later."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + _REMOVE_ATTEMPTS_S
+        while True:
+            try:
+                await self.engine.remove(container_id)
+                return
+            except EngineError as exc:
+                if loop.time() >= give_up:
+                    log.error(
+                        "could not remove container; reconciliation will retry",
+                        extra={"job_id": job_id, "container_id": container_id, "error": str(exc)},
+                    )
+                    return
+                await asyncio.sleep(1.0)
+
+
+def _set_result(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _set_exception(fut: asyncio.Future[None], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)

@@ -1,0 +1,186 @@
+"""Pools, concurrency limits, FIFO queues, cancel, and start-up reconciliation.
+
+Only this module decides when a job starts; the job runner decides how. Queues are in memory but rebuilt from the
+store at start-up, so an accepted job is never lost: the store is the truth, the queue an index over it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from orchestrator.config import Config
+from orchestrator.jobs.states import Job, JobState, transition
+from orchestrator.runtime.docker_engine import DockerEngine, EngineError
+from orchestrator.runtime.job_runner import JobRunner, RunControl
+from orchestrator.store.base import JobStore
+
+log = logging.getLogger(__name__)
+
+
+class QueueFullError(Exception):
+    pass
+
+
+class NotCancellableError(Exception):
+    pass
+
+
+@dataclass
+class _Running:
+    control: RunControl
+    task: asyncio.Task[Job]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        config: Config,
+        store: JobStore,
+        engine: DockerEngine,
+        runner: JobRunner,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.engine = engine
+        self.runner = runner
+        self.clock = clock
+        self._queues: dict[str, deque[Job]] = {name: deque() for name in config.pools}
+        self._running: dict[str, _Running] = {}
+        self._running_per_pool: dict[str, int] = dict.fromkeys(config.pools, 0)
+        self._accepting = True
+
+    # -- queries -------------------------------------------------------------------------------------------
+
+    def queue_depth(self, pool: str | None = None) -> int:
+        if pool is not None:
+            return len(self._queues.get(pool, ()))
+        return sum(len(q) for q in self._queues.values())
+
+    def running_count(self, pool: str | None = None) -> int:
+        if pool is not None:
+            return self._running_per_pool.get(pool, 0)
+        return len(self._running)
+
+    def is_running(self, job_id: str) -> bool:
+        return job_id in self._running
+
+    def check_capacity(self, pool: str) -> None:
+        """Refuse new work before it is stored when the pool's queue is full (429 beats unbounded memory)."""
+        if len(self._queues[pool]) >= self.config.pools[pool].max_queue:
+            raise QueueFullError(f"pool {pool!r} has {len(self._queues[pool])} jobs waiting; try again later")
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.reconcile()
+        self._dispatch()
+
+    async def reconcile(self) -> None:
+        """Settle what a previous process left: containers with our labels are removed, jobs that were starting
+        or running end in `error` (or are re-queued when the pool allows), queued jobs are queued again."""
+        try:
+            containers = await self.engine.list_managed(self.config.controller_id)
+        except EngineError as exc:
+            log.error("reconciliation could not list containers", extra={"error": str(exc)})
+            containers = []
+        for c in containers:
+            if c.job_id in self._running:
+                continue
+            log.info("removing leftover container", extra={"job_id": c.job_id, "container_id": c.id[:12]})
+            try:
+                await self.engine.remove(c.id)
+            except EngineError as exc:
+                log.error("could not remove leftover container", extra={"job_id": c.job_id, "error": str(exc)})
+        for job in await self.store.unfinished():
+            if job.controller_id != self.config.controller_id or job.id in self._running:
+                continue
+            if job.pool not in self.config.pools:
+                await self._settle(job, JobState.ERROR, f"pool {job.pool!r} is no longer configured")
+            elif job.state is JobState.QUEUED:
+                self._queues[job.pool].append(job)
+            elif self.config.pools[job.pool].retry_on_restart:
+                requeued = await self._settle(job, JobState.QUEUED, "re-queued after controller restart")
+                if requeued is not None:
+                    self._queues[job.pool].append(requeued)
+            else:
+                await self._settle(job, JobState.ERROR, "controller restarted while the job was running")
+
+    async def _settle(self, job: Job, new: JobState, reason: str) -> Job | None:
+        moved = transition(job, new, now=self.clock(), reason=reason)
+        if await self.store.update(moved, expected=job.state):
+            self.runner.on_change(moved)
+            return moved
+        return None
+
+    def submit(self, job: Job) -> None:
+        self._queues[job.pool].append(job)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        if not self._accepting:
+            return
+        started = True
+        while started and len(self._running) < self.config.max_total_concurrent:
+            started = False
+            for name, queue in self._queues.items():
+                if not queue or self._running_per_pool[name] >= self.config.pools[name].max_concurrent:
+                    continue
+                if len(self._running) >= self.config.max_total_concurrent:
+                    break
+                self._start(queue.popleft())
+                started = True
+
+    def _start(self, job: Job) -> None:
+        control = RunControl(cancel=asyncio.Event())
+        task = asyncio.create_task(self.runner.run(job, control), name=f"job-{job.id}")
+        self._running[job.id] = _Running(control, task)
+        self._running_per_pool[job.pool] += 1
+        task.add_done_callback(lambda t: self._finished(job, t))
+
+    def _finished(self, job: Job, task: asyncio.Task[Job]) -> None:
+        self._running.pop(job.id, None)
+        self._running_per_pool[job.pool] -= 1
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job task crashed", extra={"job_id": job.id}, exc_info=task.exception())
+        self._dispatch()
+
+    async def cancel(self, job_id: str, reason: str = "cancelled by operator") -> Job:
+        running = self._running.get(job_id)
+        if running is not None:
+            running.control.cancel_reason = reason
+            running.control.cancel.set()
+            return await asyncio.shield(running.task)
+        job = await self.store.get(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        if job.state.final:
+            raise NotCancellableError(f"job {job_id} already ended: {job.state}")
+        if job.state is not JobState.QUEUED:
+            raise NotCancellableError(f"job {job_id} is {job.state} under another controller process")
+        queue = self._queues.get(job.pool, deque())
+        for queued in list(queue):
+            if queued.id == job_id:
+                queue.remove(queued)
+        settled = await self._settle(job, JobState.CANCELLED, reason)
+        if settled is None:
+            raise NotCancellableError(f"job {job_id} changed state while cancelling; try again")
+        return settled
+
+    async def shutdown(self, drain_timeout_s: float) -> None:
+        """Stop starting jobs, let running ones finish for up to `drain_timeout_s`, then cancel the rest."""
+        self._accepting = False
+        tasks = [r.task for r in self._running.values()]
+        if tasks and drain_timeout_s > 0:
+            await asyncio.wait(tasks, timeout=drain_timeout_s)
+        for running in list(self._running.values()):
+            running.control.cancel_reason = "controller shut down before the job finished"
+            running.control.cancel.set()
+        remaining = [r.task for r in self._running.values()]
+        if remaining:
+            await asyncio.wait(remaining, timeout=self.config.docker.stop_grace_s + 30)

@@ -1,0 +1,172 @@
+"""Embedded default store: one SQLite file in WAL mode, synchronous=FULL so an acknowledged job survives power loss.
+
+All calls run on one dedicated thread: SQLite connections are not shareable across threads and fsync must not
+block the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from orchestrator.jobs.spec import JobSpec
+from orchestrator.jobs.states import FINAL_STATES, Job, JobState
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    pool TEXT NOT NULL,
+    state TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    controller_id TEXT NOT NULL,
+    timeout_s INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    exit_code INTEGER,
+    reason TEXT,
+    container_id TEXT,
+    credentials_accessor TEXT,
+    attempt INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created_at);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
+"""
+
+_COLUMNS = (
+    "id, source, pool, state, spec, controller_id, timeout_s, created_at, updated_at, started_at, "
+    "finished_at, exit_code, reason, container_id, credentials_accessor, attempt"
+)
+
+
+def _row(job: Job) -> tuple[object, ...]:
+    return (
+        job.id,
+        job.source,
+        job.pool,
+        job.state.value,
+        job.spec.model_dump_json(),
+        job.controller_id,
+        job.timeout_s,
+        job.created_at,
+        job.updated_at,
+        job.started_at,
+        job.finished_at,
+        job.exit_code,
+        job.reason,
+        job.container_id,
+        job.credentials_accessor,
+        job.attempt,
+    )
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(
+        spec=JobSpec.model_validate(json.loads(row["spec"])),
+        source=row["source"],
+        state=JobState(row["state"]),
+        controller_id=row["controller_id"],
+        timeout_s=row["timeout_s"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        exit_code=row["exit_code"],
+        reason=row["reason"],
+        container_id=row["container_id"],
+        credentials_accessor=row["credentials_accessor"],
+        attempt=row["attempt"],
+    )
+
+
+class SQLiteJobStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, conn)
+
+    async def open(self) -> None:
+        def _open() -> sqlite3.Connection:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.executescript(_SCHEMA)
+            return conn
+
+        self._conn = await asyncio.get_running_loop().run_in_executor(self._executor, _open)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._run(lambda c: c.close())
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+    async def create(self, job: Job) -> tuple[Job, bool]:
+        def _create(conn: sqlite3.Connection) -> tuple[Job, bool]:
+            cur = conn.execute(
+                f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 16)}) ON CONFLICT(id) DO NOTHING",  # noqa: S608
+                _row(job),
+            )
+            if cur.rowcount == 1:
+                return job, True
+            row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job.id,)).fetchone()  # noqa: S608
+            return _job(row), False
+
+        return await self._run(_create)
+
+    async def get(self, job_id: str) -> Job | None:
+        def _get(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()  # noqa: S608
+            return _job(row) if row else None
+
+        return await self._run(_get)
+
+    async def list_jobs(self, *, state: JobState | None = None, pool: str | None = None, limit: int = 100) -> list[Job]:
+        clauses, params = [], []
+        if state is not None:
+            clauses.append("state = ?")
+            params.append(state.value)
+        if pool is not None:
+            clauses.append("pool = ?")
+            params.append(pool)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY created_at DESC, id DESC LIMIT ?"  # noqa: S608
+        return await self._run(lambda c: [_job(r) for r in c.execute(sql, (*params, limit))])
+
+    async def update(self, job: Job, *, expected: JobState) -> bool:
+        assignments = ", ".join(f"{c.strip()} = ?" for c in _COLUMNS.split(",")[1:])
+        sql = f"UPDATE jobs SET {assignments} WHERE id = ? AND state = ?"  # noqa: S608
+        values = (*_row(job)[1:], job.id, expected.value)
+        return await self._run(lambda c: c.execute(sql, values).rowcount == 1)
+
+    async def unfinished(self) -> list[Job]:
+        final = tuple(s.value for s in FINAL_STATES)
+        sql = (
+            f"SELECT {_COLUMNS} FROM jobs WHERE state NOT IN ({', '.join('?' * len(final))}) "  # noqa: S608
+            "ORDER BY created_at, id"
+        )
+        return await self._run(lambda c: [_job(r) for r in c.execute(sql, final)])
+
+    async def check_writable(self) -> None:
+        now = time.time()
+        await self._run(lambda c: c.execute("INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?)", (now,)))
