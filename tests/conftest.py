@@ -1,0 +1,223 @@
+"""Shared fixtures. Integration tests run against the real Docker engine and a real controller on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import docker
+import pytest
+from aiohttp import web
+
+from orchestrator.app import Controller, build_app, build_controller
+from orchestrator.config import Config, hash_token
+from orchestrator.credentials.base import CredentialsBackend
+from orchestrator.intake.signatures import sign
+from orchestrator.runtime.container_spec import LABEL_CONTROLLER, LABEL_MANAGED
+
+TEST_IMAGE = os.environ.get("ORCHESTRATOR_TEST_IMAGE", "runner-orchestrator/test-runner:local")
+TEST_CONTROLLER_PREFIX = "test-"
+REQUIRE_DOCKER = os.environ.get("ORCHESTRATOR_REQUIRE_DOCKER") == "1"
+
+
+def _docker_client() -> docker.DockerClient | None:
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+        client.images.get(TEST_IMAGE)
+        return client
+    except Exception as exc:
+        if REQUIRE_DOCKER:
+            raise RuntimeError(f"Docker engine or test image {TEST_IMAGE} unavailable: {exc}") from exc
+        return None
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    client = _docker_client()
+    if client is None:
+        pytest.skip("no Docker engine or test image (run images/build-test-images.sh); CI requires it")
+    yield client
+    leftovers = [
+        c.name
+        for c in client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
+        if c.labels.get(LABEL_CONTROLLER, "").startswith(TEST_CONTROLLER_PREFIX)
+    ]
+    client.close()
+    assert not leftovers, f"containers left behind by the test suite: {leftovers}"
+
+
+def managed_containers(client: docker.DockerClient, controller_id: str) -> list[Any]:
+    return client.containers.list(all=True, filters={"label": f"{LABEL_CONTROLLER}={controller_id}"})
+
+
+def job_spec(job_id: str | None = None, **overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "version": 1,
+        "id": job_id or f"job-{uuid.uuid4().hex[:12]}",
+        "pool": "default",
+        "repository": "example/app",
+        "ref": "refs/heads/main",
+        "sha": "3f786850e387550fdab836ed7e6dc881de23001b",
+        "commands": ["echo hello"],
+    }
+    spec.update(overrides)
+    return spec
+
+
+@dataclass
+class RunningController:
+    url: str
+    controller: Controller
+    token: str
+    viewer_token: str
+    webhook_secret: bytes
+    config: Config
+    session: aiohttp.ClientSession
+    sent: list[str] = field(default_factory=list)
+
+    @property
+    def controller_id(self) -> str:
+        return self.config.controller_id
+
+    async def post_webhook(
+        self,
+        spec: dict[str, Any] | bytes,
+        *,
+        source: str = "test",
+        headers: dict[str, str] | None = None,
+        timestamp: int | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        body = spec if isinstance(spec, bytes) else json.dumps(spec).encode()
+        if headers is None:
+            headers = sign(
+                "standard-webhooks",
+                self.webhook_secret,
+                body,
+                msg_id=f"msg_{secrets.token_hex(6)}",
+                timestamp=timestamp or int(time.time()),
+            )
+        async with self.session.post(f"{self.url}/webhooks/{source}", data=body, headers=headers) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+    async def api(self, method: str, path: str, *, token: str | None = None) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token or self.token}"}
+        async with self.session.request(method, f"{self.url}{path}", headers=headers) as resp:
+            if resp.content_type == "application/json":
+                return resp.status, await resp.json()
+            return resp.status, await resp.read()
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        status, body = await self.api("GET", f"/api/v1/jobs/{job_id}")
+        assert status == 200, body
+        return dict(body)
+
+    async def wait_status(self, job_id: str, statuses: set[str], timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = await self.job(job_id)
+            if job["status"] in statuses:
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} stayed {job['status']}, expected {statuses}")
+            await asyncio.sleep(0.05)
+
+    async def wait_final(self, job_id: str, timeout: float = 60) -> dict[str, Any]:
+        final = {"succeeded", "failed", "timed_out", "cancelled", "error"}
+        return await self.wait_status(job_id, final, timeout)
+
+    async def logs(self, job_id: str) -> bytes:
+        status, body = await self.api("GET", f"/api/v1/jobs/{job_id}/logs")
+        assert status == 200
+        return bytes(body)
+
+
+ControllerFactory = Callable[..., Any]
+
+
+def make_config(tmp_path: Path, *, controller_id: str, secret_file: Path, token: str, viewer: str, **pool: Any) -> Config:
+    pool_cfg: dict[str, Any] = {
+        "image": TEST_IMAGE,
+        "memory": "128m",
+        "cpus": 1.0,
+        "pids": 64,
+        "max_concurrent": 4,
+        "default_timeout_s": 60,
+        "max_timeout_s": 300,
+    }
+    pool_cfg.update(pool)
+    raw = {
+        "controller_id": controller_id,
+        "data_dir": str(tmp_path / "data"),
+        "server": {"host": "127.0.0.1", "port": 0, "max_body_bytes": 64 * 1024},
+        "docker": {"stop_grace_s": 1},
+        "sources": {"test": {"scheme": "standard-webhooks", "secret_file": str(secret_file)}},
+        "api": {
+            "tokens": [
+                {"name": "ops", "role": "operator", "sha256": hash_token(token)},
+                {"name": "dash", "role": "viewer", "sha256": hash_token(viewer)},
+            ]
+        },
+        "pools": {"default": pool_cfg},
+        "max_total_concurrent": 8,
+    }
+    return Config.model_validate(raw)
+
+
+@pytest.fixture
+async def controller_factory(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> AsyncIterator[Callable[..., Any]]:
+    """Starts controllers on 127.0.0.1 with a fresh data dir; all are stopped at the end of the test."""
+    started: list[tuple[web.AppRunner, aiohttp.ClientSession]] = []
+    key = secrets.token_bytes(24)
+    secret_file = tmp_path / "webhook.secret"
+    import base64
+
+    secret_file.write_text("whsec_" + base64.b64encode(key).decode())
+    secret_file.chmod(0o600)
+    controller_id = f"{TEST_CONTROLLER_PREFIX}{uuid.uuid4().hex[:10]}"
+
+    async def start(
+        *, credentials: CredentialsBackend | None = None, config: Config | None = None, **pool: Any
+    ) -> RunningController:
+        token, viewer = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+        cfg = config or make_config(
+            tmp_path, controller_id=controller_id, secret_file=secret_file, token=token, viewer=viewer, **pool
+        )
+        controller = build_controller(cfg, credentials=credentials)
+        app = build_app(controller)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        session = aiohttp.ClientSession()
+        started.append((runner, session))
+        return RunningController(
+            url=f"http://127.0.0.1:{port}",
+            controller=controller,
+            token=token,
+            viewer_token=viewer,
+            webhook_secret=key,
+            config=cfg,
+            session=session,
+        )
+
+    yield start
+    for runner, session in reversed(started):
+        await session.close()
+        await runner.cleanup()
+    leftovers = managed_containers(docker_client, controller_id)
+    for c in leftovers:
+        c.remove(force=True)
+    assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
