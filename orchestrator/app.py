@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from orchestrator.api.routes import Api
 from orchestrator.config import Config, read_source_secrets
 from orchestrator.credentials.base import CredentialsBackend
+from orchestrator.credentials.claims import discovery_document
+from orchestrator.credentials.oidc import SigningKeys
 from orchestrator.intake.webhooks import WebhookIntake, WebhookSource
 from orchestrator.logs.store import LogStore
 from orchestrator.runtime.docker_engine import DockerEngine
@@ -31,11 +35,20 @@ class Controller:
     scheduler: Scheduler
     intake: WebhookIntake
     api: Api
+    credentials: CredentialsBackend | None = None
+    signing_keys: SigningKeys | None = None
+    background: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 def build_controller(config: Config, credentials: CredentialsBackend | None = None) -> Controller:
+    """`credentials` overrides what the config would build (tests inject doubles)."""
     data = config.data_dir
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    signing_keys: SigningKeys | None = None
+    if credentials is None and config.credentials is not None:
+        from orchestrator.credentials.vault import build_vault_credentials
+
+        credentials, signing_keys = build_vault_credentials(config)
     store = SQLiteJobStore(data / "jobs.sqlite3")
     engine = DockerEngine(config.docker.base_url, api_timeout_s=config.docker.api_timeout_s)
     logs = LogStore(data / "logs")
@@ -46,7 +59,33 @@ def build_controller(config: Config, credentials: CredentialsBackend | None = No
     }
     intake = WebhookIntake(config, sources, store, scheduler, credentials_configured=credentials is not None)
     api = Api(config, store, scheduler, logs, engine)
-    return Controller(config, store, engine, logs, runner, scheduler, intake, api)
+    return Controller(config, store, engine, logs, runner, scheduler, intake, api, credentials, signing_keys)
+
+
+def _oidc_routes(controller: Controller) -> list[web.RouteDef]:
+    """Public, cacheable issuer documents: Vault fetches them to verify job tokens."""
+    keys, issuer = controller.signing_keys, controller.config.server.public_url
+    if keys is None or issuer is None:
+        return []
+    cache = {"Cache-Control": "public, max-age=300"}
+
+    async def discovery(request: web.Request) -> web.Response:
+        return web.json_response(discovery_document(issuer), headers=cache)
+
+    async def jwks(request: web.Request) -> web.Response:
+        return web.json_response(keys.jwks(), headers=cache)
+
+    return [web.get("/.well-known/openid-configuration", discovery), web.get("/.well-known/jwks.json", jwks)]
+
+
+async def _rotate_keys_periodically(keys: SigningKeys, every_s: float = 60.0) -> None:
+    while True:
+        try:
+            if await asyncio.to_thread(keys.rotate_if_due):
+                log.info("oidc signing key rotated", extra={"kid": keys.active_kid})
+        except Exception:
+            log.exception("oidc key rotation failed; the current key stays active")
+        await asyncio.sleep(every_s)
 
 
 CONTROLLER = web.AppKey("controller", Controller)
@@ -57,10 +96,13 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
     app[CONTROLLER] = controller
     app.router.add_post("/webhooks/{source}", controller.intake.handle)
     app.router.add_routes(controller.api.routes())
+    app.router.add_routes(_oidc_routes(controller))
 
     async def startup(app: web.Application) -> None:
         await controller.store.open()
         await controller.scheduler.start()
+        if controller.signing_keys is not None:
+            controller.background.append(asyncio.create_task(_rotate_keys_periodically(controller.signing_keys)))
         log.info(
             "controller started",
             extra={"controller_id": controller.config.controller_id, "config_digest": controller.config.digest()},
@@ -71,6 +113,10 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
         await controller.scheduler.shutdown(drain_timeout_s)
 
     async def cleanup(app: web.Application) -> None:
+        for task in controller.background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await controller.store.close()
         await controller.engine.close()
 

@@ -116,6 +116,8 @@ class PoolConfig(_Strict):
     tmp_size: str = Field("256m", pattern=r"^\d+[kmg]?$")
     labels: dict[str, str] = Field(default_factory=dict)
     retry_on_restart: bool = False
+    vault_role: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$", description="default: ci-<pool>")
+    audience: str = Field("vault", min_length=1, description="aud claim of this pool's job tokens")
 
     @field_validator("memory", mode="before")
     @classmethod
@@ -153,6 +155,35 @@ class PoolConfig(_Strict):
         return self
 
 
+class OidcConfig(_Strict):
+    """The controller as an OIDC issuer; Vault verifies job tokens against its JWKS."""
+
+    algorithm: Literal["ES256", "RS256"] = "ES256"
+    rotation_period_s: int = Field(7 * 86400, ge=3600)
+    overlap_s: int = Field(3600, ge=600, description="how long a retired key stays in the JWKS")
+    token_lifetime_s: int = Field(300, ge=30, le=3600, description="JWT lifetime; only for the exchange")
+
+
+class VaultConfig(_Strict):
+    address: str = Field(pattern=r"^https?://")
+    auth_mount: str = Field("jwt", pattern=r"^[A-Za-z0-9._/-]+$")
+    kv_mount: str = Field("secret", pattern=r"^[A-Za-z0-9._/-]+$")
+    namespace: str | None = None
+    ca_cert: Path | None = None
+    request_timeout_s: float = Field(10.0, gt=0, le=120)
+    retry_budget_s: float = Field(20.0, ge=0, le=600, description="transient failures retried this long")
+    ttl_grace_s: int = Field(60, ge=0, le=3600, description="a job token may outlive the job timeout by this")
+    revoker_token_file: Path | None = Field(
+        None, description="token allowed only on auth/token/revoke-accessor, for crash recovery"
+    )
+
+
+class CredentialsConfig(_Strict):
+    backend: Literal["vault"] = "vault"
+    vault: VaultConfig
+    oidc: OidcConfig = Field(default_factory=OidcConfig)
+
+
 class StorageConfig(_Strict):
     backend: Literal["sqlite"] = "sqlite"
 
@@ -166,7 +197,17 @@ class Config(_Strict):
     api: ApiConfig = Field(default_factory=ApiConfig)
     sources: dict[Annotated[str, Field(pattern=_NAME)], SourceConfig] = Field(default_factory=dict)
     pools: dict[Annotated[str, Field(pattern=_NAME)], PoolConfig] = Field(min_length=1)
+    credentials: CredentialsConfig | None = None
     max_total_concurrent: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _issuer_needs_public_url(self) -> Config:
+        if self.credentials is not None and not self.server.public_url:
+            raise ValueError("server.public_url is required with [credentials]: it is the OIDC issuer Vault trusts")
+        return self
+
+    def vault_role(self, pool: str) -> str:
+        return self.pools[pool].vault_role or f"ci-{pool}"
 
     def digest(self) -> str:
         """Stable digest of the effective config, for audit and `config check` output."""
@@ -203,6 +244,12 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
     data_dir = raw.get("data_dir")
     if isinstance(data_dir, str):
         raw["data_dir"] = str(base / data_dir)
+    creds = raw.get("credentials")
+    vault = creds.get("vault") if isinstance(creds, dict) else None
+    if isinstance(vault, dict):
+        for key in ("ca_cert", "revoker_token_file"):
+            if isinstance(vault.get(key), str):
+                vault[key] = str(base / vault[key])
     sources = raw.get("sources")
     if isinstance(sources, dict):
         for src in sources.values():

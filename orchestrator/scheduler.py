@@ -100,16 +100,28 @@ class Scheduler:
         for job in await self.store.unfinished():
             if job.controller_id != self.config.controller_id or job.id in self._running:
                 continue
+            if job.state is JobState.QUEUED and job.pool in self.config.pools:
+                self._queues[job.pool].append(job)
+                continue
+            if job.credentials_accessor:
+                await self._revoke_leftover_credentials(job)
             if job.pool not in self.config.pools:
                 await self._settle(job, JobState.ERROR, f"pool {job.pool!r} is no longer configured")
-            elif job.state is JobState.QUEUED:
-                self._queues[job.pool].append(job)
             elif self.config.pools[job.pool].retry_on_restart:
                 requeued = await self._settle(job, JobState.QUEUED, "re-queued after controller restart")
                 if requeued is not None:
                     self._queues[job.pool].append(requeued)
             else:
                 await self._settle(job, JobState.ERROR, "controller restarted while the job was running")
+
+    async def _revoke_leftover_credentials(self, job: Job) -> None:
+        backend = self.runner.credentials
+        accessor = job.credentials_accessor
+        revoked = backend is not None and accessor is not None and await backend.revoke_accessor(accessor)
+        log.info(
+            "credentials of interrupted job " + ("revoked by accessor" if revoked else "left to expire at their TTL"),
+            extra={"job_id": job.id},
+        )
 
     async def _settle(self, job: Job, new: JobState, reason: str) -> Job | None:
         moved = transition(job, new, now=self.clock(), reason=reason)

@@ -144,7 +144,9 @@ class RunningController:
 ControllerFactory = Callable[..., Any]
 
 
-def make_config(tmp_path: Path, *, controller_id: str, secret_file: Path, token: str, viewer: str, **pool: Any) -> Config:
+def make_config(
+    tmp_path: Path, *, controller_id: str, secret_file: Path, token: str, viewer: str, **pool: Any
+) -> Config:
     pool_cfg: dict[str, Any] = {
         "image": TEST_IMAGE,
         "memory": "128m",
@@ -174,9 +176,7 @@ def make_config(tmp_path: Path, *, controller_id: str, secret_file: Path, token:
 
 
 @pytest.fixture
-async def controller_factory(
-    tmp_path: Path, docker_client: docker.DockerClient
-) -> AsyncIterator[Callable[..., Any]]:
+async def controller_factory(tmp_path: Path, docker_client: docker.DockerClient) -> AsyncIterator[Callable[..., Any]]:
     """Starts controllers on 127.0.0.1 with a fresh data dir; all are stopped at the end of the test."""
     started: list[tuple[web.AppRunner, aiohttp.ClientSession]] = []
     key = secrets.token_bytes(24)

@@ -27,3 +27,8 @@ class CredentialsBackend(Protocol):
     async def release(self, credentials: JobCredentials) -> None:
         """Revoke what `acquire` issued. Must not raise: failures are logged and left to the token's TTL."""
         ...
+
+    async def revoke_accessor(self, accessor: str) -> bool:
+        """Crash recovery: revoke credentials known only by their accessor. False when this is not possible
+        (no revoker configured) or failed; the credentials' TTL then bounds them."""
+        ...

@@ -17,7 +17,7 @@ from typing import Any
 from orchestrator.config import Config
 from orchestrator.credentials.base import CredentialsBackend, CredentialsError, JobCredentials
 from orchestrator.jobs.states import Job, JobState, exit_reason, state_for_exit, transition
-from orchestrator.logs.redact import SecretSet, StreamRedactor
+from orchestrator.logs.redact import SecretSet, SecretTooShortError, StreamRedactor
 from orchestrator.logs.store import JobLog, LogStore
 from orchestrator.runtime.container_spec import build_container_spec, job_script, stdin_payload
 from orchestrator.runtime.docker_engine import AttachedStream, DockerEngine, EngineError
@@ -121,7 +121,10 @@ class JobRunner:
                 raise CredentialsError("the job asks for secrets but no credentials backend is configured")
             at.creds = await self.credentials.acquire(at.job)
             for secret in at.creds.secrets:
-                secrets.add(secret.value, name=secret.name)
+                try:
+                    secrets.add(secret.value, name=secret.name)
+                except SecretTooShortError as exc:
+                    raise CredentialsError(str(exc)) from None
             if at.creds.accessor:
                 at.job = await self._save(at.job, credentials_accessor=at.creds.accessor)
         at.redactor = StreamRedactor(secrets)

@@ -1,0 +1,300 @@
+"""Vault through an OIDC exchange: per job, a JWT minted by the controller is exchanged at Vault's JWT auth method
+for a short-lived token, that token reads exactly the secrets the job asked for, and it is revoked when the job
+ends. The controller holds no standing Vault token (an optional revoker token may only revoke by accessor).
+
+hvac is synchronous; every call runs in a worker thread. Transient failures (connection errors, 5xx, 429) are
+retried on a bounded budget; 4xx answers are final. Error messages carry Vault's message, the role and the
+path, never the JWT or a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import hvac
+import hvac.exceptions
+import requests.exceptions
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
+
+from orchestrator.config import Config, VaultConfig
+from orchestrator.credentials.base import CredentialsError, JobCredentials
+from orchestrator.credentials.claims import JobIdentity
+from orchestrator.credentials.oidc import JobTokenIssuer
+from orchestrator.jobs.spec import SecretRequest
+from orchestrator.jobs.states import Job
+from orchestrator.runtime.container_spec import SecretFile
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_TRANSIENT = (
+    hvac.exceptions.InternalServerError,
+    hvac.exceptions.VaultDown,
+    hvac.exceptions.BadGateway,
+    hvac.exceptions.RateLimitExceeded,
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+)
+
+
+@dataclass(frozen=True)
+class _Session:
+    """What release needs: the job's own token (never logged, never stored) and its accessor."""
+
+    token: str = field(repr=False)
+    accessor: str
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, _TRANSIENT)
+
+
+def _scrub(message: str, *sensitive: str) -> str:
+    for value in sensitive:
+        if value:
+            message = message.replace(value, "[REDACTED]")
+    return message
+
+
+def _vault_message(exc: BaseException) -> str:
+    if isinstance(exc, hvac.exceptions.VaultError):
+        text = str(exc.args[0]) if exc.args else ""
+        return text or type(exc).__name__
+    return type(exc).__name__
+
+
+def _as_text(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+class VaultCredentials:
+    def __init__(self, config: Config, issuer: JobTokenIssuer) -> None:
+        if config.credentials is None:
+            raise ValueError("VaultCredentials needs [credentials] in the config")
+        self.config = config
+        self.vault: VaultConfig = config.credentials.vault
+        self.issuer = issuer
+        self.retries = 0
+        self.errors = 0
+
+    # -- plumbing ------------------------------------------------------------------------------------------------
+
+    def _client(self, token: str | None = None) -> hvac.Client:
+        verify: bool | str = str(self.vault.ca_cert) if self.vault.ca_cert else True
+        return hvac.Client(
+            url=self.vault.address,
+            token=token,
+            namespace=self.vault.namespace,
+            verify=verify,
+            timeout=int(self.vault.request_timeout_s),
+        )
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(_is_transient),
+            stop=stop_after_delay(self.vault.retry_budget_s),
+            wait=wait_exponential(multiplier=0.2, max=3),
+            reraise=True,
+            before_sleep=lambda _: self._count_retry(),
+        ):
+            with attempt:
+                return await asyncio.to_thread(fn)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _count_retry(self) -> None:
+        self.retries += 1
+
+    def _unreachable(self, exc: BaseException) -> CredentialsError:
+        return CredentialsError(
+            f"Vault at {self.vault.address} unavailable after retrying for {self.vault.retry_budget_s:g} s: "
+            f"{_vault_message(exc)}"
+        )
+
+    # -- the exchange --------------------------------------------------------------------------------------------
+
+    async def acquire(self, job: Job) -> JobCredentials:
+        role = self.config.vault_role(job.pool)
+        pool = self.config.pools[job.pool]
+        identity = JobIdentity(
+            job_id=job.id, repository=job.spec.repository, ref=job.spec.ref, sha=job.spec.sha, pool=job.pool
+        )
+        jwt = self.issuer.mint(identity, pool.audience)
+        auth = await self._login(role, jwt)
+        token, accessor = auth["client_token"], auth["accessor"]
+        session = _Session(token=token, accessor=accessor)
+        try:
+            await self._bound_ttl(session, auth, job)
+            secrets = [await self._read(session, role, request) for request in job.spec.secrets]
+        except BaseException:
+            await self.release(JobCredentials(secrets=[], accessor=accessor, handle=session))
+            raise
+        log.info(
+            "vault credentials issued",
+            extra={
+                "job_id": job.id,
+                "role": role,
+                "policies": ",".join(auth.get("policies") or []),
+                "ttl_s": auth.get("lease_duration"),
+                "paths": ",".join(r.path for r in job.spec.secrets),
+            },
+        )
+        return JobCredentials(secrets=secrets, accessor=accessor, handle=session)
+
+    async def _login(self, role: str, jwt: str) -> dict[str, Any]:
+        mount = self.vault.auth_mount
+        try:
+            resp = await self._call(lambda: self._client().auth.jwt.jwt_login(role=role, jwt=jwt, path=mount))
+        except hvac.exceptions.VaultError as exc:
+            self.errors += 1
+            if _is_transient(exc):
+                raise self._unreachable(exc) from None
+            message = _scrub(_vault_message(exc), jwt)
+            raise CredentialsError(f"Vault refused the login as role {role!r} at auth/{mount}: {message}") from None
+        except requests.exceptions.RequestException as exc:
+            self.errors += 1
+            raise self._unreachable(exc) from None
+        auth = resp.get("auth") if isinstance(resp, dict) else None
+        if not auth or not auth.get("client_token") or not auth.get("accessor"):
+            raise CredentialsError(f"Vault login as role {role!r} returned no token")
+        return dict(auth)
+
+    async def _bound_ttl(self, session: _Session, auth: dict[str, Any], job: Job) -> None:
+        """A job token must not outlive the job (plus grace), even if the controller dies and never revokes it."""
+        limit = job.timeout_s + self.vault.ttl_grace_s
+        ttl = int(auth.get("lease_duration") or 0)
+        if 0 < ttl <= limit:
+            return
+        try:
+            resp = await self._call(lambda: self._client(session.token).auth.token.renew_self(increment=limit))
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
+            raise CredentialsError(
+                f"could not shorten the Vault token TTL to {limit} s: {_scrub(_vault_message(exc), session.token)}"
+            ) from None
+        new_ttl = int((resp.get("auth") or {}).get("lease_duration") or 0)
+        if not 0 < new_ttl <= limit:
+            role = self.config.vault_role(job.pool)
+            raise CredentialsError(
+                f"Vault role {role!r} issues tokens with a TTL of {ttl or 'unlimited'} s that cannot be shortened to "
+                f"the job's timeout plus grace ({limit} s); set token_ttl/token_max_ttl on the role"
+            )
+
+    async def _read(self, session: _Session, role: str, request: SecretRequest) -> SecretFile:
+        if request.engine == "kv2":
+            mount = request.mount or self.vault.kv_mount
+            where = f"{mount}/data/{request.path}"
+
+            def read() -> Any:
+                return self._client(session.token).secrets.kv.v2.read_secret_version(
+                    path=request.path, mount_point=mount, raise_on_deleted_version=True
+                )
+        else:
+            where = f"{request.mount}/{request.path}" if request.mount else request.path
+
+            def read() -> Any:
+                return self._client(session.token).read(where)
+
+        try:
+            resp = await self._call(read)
+        except hvac.exceptions.Forbidden:
+            self.errors += 1
+            raise CredentialsError(
+                f"Vault denied reading {where!r}: permission denied for role {role!r} (check its policies)"
+            ) from None
+        except hvac.exceptions.InvalidPath:
+            self.errors += 1
+            raise CredentialsError(f"Vault has no secret at {where!r}") from None
+        except hvac.exceptions.VaultError as exc:
+            self.errors += 1
+            if _is_transient(exc):
+                raise self._unreachable(exc) from None
+            raise CredentialsError(
+                f"Vault refused reading {where!r}: {_scrub(_vault_message(exc), session.token)}"
+            ) from None
+        except requests.exceptions.RequestException as exc:
+            self.errors += 1
+            raise self._unreachable(exc) from None
+        if not isinstance(resp, dict):
+            raise CredentialsError(f"Vault returned no data for {where!r}")
+        data = resp.get("data") or {}
+        if request.engine == "kv2":
+            data = data.get("data") or {}
+        if request.key not in data:
+            raise CredentialsError(
+                f"secret {where!r} has no key {request.key!r} (keys: {', '.join(sorted(map(str, data))) or 'none'})"
+            )
+        return SecretFile(name=request.name, value=_as_text(data[request.key]), deliver=request.deliver)
+
+    # -- the end -------------------------------------------------------------------------------------------------
+
+    async def release(self, credentials: JobCredentials) -> None:
+        session = credentials.handle
+        if not isinstance(session, _Session):
+            return
+        try:
+            await self._call(lambda: self._client(session.token).auth.token.revoke_self())
+            log.info("vault token revoked", extra={"accessor_sha256": _accessor_digest(session.accessor)})
+        except hvac.exceptions.Forbidden:
+            # Expired or used up (num_uses): already useless, which is what revocation is for.
+            log.info("vault token already invalid", extra={"accessor_sha256": _accessor_digest(session.accessor)})
+        except Exception as exc:
+            self.errors += 1
+            log.error(
+                "could not revoke vault token; its TTL bounds it",
+                extra={"accessor_sha256": _accessor_digest(session.accessor), "error": type(exc).__name__},
+            )
+
+    @property
+    def can_revoke_by_accessor(self) -> bool:
+        return self.vault.revoker_token_file is not None
+
+    async def revoke_accessor(self, accessor: str) -> bool:
+        """Crash recovery: revoke a token we no longer hold. Needs the narrowly-scoped revoker token."""
+        if self.vault.revoker_token_file is None:
+            return False
+        token_file = self.vault.revoker_token_file
+        revoker = (await asyncio.to_thread(token_file.read_text, encoding="utf-8")).strip()
+        try:
+            await self._call(lambda: self._client(revoker).auth.token.revoke_accessor(accessor))
+            return True
+        except (hvac.exceptions.InvalidRequest, hvac.exceptions.InvalidPath):
+            return True  # unknown accessor: the token is already gone
+        except Exception as exc:
+            self.errors += 1
+            log.error(
+                "revoke by accessor failed",
+                extra={"accessor_sha256": _accessor_digest(accessor), "error": type(exc).__name__},
+            )
+            return False
+
+
+def _accessor_digest(accessor: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(accessor.encode()).hexdigest()[:16]
+
+
+def build_vault_credentials(config: Config) -> tuple[VaultCredentials, Any]:
+    """Key store + issuer + backend from config. Returns (backend, signing keys) — the app serves the JWKS."""
+    from orchestrator.credentials.oidc import SigningKeys
+
+    if config.credentials is None or config.server.public_url is None:
+        raise ValueError("credentials need [credentials] and server.public_url")
+    oidc = config.credentials.oidc
+    keys = SigningKeys(
+        config.data_dir / "oidc",
+        algorithm=oidc.algorithm,
+        rotation_period_s=oidc.rotation_period_s,
+        overlap_s=oidc.overlap_s,
+        clock=time.time,
+    )
+    keys.load_or_create()
+    issuer = JobTokenIssuer(
+        keys, issuer=config.server.public_url, lifetime_s=oidc.token_lifetime_s, controller_id=config.controller_id
+    )
+    return VaultCredentials(config, issuer), keys

@@ -1,0 +1,224 @@
+"""The controller as a real process: crash (SIGKILL) and restart, graceful SIGTERM, the CLI against it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import requests
+
+from conftest import TEST_CONTROLLER_PREFIX, TEST_IMAGE, job_spec, managed_containers
+from orchestrator.config import hash_token
+from orchestrator.intake.signatures import sign
+
+pytestmark = pytest.mark.docker
+
+
+class ControllerProcess:
+    def __init__(self, tmp_path: Path, *, retry_on_restart: bool = False, drain_s: float = 0.0) -> None:
+        self.tmp = tmp_path
+        self.controller_id = f"{TEST_CONTROLLER_PREFIX}{secrets.token_hex(5)}"
+        self.token = secrets.token_urlsafe(16)
+        self.key = secrets.token_bytes(24)
+        self.drain_s = drain_s
+        with __import__("socket").socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        secret = tmp_path / "hook.secret"
+        secret.write_text("whsec_" + base64.b64encode(self.key).decode())
+        secret.chmod(0o600)
+        self.config = tmp_path / "orchestrator.toml"
+        self.config.write_text(
+            f"""
+controller_id = "{self.controller_id}"
+data_dir = "data"
+[server]
+host = "127.0.0.1"
+port = {self.port}
+[docker]
+stop_grace_s = 1
+[sources.ci]
+scheme = "standard-webhooks"
+secret_file = "hook.secret"
+[[api.tokens]]
+name = "ops"
+role = "operator"
+sha256 = "{hash_token(self.token)}"
+[pools.default]
+image = "{TEST_IMAGE}"
+memory = "64m"
+pids = 32
+max_concurrent = 4
+retry_on_restart = {str(retry_on_restart).lower()}
+"""
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log = (self.tmp / "controller.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "serve", "--config", str(self.config)]
+            + ["--drain-timeout", str(self.drain_s)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            assert self.proc.poll() is None, (self.tmp / "controller.log").read_text()
+            time.sleep(0.1)
+        raise AssertionError("controller did not become ready")
+
+    def send(self, spec: dict[str, Any]) -> int:
+        body = json.dumps(spec).encode()
+        headers = sign(
+            "standard-webhooks", self.key, body, msg_id=f"m{secrets.token_hex(4)}", timestamp=int(time.time())
+        )
+        return requests.post(f"{self.url}/webhooks/ci", data=body, headers=headers, timeout=10).status_code
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        r = requests.get(f"{self.url}/api/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {self.token}"})
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    def wait(self, job_id: str, statuses: set[str], timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job["status"] in statuses or time.monotonic() > deadline:
+                return job
+            time.sleep(0.1)
+
+    def kill(self, sig: int) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=60)
+
+
+FINAL = {"succeeded", "failed", "timed_out", "cancelled", "error"}
+
+
+@pytest.fixture
+def controller_process(tmp_path: Path, docker_client: docker.DockerClient) -> Iterator[Any]:
+    made: list[ControllerProcess] = []
+
+    def make(**kw: Any) -> ControllerProcess:
+        made.append(ControllerProcess(tmp_path, **kw))
+        return made[-1]
+
+    yield make
+    for cp in made:
+        if cp.proc and cp.proc.poll() is None:
+            cp.proc.kill()
+            cp.proc.wait()
+        for c in managed_containers(docker_client, cp.controller_id):
+            c.remove(force=True)
+            pytest.fail(f"container left behind: {c.name}")
+
+
+def test_sigkill_then_restart_leaves_nothing_running(controller_process: Any, docker_client: Any) -> None:
+    cp = controller_process()
+    cp.start()
+    specs = [job_spec(commands=["echo up", "sleep 600"]) for _ in range(4)]
+    for s in specs:
+        assert cp.send(s) == 202
+    for s in specs:
+        assert cp.wait(s["id"], {"running"})["status"] == "running"
+    cp.kill(signal.SIGKILL)
+    assert len(managed_containers(docker_client, cp.controller_id)) == 4  # orphans exist now
+    cp.start()
+    for s in specs:
+        job = cp.wait(s["id"], FINAL, timeout=10)
+        assert job["status"] == "error"
+        assert job["reason"] == "controller restarted while the job was running"
+    assert managed_containers(docker_client, cp.controller_id) == []
+    assert cp.kill(signal.SIGTERM) == 0
+
+
+def test_restart_requeues_when_the_pool_allows(controller_process: Any, docker_client: Any) -> None:
+    cp = controller_process(retry_on_restart=True)
+    cp.start()
+    spec = job_spec(commands=["echo attempt-$CI_JOB_ID", "test -e /tmp/never || sleep 3"])
+    assert cp.send(spec) == 202
+    cp.wait(spec["id"], {"running"})
+    cp.kill(signal.SIGKILL)
+    cp.start()
+    job = cp.wait(spec["id"], FINAL, timeout=60)
+    assert job["status"] == "succeeded"
+    assert job["attempt"] == 2
+    assert managed_containers(docker_client, cp.controller_id) == []
+    cp.kill(signal.SIGTERM)
+
+
+def test_accepted_but_unstarted_jobs_start_after_restart(controller_process: Any, docker_client: Any) -> None:
+    cp = controller_process()
+    cp.start()
+    blockers = [job_spec(commands=["sleep 600"]) for _ in range(4)]
+    waiting = job_spec(commands=["echo finally"])
+    for s in blockers:
+        cp.send(s)
+    for s in blockers:
+        cp.wait(s["id"], {"running"})
+    assert cp.send(waiting) == 202
+    assert cp.job(waiting["id"])["status"] == "queued"
+    cp.kill(signal.SIGKILL)
+    cp.start()
+    assert cp.wait(waiting["id"], FINAL)["status"] == "succeeded"
+    cp.kill(signal.SIGTERM)
+    assert managed_containers(docker_client, cp.controller_id) == []
+
+
+def test_sigterm_cancels_running_jobs_and_exits_zero(controller_process: Any, docker_client: Any) -> None:
+    cp = controller_process(drain_s=1.0)
+    cp.start()
+    quick, slow = job_spec(commands=["sleep 0.3", "echo quick"]), job_spec(commands=["sleep 600"])
+    cp.send(quick)
+    cp.send(slow)
+    cp.wait(slow["id"], {"running"})
+    assert cp.kill(signal.SIGTERM) == 0
+    assert managed_containers(docker_client, cp.controller_id) == []
+    cp.start()
+    assert cp.job(quick["id"])["status"] == "succeeded"
+    job = cp.job(slow["id"])
+    assert job["status"] == "cancelled"
+    assert "shut down" in job["reason"]
+    cp.kill(signal.SIGTERM)
+
+
+def test_cli_against_a_running_controller(controller_process: Any) -> None:
+    cp = controller_process()
+    cp.start()
+    spec = job_spec(commands=["echo cli-line-1", "sleep 1", "echo cli-line-2"])
+    assert cp.send(spec) == 202
+    env = {**os.environ, "ORCHESTRATOR_URL": cp.url, "ORCHESTRATOR_TOKEN": cp.token}
+    cli = [sys.executable, "-m", "orchestrator.cli"]
+    follow = subprocess.run([*cli, "jobs", "logs", spec["id"], "-f"], env=env, capture_output=True, timeout=60)
+    assert follow.returncode == 0, follow.stderr
+    assert b"cli-line-1" in follow.stdout and b"cli-line-2" in follow.stdout
+    listing = subprocess.run([*cli, "jobs", "list"], env=env, capture_output=True, text=True, timeout=30)
+    assert spec["id"] in listing.stdout and "succeeded" in listing.stdout
+    show = subprocess.run([*cli, "jobs", "show", spec["id"]], env=env, capture_output=True, text=True, timeout=30)
+    assert json.loads(show.stdout)["status"] == "succeeded"
+    cancel = subprocess.run([*cli, "jobs", "cancel", spec["id"]], env=env, capture_output=True, text=True, timeout=30)
+    assert cancel.returncode == 1 and "409" in cancel.stderr and "already ended" in cancel.stderr
+    bad = subprocess.run(
+        [*cli, "jobs", "list"], env={**env, "ORCHESTRATOR_TOKEN": "wrong"}, capture_output=True, text=True, timeout=30
+    )
+    assert bad.returncode == 1 and "401" in bad.stderr
+    cp.kill(signal.SIGTERM)
