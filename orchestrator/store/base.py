@@ -18,7 +18,9 @@ class JobStore(Protocol):
 
     async def get(self, job_id: str) -> Job | None: ...
 
-    async def list_jobs(self, *, state: JobState | None = None, pool: str | None = None, limit: int = 100) -> list[Job]: ...
+    async def list_jobs(
+        self, *, state: JobState | None = None, pool: str | None = None, limit: int = 100
+    ) -> list[Job]: ...
 
     async def update(self, job: Job, *, expected: JobState) -> bool:
         """Compare-and-set on state: False if another writer moved the job first."""

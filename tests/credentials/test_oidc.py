@@ -30,9 +30,7 @@ ISSUER = "https://ci.example.com/oidc"
 AUDIENCE = "vault"
 ROTATION = 7 * 86400
 OVERLAP = 3600
-IDENTITY = JobIdentity(
-    job_id="job-1", repository="acme/widgets", ref="refs/heads/main", sha="abc123", pool="small"
-)
+IDENTITY = JobIdentity(job_id="job-1", repository="acme/widgets", ref="refs/heads/main", sha="abc123", pool="small")
 
 
 class FakeClock:
@@ -65,9 +63,7 @@ def key_dir(tmp_path: Path) -> Path:
 
 
 def make_keys(key_dir: Path, algorithm: Algorithm, clock: FakeClock) -> SigningKeys:
-    keys = SigningKeys(
-        key_dir, algorithm=algorithm, rotation_period_s=ROTATION, overlap_s=OVERLAP, clock=clock
-    )
+    keys = SigningKeys(key_dir, algorithm=algorithm, rotation_period_s=ROTATION, overlap_s=OVERLAP, clock=clock)
     keys.load_or_create()
     return keys
 
@@ -85,9 +81,7 @@ def verify(token: str, jwks: dict[str, object]) -> dict[str, Any]:
     """What Vault does: pick the JWK by kid from the published set, then verify."""
     kid = jwt.get_unverified_header(token)["kid"]
     jwk = jwt.PyJWKSet.from_dict(jwks)[kid]
-    claims: dict[str, Any] = jwt.decode(
-        token, jwk, algorithms=[jwk.algorithm_name], audience=AUDIENCE, issuer=ISSUER
-    )
+    claims: dict[str, Any] = jwt.decode(token, jwk, algorithms=[jwk.algorithm_name], audience=AUDIENCE, issuer=ISSUER)
     return claims
 
 
@@ -209,9 +203,7 @@ def test_wrong_audience_fails(keys: SigningKeys) -> None:
 
 def test_issuer_mint_uses_clock_and_random_jti(keys: SigningKeys) -> None:
     now = int(time.time())
-    issuer = JobTokenIssuer(
-        keys, issuer=ISSUER, lifetime_s=120, controller_id="ctl-1", clock=lambda: float(now)
-    )
+    issuer = JobTokenIssuer(keys, issuer=ISSUER, lifetime_s=120, controller_id="ctl-1", clock=lambda: float(now))
     a = verify(issuer.mint(IDENTITY, [AUDIENCE, "other"]), keys.jwks())
     b = verify(issuer.mint(IDENTITY, AUDIENCE), keys.jwks())
     assert a["iat"] == a["nbf"] == now
@@ -238,9 +230,7 @@ def test_issuer_lifetime_must_fit_in_overlap(key_dir: Path) -> None:
 # ------------------------------------------------------------------ rotation
 
 
-def test_rotation_overlap_and_expiry(
-    keys: SigningKeys, key_dir: Path, clock: FakeClock, algorithm: Algorithm
-) -> None:
+def test_rotation_overlap_and_expiry(keys: SigningKeys, key_dir: Path, clock: FakeClock, algorithm: Algorithm) -> None:
     old_kid = keys.active_kid
     old_token = mint(keys)
 
@@ -298,9 +288,7 @@ def test_forced_rotate(keys: SigningKeys, key_dir: Path) -> None:
     assert retired[keys.active_kid] is None
 
 
-def test_zero_overlap_drops_old_key_at_rotation(
-    key_dir: Path, algorithm: Algorithm, clock: FakeClock
-) -> None:
+def test_zero_overlap_drops_old_key_at_rotation(key_dir: Path, algorithm: Algorithm, clock: FakeClock) -> None:
     keys = SigningKeys(key_dir, algorithm=algorithm, overlap_s=0, clock=clock)
     keys.load_or_create()
     old_kid = keys.active_kid
@@ -383,9 +371,7 @@ def test_corrupt_index_is_refused(keys: SigningKeys, key_dir: Path, algorithm: A
         make_keys(key_dir, algorithm, FakeClock())
 
 
-def test_path_traversal_kid_in_index_is_refused(
-    keys: SigningKeys, key_dir: Path, algorithm: Algorithm
-) -> None:
+def test_path_traversal_kid_in_index_is_refused(keys: SigningKeys, key_dir: Path, algorithm: Algorithm) -> None:
     index_path = key_dir / INDEX_NAME
     index = json.loads(index_path.read_text())
     index["keys"][0]["kid"] = "../../etc/passwd"
@@ -394,9 +380,7 @@ def test_path_traversal_kid_in_index_is_refused(
         make_keys(key_dir, algorithm, FakeClock())
 
 
-def test_missing_index_with_keys_present_is_refused(
-    keys: SigningKeys, key_dir: Path, algorithm: Algorithm
-) -> None:
+def test_missing_index_with_keys_present_is_refused(keys: SigningKeys, key_dir: Path, algorithm: Algorithm) -> None:
     (key_dir / INDEX_NAME).unlink()
     with pytest.raises(KeyStoreError, match=r"no keys\.json"):
         make_keys(key_dir, algorithm, FakeClock())

@@ -343,9 +343,7 @@ def test_decode_secret_invalid_base64(raw: str) -> None:
 
 def _expected_signature_strings(scheme: str, secret: bytes, body: bytes) -> list[str]:
     headers = _sign_any(scheme, secret, body)
-    sig = (
-        headers.get("X-Hub-Signature-256") or headers.get("X-Gitea-Signature") or headers["webhook-signature"]
-    )
+    sig = headers.get("X-Hub-Signature-256") or headers.get("X-Gitea-Signature") or headers["webhook-signature"]
     out = [sig, sig.removeprefix("sha256=").removeprefix("v1,")]
     raw = hmac.new(secret, body, hashlib.sha256).hexdigest()
     out.append(raw)
@@ -427,9 +425,7 @@ def test_property_sign_then_verify(scheme: str, secret: bytes, body: bytes, msg_
     body=st.binary(min_size=1, max_size=512),
     data=st.data(),
 )
-def test_property_flipping_any_body_byte_fails(
-    scheme: str, secret: bytes, body: bytes, data: st.DataObject
-) -> None:
+def test_property_flipping_any_body_byte_fails(scheme: str, secret: bytes, body: bytes, data: st.DataObject) -> None:
     headers = sign(scheme, secret, body, msg_id="msg_1", timestamp=NOW)
     index = data.draw(st.integers(min_value=0, max_value=len(body) - 1), label="index")
     mask = data.draw(st.integers(min_value=1, max_value=255), label="mask")

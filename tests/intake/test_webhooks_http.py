@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import docker
 import pytest
-
 from conftest import RunningController, job_spec, managed_containers
+
 from orchestrator.intake.signatures import sign
 
 pytestmark = pytest.mark.docker
@@ -50,7 +50,7 @@ async def test_tampered_body_is_401(controller_factory: Any, docker_client: Any)
     body = json.dumps(spec).encode()
     headers = sign("standard-webhooks", ctl.webhook_secret, body, msg_id="msg_2", timestamp=int(time.time()))
     tampered = body.replace(b"echo hello", b"echo pwned")
-    status, resp = await ctl.post_webhook(tampered, headers=headers)
+    status, _ = await ctl.post_webhook(tampered, headers=headers)
     assert status == 401
     await _no_trace(ctl, docker_client, spec["id"])
 

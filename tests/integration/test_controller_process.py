@@ -17,8 +17,8 @@ from typing import Any
 import docker
 import pytest
 import requests
-
 from conftest import TEST_CONTROLLER_PREFIX, TEST_IMAGE, job_spec, managed_containers
+
 from orchestrator.config import hash_token
 from orchestrator.intake.signatures import sign
 
@@ -69,8 +69,10 @@ retry_on_restart = {str(retry_on_restart).lower()}
     def start(self) -> None:
         self.log = (self.tmp / "controller.log").open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "serve", "--config", str(self.config)]
-            + ["--drain-timeout", str(self.drain_s)],
+            [
+                *(sys.executable, "-m", "orchestrator.cli", "serve"),
+                *("--config", str(self.config), "--drain-timeout", str(self.drain_s)),
+            ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )

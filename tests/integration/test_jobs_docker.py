@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
 import docker
 import pytest
-
 from conftest import RunningController, job_spec, managed_containers
 
 pytestmark = pytest.mark.docker
@@ -130,7 +130,7 @@ async def test_pool_concurrency_is_fifo(controller_factory: Any) -> None:
     starts = [j["started_at"] for j in jobs]
     assert starts == sorted(starts)
     # never two at once in a pool of one
-    for earlier, later in zip(jobs, jobs[1:], strict=False):
+    for earlier, later in itertools.pairwise(jobs):
         assert later["started_at"] >= earlier["finished_at"] - 0.5
 
 
