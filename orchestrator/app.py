@@ -51,7 +51,7 @@ def build_controller(config: Config, credentials: CredentialsBackend | None = No
         credentials, signing_keys = build_vault_credentials(config)
     store = SQLiteJobStore(data / "jobs.sqlite3")
     engine = DockerEngine(config.docker.base_url, api_timeout_s=config.docker.api_timeout_s)
-    logs = LogStore(data / "logs")
+    logs = LogStore(data / "logs", max_bytes=config.logs.max_bytes)
     runner = JobRunner(config, store, engine, logs, credentials)
     scheduler = Scheduler(config, store, engine, runner)
     sources = {

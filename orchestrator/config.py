@@ -118,6 +118,9 @@ class PoolConfig(_Strict):
     retry_on_restart: bool = False
     vault_role: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$", description="default: ci-<pool>")
     audience: str = Field("vault", min_length=1, description="aud claim of this pool's job tokens")
+    secrets: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")], PoolSecret] = Field(
+        default_factory=dict
+    )
 
     @field_validator("memory", mode="before")
     @classmethod
@@ -184,6 +187,21 @@ class CredentialsConfig(_Strict):
     oidc: OidcConfig = Field(default_factory=OidcConfig)
 
 
+class LogsConfig(_Strict):
+    max_bytes: int = Field(100 * 1024**2, ge=4096, description="per job; the rest is cut with a visible notice")
+    timestamps: bool = Field(False, description="prefix every stored line with its UTC arrival time")
+    idle_flush_s: float = Field(1.0, gt=0, le=30, description="longest a quiet job's last bytes are held back")
+    min_secret_length: int = Field(6, ge=3, le=64, description="shorter secrets are refused: masking them ruins logs")
+    mask: str = Field("[MASKED]", min_length=1, max_length=64)
+
+
+class PoolSecret(_Strict):
+    """A value every job of the pool receives (e.g. a registry token); masked in logs like Vault secrets."""
+
+    file: Path
+    deliver: Literal["file", "env"] = "file"
+
+
 class StorageConfig(_Strict):
     backend: Literal["sqlite"] = "sqlite"
 
@@ -198,6 +216,7 @@ class Config(_Strict):
     sources: dict[Annotated[str, Field(pattern=_NAME)], SourceConfig] = Field(default_factory=dict)
     pools: dict[Annotated[str, Field(pattern=_NAME)], PoolConfig] = Field(min_length=1)
     credentials: CredentialsConfig | None = None
+    logs: LogsConfig = Field(default_factory=LogsConfig)
     max_total_concurrent: int = Field(16, ge=1)
 
     @model_validator(mode="after")
@@ -228,6 +247,10 @@ def load_config(path: Path) -> Config:
         raise ConfigError(str(path), ["file not found"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), ["not UTF-8 text"]) from None
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from None
     base = path.resolve().parent
     _resolve_paths(raw, base)
     try:
@@ -235,6 +258,12 @@ def load_config(path: Path) -> Config:
     except ValidationError as exc:
         raise ConfigError(str(path), [_format_error(dict(e)) for e in exc.errors()]) from None
     problems = [p for name, src in config.sources.items() for p in _check_secret_files(name, src)]
+    problems += [
+        p
+        for pool_name, pool in config.pools.items()
+        for name, secret in pool.secrets.items()
+        for p in _check_pool_secret(f"pools.{pool_name}.secrets.{name}", secret.file, config.logs.min_secret_length)
+    ]
     if problems:
         raise ConfigError(str(path), problems)
     return config
@@ -250,6 +279,14 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
         for key in ("ca_cert", "revoker_token_file"):
             if isinstance(vault.get(key), str):
                 vault[key] = str(base / vault[key])
+    pools = raw.get("pools")
+    if isinstance(pools, dict):
+        for pool in pools.values():
+            secrets = pool.get("secrets") if isinstance(pool, dict) else None
+            if isinstance(secrets, dict):
+                for entry in secrets.values():
+                    if isinstance(entry, dict) and isinstance(entry.get("file"), str):
+                        entry["file"] = str(base / entry["file"])
     sources = raw.get("sources")
     if isinstance(sources, dict):
         for src in sources.values():
@@ -273,12 +310,38 @@ def _check_secret_files(name: str, src: SourceConfig) -> list[str]:
             problems.append(f"{where}: file not found")
         except PermissionError:
             problems.append(f"{where}: not readable by this user")
+        except OSError as exc:
+            problems.append(f"{where}: cannot read: {exc.strerror}")
         except (ValueError, UnicodeDecodeError) as exc:
             problems.append(f"{where}: {exc}")
         else:
             if file.stat().st_mode & 0o077:
                 problems.append(f"{where}: readable by group/others; run chmod 600 on it")
     return problems
+
+
+def _check_pool_secret(where: str, file: Path, min_length: int) -> list[str]:
+    try:
+        value = read_pool_secret(file)
+    except FileNotFoundError:
+        return [f"{where}: {file}: file not found"]
+    except PermissionError:
+        return [f"{where}: {file}: not readable by this user"]
+    except UnicodeDecodeError:
+        return [f"{where}: {file}: not UTF-8 text"]
+    except OSError as exc:
+        return [f"{where}: {file}: cannot read: {exc.strerror}"]
+    problems = []
+    if len(value) < min_length:
+        problems.append(f"{where}: the value is shorter than {min_length} characters and cannot be masked safely")
+    if file.stat().st_mode & 0o077:
+        problems.append(f"{where}: {file}: readable by group/others; run chmod 600 on it")
+    return problems
+
+
+def read_pool_secret(file: Path) -> str:
+    """A trailing newline in a secret file is an editor artefact, not part of the value."""
+    return file.read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
 
 
 def read_source_secrets(src: SourceConfig) -> list[bytes]:

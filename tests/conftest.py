@@ -144,8 +144,23 @@ class RunningController:
 ControllerFactory = Callable[..., Any]
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def make_config(
-    tmp_path: Path, *, controller_id: str, secret_file: Path, token: str, viewer: str, **pool: Any
+    tmp_path: Path,
+    *,
+    controller_id: str,
+    secret_file: Path,
+    token: str,
+    viewer: str,
+    settings: dict[str, Any] | None = None,
+    **pool: Any,
 ) -> Config:
     pool_cfg: dict[str, Any] = {
         "image": TEST_IMAGE,
@@ -172,6 +187,7 @@ def make_config(
         "pools": {"default": pool_cfg},
         "max_total_concurrent": 8,
     }
+    raw.update(settings or {})
     return Config.model_validate(raw)
 
 
@@ -188,17 +204,27 @@ async def controller_factory(tmp_path: Path, docker_client: docker.DockerClient)
     controller_id = f"{TEST_CONTROLLER_PREFIX}{uuid.uuid4().hex[:10]}"
 
     async def start(
-        *, credentials: CredentialsBackend | None = None, config: Config | None = None, **pool: Any
+        *,
+        credentials: CredentialsBackend | None = None,
+        config: Config | None = None,
+        settings: dict[str, Any] | None = None,
+        **pool: Any,
     ) -> RunningController:
         token, viewer = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
         cfg = config or make_config(
-            tmp_path, controller_id=controller_id, secret_file=secret_file, token=token, viewer=viewer, **pool
+            tmp_path,
+            controller_id=controller_id,
+            secret_file=secret_file,
+            token=token,
+            viewer=viewer,
+            settings=settings,
+            **pool,
         )
         controller = build_controller(cfg, credentials=credentials)
         app = build_app(controller)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", cfg.server.port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         session = aiohttp.ClientSession()

@@ -11,6 +11,7 @@ from orchestrator.api.auth import Principal, Role, authenticate
 from orchestrator.config import Config
 from orchestrator.jobs.states import JobState
 from orchestrator.jobs.views import job_view
+from orchestrator.logs.sse import SseEncoder, parse_last_event_id
 from orchestrator.logs.store import LogStore
 from orchestrator.runtime.docker_engine import DockerEngine, EngineError
 from orchestrator.scheduler import NotCancellableError, Scheduler
@@ -103,13 +104,15 @@ class Api:
         job = await self.store.get(job_id)
         if job is None:
             return _err(404, f"no job {job_id!r}")
+        sse = "text/event-stream" in request.headers.get("Accept", "") or request.query.get("format") == "sse"
+        resume = parse_last_event_id(request.headers.get("Last-Event-ID")) if sse else None
         try:
-            offset = int(request.query.get("offset", "0"))
+            offset = resume if resume is not None else int(request.query.get("offset", "0"))
         except ValueError:
             return _err(400, "offset must be a non-negative integer")
         if offset < 0:
             return _err(400, "offset must be a non-negative integer")
-        follow = request.query.get("follow", "false").lower() in {"1", "true", "yes"}
+        follow = sse or request.query.get("follow", "false").lower() in {"1", "true", "yes"}
         resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8", "X-Job-Status": job.state})
         if not follow:
             size = self.logs.size(job_id)
@@ -125,14 +128,21 @@ class Api:
             await resp.write_eof()
             return resp
         resp.enable_chunked_encoding()
+        if sse:
+            resp.headers["Content-Type"] = "text/event-stream; charset=utf-8"
+            resp.headers["Cache-Control"] = "no-cache"
         await resp.prepare(request)
 
         async def finished() -> bool:
             current = await self.store.get(job_id)
             return current is None or current.state.final
 
+        encoder = SseEncoder(offset) if sse else None
         async for data in self.logs.follow(job_id, offset, finished):
-            await resp.write(data)
+            await resp.write(encoder.encode(data) if encoder else data)
+        if encoder is not None:
+            final = await self.store.get(job_id)
+            await resp.write(encoder.end(final.state.value if final else "unknown"))
         await resp.write_eof()
         return resp
 

@@ -5,13 +5,20 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 # Names the runtime sets itself; a job overriding them could confuse its own shell or escape the workspace.
-RESERVED_ENV = frozenset({"HOME", "PATH", "USER", "PWD", "SHELL", "IFS", "ENV", "BASH_ENV", "LD_PRELOAD"})
+RESERVED_ENV = frozenset(
+    {"HOME", "PATH", "USER", "PWD", "SHELL", "IFS", "ENV", "BASH_ENV", "LD_PRELOAD", "LD_LIBRARY_PATH"}
+    | {"CI", "CI_REPOSITORY", "CI_REF", "CI_SHA", "CI_POOL"}
+)
 RESERVED_ENV_PREFIXES = ("ORCHESTRATOR_", "CI_JOB_")
+
+
+def is_reserved_env(name: str) -> bool:
+    return name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES)
 
 
 class _Wire(BaseModel):
@@ -27,6 +34,19 @@ class SecretRequest(_Wire):
     deliver: Literal["file", "env"] = "file"
     engine: Literal["kv2", "generic"] = "kv2"
     mount: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+$")
+
+    @field_validator("mount")
+    @classmethod
+    def _mount_not_dots(cls, mount: str | None) -> str | None:
+        if mount in {".", ".."}:
+            raise ValueError("mount must not be '.' or '..'")
+        return mount
+
+    @model_validator(mode="after")
+    def _env_name_allowed(self) -> SecretRequest:
+        if self.deliver == "env" and is_reserved_env(self.name):
+            raise ValueError(f"env name {self.name!r} is reserved by the runner")
+        return self
 
     @field_validator("path")
     @classmethod
@@ -75,7 +95,7 @@ class JobSpec(_Wire):
         for name, value in env.items():
             if not re.fullmatch(ENV_NAME_PATTERN, name):
                 raise ValueError(f"env name {name!r} is not a valid shell variable name")
-            if name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES):
+            if is_reserved_env(name):
                 raise ValueError(f"env name {name!r} is reserved by the runner")
             if "\x00" in value or len(value) > 32 * 1024:
                 raise ValueError(f"env {name!r} has a NUL byte or is longer than 32 KiB")

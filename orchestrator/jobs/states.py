@@ -124,6 +124,6 @@ def exit_reason(exit_code: int) -> str | None:
         return "exit code 137: killed (SIGKILL), often the pool's memory limit"
     if exit_code == 127:
         return "exit code 127: command not found"
-    if exit_code > 128:
+    if 128 < exit_code <= 128 + 64:  # Linux has 64 signals; 255 is usually `exit -1`
         return f"exit code {exit_code}: terminated by signal {exit_code - 128}"
     return f"exit code {exit_code}"

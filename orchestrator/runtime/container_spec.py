@@ -120,7 +120,7 @@ def build_container_spec(
         "pids_limit": pool.pids,
         "mem_limit": pool.memory,
         "memswap_limit": pool.memory,
-        "nano_cpus": int(pool.cpus * 1e9),
+        "nano_cpus": round(pool.cpus * 1e9),
         "ulimits": [],
         # Job output must only ever be stored redacted: Docker's own log driver would write it raw to disk.
         "log_config": {"type": "none", "config": {}},

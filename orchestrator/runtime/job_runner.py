@@ -14,18 +14,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from orchestrator.config import Config
+from orchestrator.config import Config, read_pool_secret
 from orchestrator.credentials.base import CredentialsBackend, CredentialsError, JobCredentials
 from orchestrator.jobs.states import Job, JobState, exit_reason, state_for_exit, transition
 from orchestrator.logs.redact import SecretSet, SecretTooShortError, StreamRedactor
 from orchestrator.logs.store import JobLog, LogStore
-from orchestrator.runtime.container_spec import build_container_spec, job_script, stdin_payload
+from orchestrator.logs.timestamps import LineTimestamper
+from orchestrator.runtime.container_spec import SecretFile, build_container_spec, job_script, stdin_payload
 from orchestrator.runtime.docker_engine import AttachedStream, DockerEngine, EngineError
 from orchestrator.store.base import JobStore
 
 log = logging.getLogger(__name__)
 
-IDLE_FLUSH_S = 1.0
 _REMOVE_ATTEMPTS_S = 120.0
 
 
@@ -39,6 +39,11 @@ class _Attempt:
     creds: JobCredentials | None = None
     container_id: str | None = None
     stream: AttachedStream | None = None
+    stamper: LineTimestamper | None = None
+
+    def store(self, data: bytes, now: float) -> None:
+        """Only redacted bytes come here; timestamps go on after redaction so they cannot split a secret."""
+        self.joblog.append(self.stamper.stamp(data, now) if self.stamper else data)
 
 
 class JobLostError(Exception):
@@ -91,7 +96,11 @@ class JobRunner:
             job = await self._move(job, JobState.STARTING)
         except JobLostError:
             return job
-        attempt = _Attempt(job=job, joblog=self.logs.open(job.id))
+        attempt = _Attempt(
+            job=job,
+            joblog=self.logs.open(job.id),
+            stamper=LineTimestamper() if self.config.logs.timestamps else None,
+        )
         outcome: tuple[JobState, str | None, int | None] = (JobState.ERROR, "internal error", None)
         try:
             outcome = await self._execute(attempt, control)
@@ -115,7 +124,9 @@ class JobRunner:
         cancelled = (JobState.CANCELLED, control.cancel_reason, None)
         if control.cancel.is_set():
             return cancelled
-        secrets = SecretSet()
+        logs_cfg = self.config.logs
+        secrets = SecretSet(min_length=logs_cfg.min_secret_length)
+        delivered = await self._pool_secrets(at.job.pool, secrets)
         if at.job.spec.secrets:
             if self.credentials is None:
                 raise CredentialsError("the job asks for secrets but no credentials backend is configured")
@@ -127,7 +138,8 @@ class JobRunner:
                     raise CredentialsError(str(exc)) from None
             if at.creds.accessor:
                 at.job = await self._save(at.job, credentials_accessor=at.creds.accessor)
-        at.redactor = StreamRedactor(secrets)
+            delivered += at.creds.secrets
+        at.redactor = StreamRedactor(secrets, mask=logs_cfg.mask.encode())
         cspec = build_container_spec(
             at.job.spec,
             self.config.pools[at.job.pool],
@@ -141,28 +153,44 @@ class JobRunner:
             return cancelled
         at.stream = await self.engine.attach(at.container_id)
         await self.engine.start(at.container_id)
-        payload = stdin_payload(job_script(at.job.spec.commands, at.creds.secrets if at.creds else ()))
+        payload = stdin_payload(job_script(at.job.spec.commands, delivered))
         await asyncio.to_thread(at.stream.send, payload)
         at.job = await self._move(at.job, JobState.RUNNING)
         control.started_monotonic = asyncio.get_running_loop().time()
-        return await self._supervise(at.job, at.container_id, at.stream, at.joblog, at.redactor, control)
+        return await self._supervise(at, at.container_id, at.stream, at.redactor, control)
+
+    async def _pool_secrets(self, pool: str, secrets: SecretSet) -> list[SecretFile]:
+        delivered = []
+        for name, entry in self.config.pools[pool].secrets.items():
+            try:
+                value = await asyncio.to_thread(read_pool_secret, entry.file)
+                secrets.add(value, name=name)
+            except (OSError, UnicodeDecodeError) as exc:
+                raise CredentialsError(f"pool secret {name!r} could not be read: {type(exc).__name__}") from None
+            except SecretTooShortError as exc:
+                raise CredentialsError(str(exc)) from None
+            delivered.append(SecretFile(name=name, value=value, deliver=entry.deliver))
+        return delivered
 
     async def _supervise(
         self,
-        job: Job,
+        at: _Attempt,
         container_id: str,
         stream: AttachedStream,
-        joblog: JobLog,
         redactor: StreamRedactor,
         control: RunControl,
     ) -> tuple[JobState, str | None, int | None]:
+        job = at.job
         loop = asyncio.get_running_loop()
         last_output = loop.time()
+
+        def store(data: bytes) -> None:
+            at.store(data, self.clock())
 
         async def sink(chunk: bytes) -> None:
             nonlocal last_output
             last_output = loop.time()
-            joblog.append(redactor.feed(chunk))
+            store(redactor.feed(chunk))
 
         pumped: asyncio.Future[None] = loop.create_future()
 
@@ -176,6 +204,7 @@ class JobRunner:
 
         threading.Thread(target=pump, name=f"attach-{job.id}", daemon=True).start()
         deadline = loop.time() + job.timeout_s
+        idle_flush_s = self.config.logs.idle_flush_s
         cancel_wait = asyncio.ensure_future(control.cancel.wait())
         try:
             while True:
@@ -184,7 +213,7 @@ class JobRunner:
                     break
                 waiters: set[asyncio.Future[Any]] = {pumped, cancel_wait}
                 done, _ = await asyncio.wait(
-                    waiters, timeout=min(remaining, IDLE_FLUSH_S), return_when="FIRST_COMPLETED"
+                    waiters, timeout=min(remaining, idle_flush_s), return_when="FIRST_COMPLETED"
                 )
                 if cancel_wait in done:
                     await self._stop(container_id, stream, pumped)
@@ -197,8 +226,8 @@ class JobRunner:
                     if code is None:
                         break
                     return state_for_exit(code), exit_reason(code), code
-                if loop.time() - last_output >= IDLE_FLUSH_S and redactor.pending:
-                    joblog.append(redactor.flush_idle())
+                if loop.time() - last_output >= idle_flush_s and redactor.pending:
+                    store(redactor.flush_idle())
             await self._stop(container_id, stream, pumped)
             return JobState.TIMED_OUT, f"timed out after {job.timeout_s} s", None
         finally:
@@ -223,13 +252,13 @@ class JobRunner:
         stream.close()
 
     async def _finish(self, at: _Attempt, final: JobState, reason: str | None, exit_code: int | None) -> Job:
-        job, joblog = at.job, at.joblog
+        job = at.job
         if at.stream is not None:
             at.stream.close()
         if at.redactor is not None:
-            joblog.append(at.redactor.flush())
+            at.store(at.redactor.flush(), self.clock())
         if final is JobState.ERROR and reason:
-            joblog.append(f"\n[orchestrator] job ended in error: {reason}\n".encode())
+            at.store(f"\n[orchestrator] job ended in error: {reason}\n".encode(), self.clock())
         if at.container_id is not None:
             await self._remove(job.id, at.container_id)
         if at.creds is not None and self.credentials is not None:

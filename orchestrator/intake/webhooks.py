@@ -1,0 +1,181 @@
+"""POST /webhooks/{source}: size cap → signature on the raw body → parse → validate → dedupe → store → 202.
+
+The order matters: nothing is parsed before the signature holds, and nothing is acknowledged before it is
+durably stored. Every refusal is a 4xx with a message the sender can act on."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from orchestrator.config import Config
+from orchestrator.intake.signatures import SignatureError, verify
+from orchestrator.jobs.spec import JobSpec
+from orchestrator.jobs.states import new_job
+from orchestrator.jobs.views import job_view
+from orchestrator.scheduler import QueueFullError, Scheduler
+from orchestrator.store.base import JobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WebhookSource:
+    name: str
+    scheme: str
+    secrets: tuple[bytes, ...]
+
+
+class Rejected(Exception):
+    def __init__(self, status: int, reason: str, message: str, **extra: object) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.extra = extra
+
+
+def _error(status: int, reason: str, message: str, **extra: object) -> web.Response:
+    resp = web.json_response({"error": message, "reason": reason, **extra}, status=status)
+    return resp
+
+
+async def read_capped(request: web.Request, cap: int) -> bytes:
+    """Reads at most `cap` bytes; a declared or actual larger body is refused without reading the rest."""
+    declared = request.content_length
+    if declared is not None and declared > cap:
+        raise Rejected(413, "body_too_large", f"body of {declared} bytes exceeds the limit of {cap} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(min(65536, cap + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            raise Rejected(413, "body_too_large", f"body exceeds the limit of {cap} bytes")
+    return b"".join(chunks)
+
+
+def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    return [{"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"]} for err in exc.errors()]
+
+
+def parse_spec(body: bytes) -> JobSpec:
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        detail = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+        raise Rejected(400, "invalid_json", f"body is not valid JSON: {detail}") from None
+    if not isinstance(data, dict):
+        raise Rejected(422, "invalid_spec", "body must be a JSON object (a job spec)")
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        fields = _field_errors(exc)
+        names = ", ".join(f["field"] for f in fields)
+        raise Rejected(422, "invalid_spec", f"invalid job spec: {names}", fields=fields) from None
+    except RecursionError:
+        raise Rejected(400, "invalid_json", "body is nested too deeply") from None
+
+
+def check_admissible(spec: JobSpec, config: Config, *, credentials_configured: bool) -> int:
+    """Pool-level checks; returns the effective timeout."""
+    pool = config.pools.get(spec.pool)
+    if pool is None:
+        raise Rejected(
+            422, "unknown_pool", f"unknown pool {spec.pool!r}; configured pools: {', '.join(sorted(config.pools))}"
+        )
+    if spec.secrets and not credentials_configured:
+        raise Rejected(
+            422,
+            "secrets_unavailable",
+            "the job asks for secrets but this controller has no credentials backend configured",
+        )
+    clash = sorted({s.name for s in spec.secrets} & set(pool.secrets))
+    if clash:
+        raise Rejected(
+            422, "secret_name_taken", f"secret name(s) {', '.join(clash)} are already provided by pool {spec.pool!r}"
+        )
+    timeout = spec.timeout_s or pool.default_timeout_s
+    if timeout > pool.max_timeout_s:
+        raise Rejected(
+            422,
+            "timeout_too_long",
+            f"timeout_s {timeout} exceeds pool {spec.pool!r} max_timeout_s {pool.max_timeout_s}",
+        )
+    return timeout
+
+
+class WebhookIntake:
+    def __init__(
+        self,
+        config: Config,
+        sources: dict[str, WebhookSource],
+        store: JobStore,
+        scheduler: Scheduler,
+        *,
+        credentials_configured: bool,
+    ) -> None:
+        self.config = config
+        self.sources = sources
+        self.store = store
+        self.scheduler = scheduler
+        self.credentials_configured = credentials_configured
+        self.accepting = True
+        self.rejections: dict[str, int] = {}
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["source"]
+        try:
+            return await self._handle(name, request)
+        except Rejected as rej:
+            self.rejections[rej.reason] = self.rejections.get(rej.reason, 0) + 1
+            log.info(
+                "webhook rejected",
+                extra={"source": name, "status": rej.status, "reason": rej.reason, "remote": request.remote},
+            )
+            resp = _error(rej.status, rej.reason, rej.message, **rej.extra)
+            if rej.status == 413:
+                resp.force_close()
+            if rej.status in (429, 503):
+                resp.headers["Retry-After"] = "30"
+            return resp
+
+    async def _handle(self, name: str, request: web.Request) -> web.StreamResponse:
+        source = self.sources.get(name)
+        if source is None:
+            raise Rejected(404, "unknown_source", f"unknown webhook source {name!r}")
+        if not self.accepting:
+            raise Rejected(503, "shutting_down", "controller is shutting down; retry later")
+        body = await read_capped(request, self.config.server.max_body_bytes)
+        try:
+            delivery = verify(source.scheme, source.secrets, request.headers, body, time.time())
+        except SignatureError as exc:
+            raise Rejected(401, exc.reason, exc.message) from None
+        spec = parse_spec(body)
+        timeout = check_admissible(spec, self.config, credentials_configured=self.credentials_configured)
+        existing = await self.store.get(spec.id)
+        if existing is None:
+            try:
+                self.scheduler.check_capacity(spec.pool)
+            except QueueFullError as exc:
+                raise Rejected(429, "queue_full", str(exc)) from None
+            job = new_job(
+                spec, source=name, controller_id=self.config.controller_id, timeout_s=timeout, now=time.time()
+            )
+            stored, created = await self.store.create(job)
+        else:
+            stored, created = existing, False
+        if not created:
+            log.info("duplicate delivery", extra={"job_id": spec.id, "source": name, "delivery": delivery})
+            return web.json_response({**job_view(stored), "duplicate": True}, status=200)
+        log.info("job accepted", extra={"job_id": spec.id, "pool": spec.pool, "source": name, "delivery": delivery})
+        self.scheduler.submit(stored)
+        return web.json_response({"job_id": stored.id, "status": stored.state.value}, status=202)
