@@ -225,10 +225,19 @@ revoker_hcl=$(<"${POLICY_DIR}/orchestrator-revoker.hcl")
 must_write "policy orchestrator-revoker" "sys/policies/acl/orchestrator-revoker" \
   "{\"policy\":$(json_str "$revoker_hcl")}"
 
-pool_template=$(<"${POLICY_DIR}/ci-pool-read.hcl")
+render_pool_policy() { # the ci-pool-read.hcl template for pool $1, without its comment lines
+  local pool=$1 line out
+  out="# ci-${pool}-read: rendered by setup-vault.sh from policies/ci-pool-read.hcl"$'\n'
+  while IFS= read -r line || [[ -n $line ]]; do
+    [[ $line =~ ^[[:space:]]*# ]] && continue
+    line=${line//@KV_MOUNT@/$KV_MOUNT}
+    out+="${line//@POOL@/$pool}"$'\n'
+  done <"${POLICY_DIR}/ci-pool-read.hcl"
+  printf '%s' "$out"
+}
+
 for pool in "${POOLS[@]}"; do
-  hcl=${pool_template//@KV_MOUNT@/$KV_MOUNT}
-  hcl=${hcl//@POOL@/$pool}
+  hcl=$(render_pool_policy "$pool")
   must_write "policy ci-${pool}-read" "sys/policies/acl/ci-${pool}-read" "{\"policy\":$(json_str "$hcl")}"
 done
 
