@@ -35,10 +35,10 @@ def load_or_create(path: Path) -> Ed25519PrivateKey:
             tmp.unlink()
     if path.stat().st_mode & 0o077:
         raise PermissionError(f"{path} is readable by group/others; run chmod 600 on it")
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
+    loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(loaded, Ed25519PrivateKey):
         raise ValueError(f"{path} does not hold an Ed25519 private key")
-    return key
+    return loaded
 
 
 def public_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
