@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -15,7 +16,9 @@ from orchestrator.credentials.base import CredentialsBackend
 from orchestrator.credentials.claims import discovery_document
 from orchestrator.credentials.oidc import SigningKeys
 from orchestrator.intake.webhooks import WebhookIntake, WebhookSource
+from orchestrator.jobs.states import Job
 from orchestrator.logs.store import LogStore
+from orchestrator.metrics import Metrics
 from orchestrator.runtime.docker_engine import DockerEngine
 from orchestrator.runtime.job_runner import JobRunner
 from orchestrator.scheduler import Scheduler
@@ -35,6 +38,7 @@ class Controller:
     scheduler: Scheduler
     intake: WebhookIntake
     api: Api
+    metrics: Metrics
     credentials: CredentialsBackend | None = None
     signing_keys: SigningKeys | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -50,16 +54,42 @@ def build_controller(config: Config, credentials: CredentialsBackend | None = No
 
         credentials, signing_keys = build_vault_credentials(config)
     store = SQLiteJobStore(data / "jobs.sqlite3")
-    engine = DockerEngine(config.docker.base_url, api_timeout_s=config.docker.api_timeout_s)
+    engine = DockerEngine(
+        config.docker.base_url,
+        api_timeout_s=config.docker.api_timeout_s,
+        retry_budget_s=config.docker.retry_budget_s,
+    )
     logs = LogStore(data / "logs", max_bytes=config.logs.max_bytes)
-    runner = JobRunner(config, store, engine, logs, credentials)
+    metrics = Metrics()
+
+    def on_change(job: Job) -> None:
+        if job.state.final:
+            metrics.jobs_finished.labels(job.pool, job.state.value).inc()
+
+    runner = JobRunner(config, store, engine, logs, credentials, on_change=on_change, metrics=metrics)
     scheduler = Scheduler(config, store, engine, runner)
     sources = {
         name: WebhookSource(name, src.scheme, tuple(read_source_secrets(src))) for name, src in config.sources.items()
     }
-    intake = WebhookIntake(config, sources, store, scheduler, credentials_configured=credentials is not None)
-    api = Api(config, store, scheduler, logs, engine)
-    return Controller(config, store, engine, logs, runner, scheduler, intake, api, credentials, signing_keys)
+    intake = WebhookIntake(
+        config, sources, store, scheduler, credentials_configured=credentials is not None, metrics=metrics
+    )
+    api = Api(config, store, scheduler, logs, engine, metrics)
+
+    def live() -> dict[str, Any]:
+        stats: dict[str, Any] = {
+            "pools": scheduler.pool_stats(),
+            "docker": {"errors": engine.errors, "retries": engine.retries},
+        }
+        if credentials is not None:
+            stats["vault"] = {
+                "errors": getattr(credentials, "errors", 0),
+                "retries": getattr(credentials, "retries", 0),
+            }
+        return stats
+
+    metrics.watch(live)
+    return Controller(config, store, engine, logs, runner, scheduler, intake, api, metrics, credentials, signing_keys)
 
 
 def _oidc_routes(controller: Controller) -> list[web.RouteDef]:
@@ -91,6 +121,13 @@ async def _rotate_keys_periodically(keys: SigningKeys, every_s: float = 60.0) ->
 CONTROLLER = web.AppKey("controller", Controller)
 
 
+async def drain(controller: Controller, drain_timeout_s: float) -> None:
+    """Graceful stop: webhooks get 503 + Retry-After and /readyz turns 503 while running jobs may finish for
+    `drain_timeout_s`; then the rest are cancelled (containers removed, credentials revoked)."""
+    controller.intake.accepting = False
+    await controller.scheduler.shutdown(drain_timeout_s)
+
+
 def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Application:
     app = web.Application(client_max_size=controller.config.server.max_body_bytes)
     app[CONTROLLER] = controller
@@ -103,14 +140,15 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
         await controller.scheduler.start()
         if controller.signing_keys is not None:
             controller.background.append(asyncio.create_task(_rotate_keys_periodically(controller.signing_keys)))
+        sweep = controller.scheduler.sweep_forever(controller.config.docker.sweep_interval_s)
+        controller.background.append(asyncio.create_task(sweep))
         log.info(
             "controller started",
             extra={"controller_id": controller.config.controller_id, "config_digest": controller.config.digest()},
         )
 
     async def shutdown(app: web.Application) -> None:
-        controller.intake.accepting = False
-        await controller.scheduler.shutdown(drain_timeout_s)
+        await drain(controller, drain_timeout_s)
 
     async def cleanup(app: web.Application) -> None:
         for task in controller.background:

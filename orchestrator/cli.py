@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import secrets
 import signal
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from orchestrator.config import ConfigError, hash_token, load_config
 
+log = logging.getLogger("orchestrator")
 EXIT_USAGE = 2
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -32,7 +34,7 @@ def _fail(message: str, code: int = 1) -> int:
 
 async def _serve(config_path: Path, drain_timeout_s: float) -> int:
     from orchestrator import structured_logs
-    from orchestrator.app import build_app, build_controller
+    from orchestrator.app import build_app, build_controller, drain
 
     structured_logs.configure(os.environ.get("ORCHESTRATOR_LOG_LEVEL", "info"))
     config = load_config(config_path)
@@ -52,7 +54,10 @@ async def _serve(config_path: Path, drain_timeout_s: float) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    log.info("stopping: draining running jobs", extra={"drain_timeout_s": drain_timeout_s})
+    await drain(controller, drain_timeout_s)  # still listening: new webhooks get 503 + Retry-After
     await runner.cleanup()
+    log.info("stopped")
     return 0
 
 

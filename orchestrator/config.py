@@ -49,6 +49,7 @@ class ServerConfig(_Strict):
     port: int = Field(8080, ge=0, le=65535)
     public_url: str | None = Field(None, description="URL Vault and users reach the controller at")
     max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    metrics_public: bool = Field(False, description="serve /metrics without a token (e.g. scrape on localhost)")
     # Standard-webhooks timestamp tolerance is fixed by its spec; this bounds the replay memory for the others.
     delivery_ttl_s: int = Field(7 * 86400, ge=60)
 
@@ -57,7 +58,9 @@ class DockerConfig(_Strict):
     base_url: str | None = Field(None, description="Docker engine URL; default from DOCKER_HOST or the local socket")
     stop_grace_s: float = Field(10.0, ge=0, le=300)
     api_timeout_s: float = Field(60.0, gt=0)
+    retry_budget_s: float = Field(30.0, ge=0, le=600, description="transient Docker errors are retried this long")
     init: bool = Field(True, description="run docker-init as PID 1 so SIGTERM reaches the job's shell")
+    sweep_interval_s: float = Field(30.0, gt=0, description="how often leftover containers are looked for")
 
 
 class ApiToken(_Strict):
@@ -218,6 +221,7 @@ class Config(_Strict):
     credentials: CredentialsConfig | None = None
     logs: LogsConfig = Field(default_factory=LogsConfig)
     max_total_concurrent: int = Field(16, ge=1)
+    max_queued_total: int = Field(10_000, ge=1, description="accepted-but-waiting jobs across pools; then 429")
 
     @model_validator(mode="after")
     def _issuer_needs_public_url(self) -> Config:

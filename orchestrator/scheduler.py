@@ -71,9 +71,18 @@ class Scheduler:
         return job_id in self._running
 
     def check_capacity(self, pool: str) -> None:
-        """Refuse new work before it is stored when the pool's queue is full (429 beats unbounded memory)."""
+        """Refuse new work before it is stored when a queue is full (429 beats unbounded memory)."""
         if len(self._queues[pool]) >= self.config.pools[pool].max_queue:
             raise QueueFullError(f"pool {pool!r} has {len(self._queues[pool])} jobs waiting; try again later")
+        if self.queue_depth() >= self.config.max_queued_total:
+            raise QueueFullError(f"{self.queue_depth()} jobs are waiting on this controller; try again later")
+
+    def pool_stats(self) -> dict[str, tuple[int, int]]:
+        return {name: (len(q), self._running_per_pool[name]) for name, q in self._queues.items()}
+
+    @property
+    def draining(self) -> bool:
+        return not self._accepting
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -113,6 +122,29 @@ class Scheduler:
                     self._queues[job.pool].append(requeued)
             else:
                 await self._settle(job, JobState.ERROR, "controller restarted while the job was running")
+
+    async def sweep(self) -> int:
+        """Removes containers with our labels whose job is not running here: what a Docker outage or a failed
+        removal left behind. Returns how many were removed."""
+        removed = 0
+        for c in await self.engine.list_managed(self.config.controller_id):
+            if c.job_id in self._running:
+                continue
+            try:
+                await self.engine.remove(c.id)
+                removed += 1
+                log.info("swept leftover container", extra={"job_id": c.job_id, "container_id": c.id[:12]})
+            except EngineError as exc:
+                log.warning("could not sweep container", extra={"job_id": c.job_id, "error": str(exc)})
+        return removed
+
+    async def sweep_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.sweep()
+            except EngineError as exc:
+                log.warning("container sweep skipped: docker unavailable", extra={"error": str(exc)})
 
     async def _revoke_leftover_credentials(self, job: Job) -> None:
         backend = self.runner.credentials

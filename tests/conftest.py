@@ -29,6 +29,11 @@ TEST_CONTROLLER_PREFIX = "test-"
 REQUIRE_DOCKER = os.environ.get("ORCHESTRATOR_REQUIRE_DOCKER") == "1"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that stop the Docker engine run last, so a slow recovery cannot disturb the others."""
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+
+
 def _docker_client() -> docker.DockerClient | None:
     try:
         client = docker.from_env(timeout=30)

@@ -13,6 +13,7 @@ from orchestrator.jobs.states import JobState
 from orchestrator.jobs.views import job_view
 from orchestrator.logs.sse import SseEncoder, parse_last_event_id
 from orchestrator.logs.store import LogStore
+from orchestrator.metrics import CONTENT_TYPE, Metrics
 from orchestrator.runtime.docker_engine import DockerEngine, EngineError
 from orchestrator.scheduler import NotCancellableError, Scheduler
 from orchestrator.store.base import JobStore
@@ -30,8 +31,15 @@ def _err(status: int, message: str) -> web.Response:
 
 class Api:
     def __init__(
-        self, config: Config, store: JobStore, scheduler: Scheduler, logs: LogStore, engine: DockerEngine
+        self,
+        config: Config,
+        store: JobStore,
+        scheduler: Scheduler,
+        logs: LogStore,
+        engine: DockerEngine,
+        metrics: Metrics,
     ) -> None:
+        self.metrics = metrics
         self.config = config
         self.store = store
         self.scheduler = scheduler
@@ -42,6 +50,10 @@ class Api:
         return [
             web.get("/healthz", self.healthz),
             web.get("/readyz", self.readyz),
+            web.get(
+                "/metrics",
+                self.metrics_page if self.config.server.metrics_public else self._auth("viewer", self.metrics_page),
+            ),
             web.get("/api/v1/jobs", self._auth("viewer", self.list_jobs)),
             web.get("/api/v1/jobs/{job_id}", self._auth("viewer", self.show_job)),
             web.get("/api/v1/jobs/{job_id}/logs", self._auth("viewer", self.job_logs)),
@@ -65,8 +77,13 @@ class Api:
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
     async def readyz(self, request: web.Request) -> web.Response:
         checks: dict[str, str] = {}
+        if self.scheduler.draining:
+            checks["controller"] = "draining: not accepting new jobs"
         try:
             await self.engine.ping()
             checks["docker"] = "ok"

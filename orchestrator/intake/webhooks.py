@@ -18,6 +18,7 @@ from orchestrator.intake.signatures import SignatureError, verify
 from orchestrator.jobs.spec import JobSpec
 from orchestrator.jobs.states import new_job
 from orchestrator.jobs.views import job_view
+from orchestrator.metrics import Metrics
 from orchestrator.scheduler import QueueFullError, Scheduler
 from orchestrator.store.base import JobStore
 
@@ -122,21 +123,23 @@ class WebhookIntake:
         scheduler: Scheduler,
         *,
         credentials_configured: bool,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.config = config
         self.sources = sources
         self.store = store
         self.scheduler = scheduler
         self.credentials_configured = credentials_configured
         self.accepting = True
-        self.rejections: dict[str, int] = {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["source"]
         try:
             return await self._handle(name, request)
         except Rejected as rej:
-            self.rejections[rej.reason] = self.rejections.get(rej.reason, 0) + 1
+            if self.metrics is not None:
+                self.metrics.webhook_rejections.labels(rej.reason).inc()
             log.info(
                 "webhook rejected",
                 extra={"source": name, "status": rej.status, "reason": rej.reason, "remote": request.remote},
@@ -177,5 +180,7 @@ class WebhookIntake:
             log.info("duplicate delivery", extra={"job_id": spec.id, "source": name, "delivery": delivery})
             return web.json_response({**job_view(stored), "duplicate": True}, status=200)
         log.info("job accepted", extra={"job_id": spec.id, "pool": spec.pool, "source": name, "delivery": delivery})
+        if self.metrics is not None:
+            self.metrics.webhooks_accepted.labels(name).inc()
         self.scheduler.submit(stored)
         return web.json_response({"job_id": stored.id, "status": stored.state.value}, status=202)

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _HEADER = struct.Struct(">BxxxI")
+_UNREACHABLE = (requests.exceptions.ConnectionError, ConnectionError)
 
 
 class EngineError(Exception):
@@ -152,6 +153,10 @@ class DockerEngine:
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="docker")
         self._client: docker.DockerClient | None = None
         self.retries = 0
+        self.errors = 0
+        # Bumped whenever the daemon could not be reached: a job that saw it change cannot trust its exit code
+        # (a restarting daemon kills containers).
+        self.outages = 0
 
     def _api(self) -> Any:
         if self._client is None:
@@ -169,10 +174,20 @@ class DockerEngine:
             try:
                 return await loop.run_in_executor(self._executor, fn)
             except Exception as exc:
+                if isinstance(exc, _UNREACHABLE):
+                    self.outages += 1
                 raise _explain(exc) from exc
 
-        if not retry:
-            return await once()
+        try:
+            if not retry:
+                return await once()
+            return await self._retrying(once)
+        except EngineError as exc:
+            if not isinstance(exc, ContainerGoneError):
+                self.errors += 1
+            raise
+
+    async def _retrying(self, once: Callable[[], Coroutine[Any, Any, T]]) -> T:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(_is_transient),
             stop=stop_after_attempt(self._retry_attempts) | stop_after_delay(self._retry_budget_s),

@@ -20,6 +20,7 @@ from orchestrator.jobs.states import Job, JobState, exit_reason, state_for_exit,
 from orchestrator.logs.redact import SecretSet, SecretTooShortError, StreamRedactor
 from orchestrator.logs.store import JobLog, LogStore
 from orchestrator.logs.timestamps import LineTimestamper
+from orchestrator.metrics import Metrics
 from orchestrator.runtime.container_spec import SecretFile, build_container_spec, job_script, stdin_payload
 from orchestrator.runtime.docker_engine import AttachedStream, DockerEngine, EngineError
 from orchestrator.store.base import JobStore
@@ -69,7 +70,9 @@ class JobRunner:
         credentials: CredentialsBackend | None = None,
         clock: Callable[[], float] = time.time,
         on_change: Callable[[Job], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.config = config
         self.store = store
         self.engine = engine
@@ -157,6 +160,8 @@ class JobRunner:
         await asyncio.to_thread(at.stream.send, payload)
         at.job = await self._move(at.job, JobState.RUNNING)
         control.started_monotonic = asyncio.get_running_loop().time()
+        if self.metrics is not None and at.job.started_at is not None:
+            self.metrics.start_latency.labels(at.job.pool).observe(max(at.job.started_at - at.job.created_at, 0))
         return await self._supervise(at, at.container_id, at.stream, at.redactor, control)
 
     async def _pool_secrets(self, pool: str, secrets: SecretSet) -> list[SecretFile]:
@@ -203,6 +208,7 @@ class JobRunner:
                 loop.call_soon_threadsafe(_set_result, pumped)
 
         threading.Thread(target=pump, name=f"attach-{job.id}", daemon=True).start()
+        outages_before = self.engine.outages
         deadline = loop.time() + job.timeout_s
         idle_flush_s = self.config.logs.idle_flush_s
         cancel_wait = asyncio.ensure_future(control.cancel.wait())
@@ -225,6 +231,13 @@ class JobRunner:
                     code = await self._wait_exit(container_id, deadline)
                     if code is None:
                         break
+                    if self.engine.outages != outages_before:
+                        return (
+                            JobState.ERROR,
+                            f"docker: the engine was unreachable while the job ran; its exit code {code} "
+                            "cannot be trusted (a restarting daemon kills containers)",
+                            code,
+                        )
                     return state_for_exit(code), exit_reason(code), code
                 if loop.time() - last_output >= idle_flush_s and redactor.pending:
                     store(redactor.flush_idle())
@@ -260,7 +273,10 @@ class JobRunner:
         if final is JobState.ERROR and reason:
             at.store(f"\n[orchestrator] job ended in error: {reason}\n".encode(), self.clock())
         if at.container_id is not None:
+            began = time.monotonic()
             await self._remove(job.id, at.container_id)
+            if self.metrics is not None:
+                self.metrics.teardown.observe(time.monotonic() - began)
         if at.creds is not None and self.credentials is not None:
             await self.credentials.release(at.creds)
         try:

@@ -1,0 +1,76 @@
+"""Prometheus metrics. One registry per controller (tests run several in one process); counters the adapters
+already keep (Docker/Vault retries and errors) and live gauges (queue depth, running jobs) are read at scrape
+time instead of being pushed from every code path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+
+
+class _LiveCollector(Collector):
+    def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        live = self._read()
+        depth = GaugeMetricFamily("orchestrator_queue_depth", "Jobs accepted and waiting to start", labels=["pool"])
+        running = GaugeMetricFamily("orchestrator_jobs_running", "Jobs starting or running", labels=["pool"])
+        for pool, (queued, run) in sorted(live["pools"].items()):
+            depth.add_metric([pool], queued)
+            running.add_metric([pool], run)
+        yield depth
+        yield running
+        for system in ("docker", "vault"):
+            stats = live.get(system)
+            if stats is None:
+                continue
+            errors = CounterMetricFamily(f"orchestrator_{system}_errors", f"{system} calls that failed for good")
+            errors.add_metric([], stats["errors"])
+            retries = CounterMetricFamily(f"orchestrator_{system}_retries", f"{system} calls retried")
+            retries.add_metric([], stats["retries"])
+            yield errors
+            yield retries
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.jobs_finished = Counter(
+            "orchestrator_jobs_finished",
+            "Jobs that reached a final state",
+            ["pool", "state"],
+            registry=self.registry,
+        )
+        self.webhooks_accepted = Counter(
+            "orchestrator_webhooks_accepted", "Webhooks that created a job", ["source"], registry=self.registry
+        )
+        self.webhook_rejections = Counter(
+            "orchestrator_webhook_rejections", "Webhooks refused, by reason", ["reason"], registry=self.registry
+        )
+        self.start_latency = Histogram(
+            "orchestrator_job_start_seconds",
+            "Webhook accepted → container started",
+            ["pool"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.teardown = Histogram(
+            "orchestrator_container_teardown_seconds",
+            "Job ended → its container removed",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 120),
+            registry=self.registry,
+        )
+
+    def watch(self, read: Callable[[], dict[str, Any]]) -> None:
+        self.registry.register(_LiveCollector(read))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
