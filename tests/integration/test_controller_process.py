@@ -17,10 +17,11 @@ from typing import Any
 import docker
 import pytest
 import requests
-from conftest import TEST_CONTROLLER_PREFIX, TEST_IMAGE, job_spec, managed_containers
 
 from orchestrator.config import hash_token
 from orchestrator.intake.signatures import sign
+
+from conftest import TEST_CONTROLLER_PREFIX, TEST_IMAGE, job_spec, managed_containers
 
 pytestmark = pytest.mark.docker
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import docker
 import pytest
+
 from conftest import RunningController, job_spec, managed_containers
 
 pytestmark = pytest.mark.docker

@@ -13,11 +13,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+
 from conftest import RunningController, job_spec
 
 pytestmark = pytest.mark.docker
 
 SECRET = "s3cr3t-Pool-Token-9f8e7d"
+SECRET_SHA256 = hashlib.sha256(SECRET.encode()).hexdigest()
 
 
 def _pool_secret(tmp_path: Path, value: str = SECRET) -> Path:
@@ -49,8 +51,7 @@ async def test_pool_secret_is_delivered_and_masked_in_every_form(controller_fact
     (tmp_path / "e").write_text("env-" + SECRET)
     spec = job_spec(
         commands=[
-            f'test "$(sha256sum < /run/secrets/REG_TOKEN | cut -c1-64)" = "{hashlib.sha256(SECRET.encode()).hexdigest()}"'
-            " && echo file-ok",
+            f'test "$(sha256sum < /run/secrets/REG_TOKEN | cut -c1-64)" = "{SECRET_SHA256}" && echo file-ok',
             "cat /run/secrets/REG_TOKEN; echo",
             'printf %s "$(cat /run/secrets/REG_TOKEN)" | base64',
             # split across writes: the redactor sees the secret in pieces

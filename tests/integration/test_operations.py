@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import docker
 import pytest
 
-from conftest import TEST_IMAGE, RunningController, job_spec, managed_containers
 from orchestrator.app import drain
 from orchestrator.runtime.container_spec import LABEL_CONTROLLER, LABEL_JOB, LABEL_MANAGED
+
+from conftest import TEST_IMAGE, RunningController, job_spec, managed_containers
 
 pytestmark = pytest.mark.docker
 
@@ -99,7 +101,5 @@ async def test_sweep_removes_leftover_containers_of_this_controller_only(
         theirs.reload()
     finally:
         theirs.remove(force=True)
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             ours.remove(force=True)
-        except docker.errors.NotFound:
-            pass

@@ -12,6 +12,7 @@ from typing import Any
 
 import docker
 import pytest
+
 from conftest import RunningController, free_port, job_spec, managed_containers
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
@@ -73,7 +74,8 @@ async def test_job_reads_its_secrets_and_the_token_dies_with_the_job(
     spec = job_spec(
         secrets=SECRETS,
         commands=[
-            'test "$(cat /run/secrets/DB_PASSWORD)" = "$(printf %s db-pa55 word-7c1e4f0a9b | tr -d " ")" && echo file-ok',
+            'P=$(printf %s db-pa55 word-7c1e4f0a9b | tr -d " ")',
+            'test "$(cat /run/secrets/DB_PASSWORD)" = "$P" && echo file-ok',
             'test "$API_KEY" = "$(printf %s api-key-0d9c8b7a6 f5e4d3c | tr -d " ")" && echo env-ok',
             "cat /run/secrets/DB_PASSWORD; echo; echo $API_KEY",
             "test ! -e /run/secrets/API_KEY && echo env-not-on-disk",
