@@ -1,0 +1,445 @@
+"""Signed job attestations: an in-toto Statement v1 with an SLSA-provenance-style predicate, in a DSSE envelope.
+
+Why: a deploy step must be able to prove, offline and with only the controller's public key, that *this*
+commit of *this* repository went through a job on this controller and that the job succeeded. The envelope
+format (DSSE v1, payloadType `application/vnd.in-toto+json`) is the one in-toto and Sigstore tooling consume.
+
+Everything here is pure (no network, no clock) apart from the tiny file helpers at the bottom."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from orchestrator import ed25519_keys
+
+PAYLOAD_TYPE = "application/vnd.in-toto+json"
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
+BUILD_TYPE = "https://runner-orchestrator.dev/job/v1"
+BUILDER_ID_PREFIX = "https://runner-orchestrator.dev/controller/"
+PUBLIC_KEY_FILENAME = "attestation.pub"
+SUCCEEDED = "succeeded"
+# A verifier tries every signature; bound the work an attacker-supplied envelope can cause.
+MAX_SIGNATURES = 16
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_GIT_SHA = re.compile(r"^[0-9a-f]{7,64}$")
+
+
+class AttestationError(Exception):
+    """An envelope or statement that must not be trusted; the message says why, for a deploy log."""
+
+
+@dataclass(frozen=True)
+class JobFacts:
+    """What the controller knows about a finished job; the only input to `build_statement`.
+
+    `secrets` carries names and paths only (other keys are dropped, so a value can never leak into a
+    statement); `spec_json` is the canonical job spec, digested rather than embedded."""
+
+    job_id: str
+    repository: str
+    ref: str
+    sha: str
+    pool: str
+    commands: list[str]
+    env: dict[str, str]
+    secrets: list[dict[str, Any]]
+    spec_json: bytes
+    image: str
+    image_id: str
+    controller_id: str
+    started_at: float | None
+    finished_at: float | None
+    state: str
+    exit_code: int | None
+    reason: str | None
+    log_sha256: str
+    pool_config_digest: str | None = None
+
+
+@dataclass(frozen=True)
+class AttestedJob:
+    """The facts a deploy gate decides on, read back out of a verified statement."""
+
+    job_id: str
+    state: str
+    exit_code: int | None
+    reason: str | None
+    repository: str
+    ref: str
+    sha: str
+    builder_id: str
+
+
+# -- building -----------------------------------------------------------------------------------------------------
+
+
+def canonical_json(value: Any) -> bytes:
+    """Stable bytes for a JSON value (sorted keys, no spaces, UTF-8), so the same facts give the same digest."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def rfc3339(timestamp: float) -> str:
+    """UTC RFC 3339 (`2024-05-01T12:00:00Z`, milliseconds only when present), as SLSA timestamps require."""
+    moment = datetime.fromtimestamp(timestamp, tz=UTC)
+    text = moment.isoformat(timespec="milliseconds" if moment.microsecond else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+def _exit_facts(facts: JobFacts) -> dict[str, Any]:
+    return {"state": str(facts.state), "exit_code": facts.exit_code, "reason": facts.reason}
+
+
+def _image_dependency(image: str, image_id: str) -> dict[str, Any]:
+    dependency: dict[str, Any] = {"uri": f"docker-image:{image}"}
+    if image_id:  # empty when the job ended before an image was resolved: then the name is all we know
+        algorithm, sep, value = image_id.partition(":")
+        if not sep or algorithm != "sha256" or not _HEX64.match(value.lower()):
+            raise ValueError(f"image_id {image_id!r} is not 'sha256:<64 hex>'")
+        dependency["digest"] = {"sha256": value.lower()}
+    return dependency
+
+
+def _secret_refs(secrets: list[dict[str, Any]]) -> list[dict[str, str]]:
+    refs = []
+    for i, secret in enumerate(secrets):
+        if not isinstance(secret.get("name"), str) or not isinstance(secret.get("path"), str):
+            raise ValueError(f"secrets[{i}] needs string 'name' and 'path'")
+        refs.append({"name": secret["name"], "path": secret["path"]})  # whitelist: never a value
+    return refs
+
+
+def build_statement(facts: JobFacts) -> dict[str, Any]:
+    """The in-toto Statement for a finished job; raises ValueError on malformed digests (a bug upstream)."""
+    sha = facts.sha.lower()
+    if not _GIT_SHA.match(sha):
+        raise ValueError(f"sha {facts.sha!r} is not a hex git commit id")
+    log_sha256 = facts.log_sha256.lower()
+    if not _HEX64.match(log_sha256):
+        raise ValueError(f"log_sha256 {facts.log_sha256!r} is not 64 hex digits")
+
+    internal: dict[str, Any] = {"controller_id": facts.controller_id}
+    if facts.pool_config_digest is not None:
+        internal["pool_config_digest"] = facts.pool_config_digest
+    metadata: dict[str, Any] = {"invocationId": facts.job_id}
+    if facts.started_at is not None:
+        metadata["startedOn"] = rfc3339(facts.started_at)
+    if facts.finished_at is not None:
+        metadata["finishedOn"] = rfc3339(facts.finished_at)
+    exit_facts = _exit_facts(facts)
+
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": [
+            {"name": f"git+{facts.repository}@{facts.ref}", "digest": {"gitCommit": sha}},
+            {"name": f"log/{facts.job_id}", "digest": {"sha256": log_sha256}},
+        ],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "buildDefinition": {
+                "buildType": BUILD_TYPE,
+                "externalParameters": {
+                    "repository": facts.repository,
+                    "ref": facts.ref,
+                    "sha": sha,
+                    "pool": facts.pool,
+                    "commands": list(facts.commands),
+                    "env": dict(facts.env),  # env values are not secret by contract; secrets travel separately
+                    "secrets": _secret_refs(facts.secrets),
+                },
+                "internalParameters": internal,
+                "resolvedDependencies": [_image_dependency(facts.image, facts.image_id)],
+            },
+            "runDetails": {
+                "builder": {"id": BUILDER_ID_PREFIX + quote(facts.controller_id, safe="")},
+                "metadata": metadata,
+                "byproducts": [
+                    # ResourceDescriptor.content is bytes (base64 in JSON); annotations repeat it readably.
+                    {
+                        "name": "exit",
+                        "mediaType": "application/json",
+                        "content": base64.b64encode(canonical_json(exit_facts)).decode("ascii"),
+                        "annotations": exit_facts,
+                    },
+                    {"name": "job-spec", "digest": {"sha256": hashlib.sha256(facts.spec_json).hexdigest()}},
+                ],
+            },
+        },
+    }
+
+
+# -- DSSE ---------------------------------------------------------------------------------------------------------
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE v1 pre-authentication encoding: binds the type to the body so neither can be swapped alone."""
+    type_bytes = payload_type.encode("utf-8")
+    return b"DSSEv1 %d %b %d %b" % (len(type_bytes), type_bytes, len(payload), payload)
+
+
+def key_id(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    """Hex SHA-256 of the raw 32-byte public key: a stable hint for picking the key, never trusted alone."""
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def sign_envelope(statement: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+    """Signs the statement as a DSSE envelope; refuses anything a verifier would reject as not a Statement."""
+    if statement.get("_type") != STATEMENT_TYPE:
+        raise ValueError(f"not an in-toto Statement v1: _type is {statement.get('_type')!r}")
+    payload = canonical_json(statement)
+    signature = key.sign(pae(PAYLOAD_TYPE, payload))
+    return {
+        "payloadType": PAYLOAD_TYPE,
+        "payload": base64.b64encode(payload).decode("ascii"),
+        "signatures": [{"keyid": key_id(key), "sig": base64.b64encode(signature).decode("ascii")}],
+    }
+
+
+def _b64decode(text: object, what: str) -> bytes:
+    """DSSE verifiers must accept standard and URL-safe base64, padded or not; anything else is rejected."""
+    if not isinstance(text, str):
+        raise AttestationError(f"{what} is missing or not a string")
+    unpadded = text.replace("-", "+").replace("_", "/").rstrip("=")
+    padding = "=" * (-len(unpadded) % 4)
+    # Padding is optional (DSSE allows both), but when present it must be exactly right.
+    if "=" in unpadded or len(text) - len(unpadded) not in (0, len(padding)):
+        raise AttestationError(f"{what} is not valid base64")
+    try:
+        return base64.b64decode(unpadded + padding, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise AttestationError(f"{what} is not valid base64") from exc
+
+
+def verify_dsse(envelope: object, public_key: Ed25519PublicKey, *, payload_type: str = PAYLOAD_TYPE) -> bytes:
+    """The authenticated payload bytes of a DSSE envelope signed by `public_key`; parses nothing unverified."""
+    if not isinstance(envelope, dict):
+        raise AttestationError("envelope is not a JSON object")
+    got_type = envelope.get("payloadType")
+    if got_type != payload_type:
+        raise AttestationError(f"wrong payloadType {got_type!r}: expected {payload_type!r}")
+    payload = _b64decode(envelope.get("payload"), "payload")
+    signatures = envelope.get("signatures")
+    if not isinstance(signatures, list) or not signatures:
+        raise AttestationError("envelope has no signatures")
+    if len(signatures) > MAX_SIGNATURES:
+        raise AttestationError(f"envelope has {len(signatures)} signatures; at most {MAX_SIGNATURES} are checked")
+
+    expected_id = key_id(public_key)
+    message = pae(payload_type, payload)
+    seen_ids: list[str] = []
+    for i, entry in enumerate(signatures):
+        if not isinstance(entry, dict):
+            raise AttestationError(f"signatures[{i}] is not an object")
+        signature = _b64decode(entry.get("sig"), f"signatures[{i}].sig")
+        seen_ids.append(str(entry.get("keyid") or "(none)"))
+        try:
+            public_key.verify(signature, message)  # keyid is only a hint (DSSE): every signature is tried
+        except InvalidSignature:
+            continue
+        return payload
+    if expected_id in seen_ids:
+        raise AttestationError(
+            f"signature by key {expected_id} does not match: payload, payloadType or signature was altered"
+        )
+    raise AttestationError(f"no valid signature by key {expected_id} (envelope keyids: {', '.join(seen_ids)})")
+
+
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two parsers picking different duplicates would read different statements from one signed document.
+    result: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in result:
+            raise ValueError(f"duplicate key {name!r}")
+        result[name] = value
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(data: bytes) -> Any:
+    """Parses JSON refusing duplicate keys and NaN/Infinity; ValueError otherwise."""
+    return json.loads(data.decode("utf-8"), object_pairs_hook=_strict_object, parse_constant=_no_constant)
+
+
+def parse_statement(payload: bytes) -> dict[str, Any]:
+    """Parses verified payload bytes as an in-toto Statement v1."""
+    try:
+        statement = strict_json(payload)
+    except ValueError as exc:  # also JSONDecodeError and UnicodeDecodeError
+        raise AttestationError(f"payload is not JSON: {exc}") from exc
+    if not isinstance(statement, dict):
+        raise AttestationError("not an in-toto Statement: payload is not a JSON object")
+    if statement.get("_type") != STATEMENT_TYPE:
+        raise AttestationError(f"not an in-toto Statement v1: _type is {statement.get('_type')!r}")
+    subject = statement.get("subject")
+    if not isinstance(subject, list) or not subject or not all(isinstance(s, dict) for s in subject):
+        raise AttestationError("not an in-toto Statement v1: subject must be a non-empty list of objects")
+    if not isinstance(statement.get("predicateType"), str):
+        raise AttestationError("not an in-toto Statement v1: predicateType is missing")
+    return statement
+
+
+def verify_envelope(envelope: dict[str, Any], public_key: Ed25519PublicKey) -> dict[str, Any]:
+    """The statement inside a DSSE envelope, only if `public_key` signed it; AttestationError otherwise."""
+    return parse_statement(verify_dsse(envelope, public_key))
+
+
+# -- reading a verified statement ---------------------------------------------------------------------------------
+
+
+def _get(node: Any, *path: str) -> Any:
+    for name in path:
+        if not isinstance(node, dict) or name not in node:
+            raise AttestationError(f"not a runner-orchestrator job provenance: {'.'.join(path)} is missing")
+        node = node[name]
+    return node
+
+
+def _string(node: Any, *path: str) -> str:
+    value = _get(node, *path)
+    if not isinstance(value, str):
+        raise AttestationError(f"not a runner-orchestrator job provenance: {'.'.join(path)} is not a string")
+    return value
+
+
+def _digests(descriptor: dict[str, Any]) -> dict[str, Any]:
+    digest = descriptor.get("digest")
+    return digest if isinstance(digest, dict) else {}
+
+
+def read_job(statement: dict[str, Any]) -> AttestedJob:
+    """What a verified statement says about the job, cross-checked so subject and predicate cannot disagree."""
+    if statement.get("predicateType") != PREDICATE_TYPE:
+        raise AttestationError(f"predicateType is {statement.get('predicateType')!r}, expected {PREDICATE_TYPE!r}")
+    if _get(statement, "predicate", "buildDefinition", "buildType") != BUILD_TYPE:
+        raise AttestationError(f"buildType is not {BUILD_TYPE!r}")
+    params = ("predicate", "buildDefinition", "externalParameters")
+    repository = _string(statement, *params, "repository")
+    ref = _string(statement, *params, "ref")
+    sha = _string(statement, *params, "sha")
+    source = f"git+{repository}@{ref}"
+    subjects = _get(statement, "subject")
+    if not isinstance(subjects, list) or not all(isinstance(s, dict) for s in subjects):
+        raise AttestationError("not an in-toto Statement v1: subject must be a list of objects")
+    commits = [_digests(s).get("gitCommit") for s in subjects if s.get("name") == source]
+    if commits != [sha]:
+        raise AttestationError(f"subject {source!r} does not carry gitCommit {sha}")
+
+    byproducts = _get(statement, "predicate", "runDetails", "byproducts")
+    if not isinstance(byproducts, list) or not all(isinstance(b, dict) for b in byproducts):
+        raise AttestationError("not a runner-orchestrator job provenance: byproducts is not a list of objects")
+    exits = [b for b in byproducts if b.get("name") == "exit"]
+    if len(exits) != 1 or not isinstance(exits[0].get("annotations"), dict):
+        raise AttestationError("not a runner-orchestrator job provenance: exactly one 'exit' byproduct expected")
+    exit_facts = exits[0]["annotations"]
+    if _b64decode(exits[0].get("content"), "exit content") != canonical_json(exit_facts):
+        raise AttestationError("exit byproduct content and annotations disagree")
+    state, exit_code, reason = exit_facts.get("state"), exit_facts.get("exit_code"), exit_facts.get("reason")
+    if not isinstance(state, str) or not isinstance(exit_code, int | None) or not isinstance(reason, str | None):
+        raise AttestationError("not a runner-orchestrator job provenance: exit byproduct is malformed")
+    return AttestedJob(
+        job_id=_string(statement, "predicate", "runDetails", "metadata", "invocationId"),
+        state=state,
+        exit_code=exit_code,
+        reason=reason,
+        repository=repository,
+        ref=ref,
+        sha=sha,
+        builder_id=_string(statement, "predicate", "runDetails", "builder", "id"),
+    )
+
+
+# -- files and the CLI --------------------------------------------------------------------------------------------
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks so a multi-gigabyte job log never sits in memory."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_public_key(path: Path, key: Ed25519PrivateKey | Ed25519PublicKey) -> None:
+    """Publishes the verification key (e.g. `<data_dir>/attestation.pub`, mode 0644) atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(ed25519_keys.public_pem(key))
+    tmp.chmod(0o644)
+    os.replace(tmp, path)
+
+
+def check_job(
+    job: AttestedJob,
+    *,
+    expect_sha: str | None = None,
+    expect_repository: str | None = None,
+    require_success: bool = True,
+) -> list[str]:
+    """Every reason a deploy gate should refuse this job; empty means it may proceed."""
+    problems = []
+    if require_success and job.state != SUCCEEDED:
+        problems.append(f"job {job.job_id} ended {job.state}, not {SUCCEEDED}")
+    if expect_sha is not None and job.sha != expect_sha.strip().lower():
+        problems.append(f"commit mismatch: attested {job.sha}, expected {expect_sha}")
+    if expect_repository is not None and job.repository != expect_repository:
+        problems.append(f"repository mismatch: attested {job.repository!r}, expected {expect_repository!r}")
+    return problems
+
+
+def cli_verify(
+    file: Path,
+    pubkey: Path,
+    *,
+    expect_sha: str | None = None,
+    expect_repository: str | None = None,
+    require_success: bool = True,
+) -> int:
+    """`orchestrator attest verify`: exit 0 and `OK: ...` on stdout, or exit 1 and `INVALID: <reason>` on stderr.
+
+    Commits are compared in full (lowercase hex): a short sha in an attestation never satisfies a long one."""
+
+    def invalid(reason: str) -> int:
+        print(f"INVALID: {reason}", file=sys.stderr)
+        return 1
+
+    try:
+        envelope = strict_json(file.read_bytes())
+    except OSError as exc:
+        return invalid(f"cannot read {file}: {exc.strerror or exc}")
+    except ValueError as exc:
+        return invalid(f"{file} is not a JSON envelope: {exc}")
+    try:
+        public_key = ed25519_keys.load_public(pubkey.read_bytes())
+    except OSError as exc:
+        return invalid(f"cannot read {pubkey}: {exc.strerror or exc}")
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        return invalid(f"{pubkey} is not an Ed25519 public key (PEM): {exc}")
+    try:
+        job = read_job(verify_envelope(envelope, public_key))
+    except AttestationError as exc:
+        return invalid(str(exc))
+    problems = check_job(
+        job, expect_sha=expect_sha, expect_repository=expect_repository, require_success=require_success
+    )
+    if problems:
+        return invalid("; ".join(problems))
+    print(f"OK: job {job.job_id} {job.state} {job.repository}@{job.sha}")
+    return 0

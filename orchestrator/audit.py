@@ -1,0 +1,564 @@
+"""Tamper-evident, append-only audit trail: who did what to which job, signed and hash-chained.
+
+Format: JSON Lines in the data directory. Every line is *exactly* the canonical JSON of one full record
+(`canonical_bytes`: sorted keys, no spaces, UTF-8), so no byte of the file is insignificant: re-encoding,
+adding whitespace or re-padding base64 is itself detected.
+
+Record fields: ``seq`` (0, 1, 2, ...), ``time`` (RFC 3339 UTC, ms), ``actor`` ({"type": "webhook"|"api"|
+"controller", ...}), ``action``, ``target``, ``outcome``, ``remote``, ``details``, ``prev``, ``sig`` and, on
+record 0 only, ``chain`` (a random id naming this log).
+
+Chain: ``prev`` of record n is the SHA-256 (hex) of line n-1 as stored, without its newline -- i.e. of the
+canonical bytes of the *full* previous record, signature included -- so the chain covers every stored byte.
+Record 0's ``prev`` is ``genesis_hash(chain)``. ``sig`` is Ed25519 (base64) over the canonical bytes of the
+record without ``sig``. Together they detect alteration (signature), and removal, insertion, duplication and
+reordering (``seq`` and ``prev``).
+
+What a chain cannot show: that nothing was cut off the *end* -- dropping the last k lines leaves a valid,
+shorter chain. `verify_file` therefore reports the last seq and head hash (SHA-256 of the last line); auditors
+anchor that somewhere else (a ticket, another host, the syslog copy) and pass it back as ``expect_head`` /
+``expect_seq``. Whoever holds the private key can rewrite everything; the forwarded copy and external anchors
+are the defence against that.
+
+Durability trade-off: each record is one ``os.write`` on an O_APPEND descriptor (no user-space buffer), so it is
+in the kernel -- and survives a crash of the controller -- when `record` returns. It is on disk (survives power
+loss) only after fsync: inside `record` once the previous fsync is older than ``sync_interval_s`` (default 1 s),
+on `sync()` and on `close()`. An fsync per record would cost milliseconds each on real disks and stall the event
+loop. `open` checks only the last record (cheap at start-up); `verify_file` checks the whole chain.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import sys
+import syslog
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from orchestrator import ed25519_keys
+
+log = logging.getLogger(__name__)
+
+AUDIT_FILE_NAME = "audit.jsonl"
+PUBLIC_KEY_FILE_NAME = "audit.pub"
+GENESIS_PREFIX = "runner-orchestrator audit chain v1 genesis "
+ACTOR_TYPES = frozenset({"webhook", "api", "controller"})
+REQUIRED_FIELDS = ("seq", "time", "actor", "action", "target", "outcome", "remote", "details", "prev", "sig")
+MAX_RECORD_BYTES = 1 << 20  # a bound for reading the tail back; real records are a few hundred bytes
+
+Record = dict[str, Any]
+Forwarder = Callable[[Record], None]
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_ACTION = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+")
+_WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+# A key holding one of these words is refused unless its last word says it only describes the secret.
+_SECRET_WORDS = frozenset(
+    {"token", "tokens", "jwt", "jwts", "secret", "secrets", "password", "passwords", "passwd", "passphrase"}
+)
+_DESCRIPTIVE_LAST_WORDS = frozenset(
+    {"name", "names", "path", "paths", "count", "ttl", "type", "kind", "digest", "sha256", "expires", "expiry", "at"}
+)
+# Values shaped like a Vault token, a JWT or a Standard Webhooks secret, whatever key they sit under.
+_SECRET_VALUE = re.compile(
+    r"(?<![\w.-])(?:hv[sbr]\.[A-Za-z0-9_-]{20,}|s\.[A-Za-z0-9]{24}(?![\w.-])"
+    r"|eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*|whsec_[A-Za-z0-9+/=]{16,})"
+)
+
+
+class AuditError(Exception):
+    """The trail cannot be continued or trusted as it stands (tampered or torn tail, locked, closed)."""
+
+
+def canonical_bytes(record: Record) -> bytes:
+    """The one byte encoding that is signed, hashed and stored; NaN/Infinity are refused (not JSON)."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def genesis_hash(chain: str) -> str:
+    """``prev`` of record 0: ties the first record to this log's random chain id."""
+    return hashlib.sha256((GENESIS_PREFIX + chain).encode()).hexdigest()
+
+
+def line_hash(line: bytes) -> str:
+    """SHA-256 hex of one stored line (without newline): the next record's ``prev``, and the head."""
+    return hashlib.sha256(line).hexdigest()
+
+
+def accessor_digest(accessor: str) -> str:
+    """Correlates issue/revoke of one credential without storing a value that can look it up or revoke it."""
+    return hashlib.sha256(accessor.encode()).hexdigest()
+
+
+def _rfc3339_ms(timestamp: float) -> str:
+    millis = round(timestamp * 1000)
+    seconds, ms = divmod(millis, 1000)
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms:03d}Z"
+
+
+def _json_copy(value: object, name: str) -> Any:
+    """A deep JSON-normalised copy: what is returned and forwarded equals what `verify_file` reads back."""
+    try:
+        return json.loads(canonical_bytes(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"audit {name} must be JSON-serialisable without NaN/Infinity: {exc}") from None
+
+
+def _refuse_secrets(value: object, where: str) -> None:
+    """Guard against accidentally logging a credential: refuses secret-named keys and secret-shaped values."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            words = [word.lower() for word in _WORD.findall(key)]
+            if words and any(w in _SECRET_WORDS for w in words) and words[-1] not in _DESCRIPTIVE_LAST_WORDS:
+                raise ValueError(
+                    f"audit {where}.{key} looks like it holds a secret; never log one -- record a name, "
+                    "a path or accessor_digest() instead"
+                )
+            _refuse_secrets(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_secrets(item, f"{where}[{index}]")
+    elif isinstance(value, str) and _SECRET_VALUE.search(value):
+        raise ValueError(f"audit {where} looks like a token, JWT or webhook secret; never log one")
+
+
+class _BadRecord(Exception):
+    """One line fails the per-record checks; ``what`` completes a sentence naming the record."""
+
+    def __init__(self, seq: int | None, what: str) -> None:
+        super().__init__(what)
+        self.seq = seq
+        self.what = what
+
+
+def _missing_or_malformed(record: Record) -> list[str]:
+    seq = record.get("seq")
+    checks: dict[str, bool] = {
+        "seq": isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0,
+        "time": isinstance(record.get("time"), str),
+        "actor": isinstance(record.get("actor"), dict) and isinstance(record["actor"].get("type"), str),
+        "action": isinstance(record.get("action"), str),
+        "target": "target" in record and isinstance(record["target"], str | None),
+        "outcome": isinstance(record.get("outcome"), str),
+        "remote": "remote" in record and isinstance(record["remote"], str | None),
+        "details": isinstance(record.get("details"), dict),
+        "prev": isinstance(record.get("prev"), str) and _HEX64.fullmatch(record["prev"]) is not None,
+        "sig": isinstance(record.get("sig"), str),
+    }
+    if seq == 0:
+        checks["chain"] = isinstance(record.get("chain"), str)
+    return [name for name, ok in checks.items() if not ok]
+
+
+def _inspect(line: bytes, public_key: Ed25519PublicKey) -> Record:
+    """Checks one line on its own: parses, has every field, is canonical, and its signature verifies."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise _BadRecord(None, "is not a valid JSON object (unparseable)") from None
+    if not isinstance(record, dict):
+        raise _BadRecord(None, "is not a valid JSON object")
+    seq = record.get("seq") if isinstance(record.get("seq"), int) else None
+    bad_fields = _missing_or_malformed(record)
+    if bad_fields:
+        raise _BadRecord(seq, f"has missing or malformed field(s): {', '.join(bad_fields)}")
+    try:
+        canonical = canonical_bytes(record)
+    except ValueError:
+        canonical = b""
+    if canonical != line:
+        raise _BadRecord(seq, "was altered: it is not byte-for-byte in canonical form")
+    unsigned = dict(record)
+    sig_text = unsigned.pop("sig")
+    try:
+        sig = base64.b64decode(sig_text, validate=True)
+        if base64.b64encode(sig).decode() != sig_text:  # unused padding bits would otherwise be malleable
+            raise ValueError("non-canonical base64")
+        public_key.verify(sig, canonical_bytes(unsigned))
+    except (binascii.Error, ValueError, InvalidSignature):
+        raise _BadRecord(seq, "was altered: its signature does not verify (edited, forged or another key)") from None
+    return record
+
+
+def _read_last_line(fd: int, size: int, path: Path) -> bytes | None:
+    """The last complete line (without newline), read backwards; a torn final write is an error, not data."""
+    if size == 0:
+        return None
+    if os.pread(fd, 1, size - 1) != b"\n":
+        raise AuditError(
+            f"{path} ends in an incomplete record (torn write or tampering); run `verify` on it, "
+            "then move it aside to start a new log"
+        )
+    end = size - 1
+    start = end
+    buffer = b""
+    while start > 0:
+        step = min(65536, start)
+        start -= step
+        buffer = os.pread(fd, step, start) + buffer
+        newline = buffer.rfind(b"\n")
+        if newline >= 0:
+            return buffer[newline + 1 :]
+        if len(buffer) > MAX_RECORD_BYTES:
+            raise AuditError(f"the last line of {path} is longer than {MAX_RECORD_BYTES} bytes: not an audit record")
+    return buffer
+
+
+class AuditLog:
+    """The single writer of one audit file: continues its chain on `open`, appends signed records."""
+
+    def __init__(
+        self,
+        path: Path,
+        key: Ed25519PrivateKey,
+        *,
+        clock: Callable[[], float] = time.time,
+        forward: Forwarder | None = None,
+        sync_interval_s: float | None = 1.0,
+    ) -> None:
+        """``sync_interval_s``: fsync inside `record` when the last fsync is older (0 = every record,
+        None = only on `sync`/`close`). ``forward`` gets a copy of each record, e.g. `syslog_forwarder()`."""
+        self.path = path
+        self._key = key
+        self._public = key.public_key()
+        self._clock = clock
+        self._forward = forward
+        self._sync_interval_s = sync_interval_s
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._seq = 0
+        self._prev = ""
+        self._chain: str | None = None
+        self._head: str | None = None
+        self._last_sync = 0.0
+        self._broken: str | None = None
+
+    @property
+    def next_seq(self) -> int:
+        with self._lock:
+            return self._seq
+
+    @property
+    def head(self) -> str | None:
+        """Hash of the last stored line (what auditors anchor); None for an empty log."""
+        with self._lock:
+            return self._head
+
+    def open(self) -> Self:
+        """Opens (creating 0600) and locks the file, then continues the chain from its verified last record."""
+        with self._lock:
+            if self._fd is not None:
+                raise AuditError(f"{self.path} is already open")
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a second writer would fork the chain
+                except BlockingIOError:
+                    raise AuditError(f"{self.path} is already being written by another AuditLog or process") from None
+                stat = os.fstat(fd)
+                if stat.st_mode & 0o077:
+                    os.fchmod(fd, 0o600)
+                last = _read_last_line(fd, stat.st_size, self.path)
+                if last is None:
+                    self._seq, self._chain = 0, secrets.token_hex(16)
+                    self._prev, self._head = genesis_hash(self._chain), None
+                    self._fsync_dir()
+                else:
+                    try:
+                        record = _inspect(last, self._public)
+                    except _BadRecord as bad:
+                        seq = "unknown" if bad.seq is None else bad.seq
+                        raise AuditError(
+                            f"the last record (seq {seq}) of {self.path} {bad.what}; the file was tampered with "
+                            "or the signing key changed -- run `verify` on it before writing more"
+                        ) from None
+                    self._seq, self._chain = record["seq"] + 1, None
+                    self._prev = self._head = line_hash(last)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd, self._broken, self._last_sync = fd, None, time.monotonic()
+        return self
+
+    def _fsync_dir(self) -> None:
+        """A new file's directory entry must reach the disk too, or the whole log can vanish on power loss."""
+        dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def record(
+        self,
+        actor: dict[str, Any],
+        action: str,
+        target: str | None,
+        outcome: str,
+        *,
+        remote: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> Record:
+        """Appends one signed record and returns it; refuses secrets and malformed input with ValueError."""
+        if not isinstance(actor, dict) or actor.get("type") not in ACTOR_TYPES:
+            raise ValueError(f"audit actor must be an object with type one of {sorted(ACTOR_TYPES)}")
+        if not isinstance(action, str) or not _ACTION.fullmatch(action):
+            raise ValueError(f"audit action must look like 'area.event', got {action!r}")
+        if not isinstance(outcome, str) or not outcome:
+            raise ValueError("audit outcome must be a non-empty string")
+        if not isinstance(target, str | None) or not isinstance(remote, str | None):
+            raise ValueError("audit target and remote must be strings or None")
+        if details is not None and not isinstance(details, dict):
+            raise ValueError("audit details must be an object")
+        actor_copy, details_copy = _json_copy(actor, "actor"), _json_copy(details or {}, "details")
+        _refuse_secrets(actor_copy, "actor")
+        _refuse_secrets(details_copy, "details")
+        _refuse_secrets([target, remote], "target/remote")
+        with self._lock:
+            fd = self._writable_fd()
+            record: Record = {
+                "seq": self._seq,
+                "time": _rfc3339_ms(self._clock()),
+                "actor": actor_copy,
+                "action": action,
+                "target": target,
+                "outcome": outcome,
+                "remote": remote,
+                "details": details_copy,
+                "prev": self._prev,
+            }
+            if self._seq == 0:
+                record["chain"] = self._chain
+            record["sig"] = base64.b64encode(self._key.sign(canonical_bytes(record))).decode("ascii")
+            line = canonical_bytes(record)
+            if len(line) > MAX_RECORD_BYTES:
+                raise ValueError(f"audit record is {len(line)} bytes, over the {MAX_RECORD_BYTES}-byte limit")
+            self._append(fd, line + b"\n")
+            self._seq += 1
+            self._prev = self._head = line_hash(line)
+            if self._sync_interval_s is not None and time.monotonic() - self._last_sync >= self._sync_interval_s:
+                self._fsync(fd)
+            if self._forward is not None:
+                try:  # inside the lock so copies arrive in seq order; a failing copy must not stop the original
+                    self._forward(json.loads(line))
+                except Exception:
+                    log.warning("audit forwarder failed", exc_info=True, extra={"seq": record["seq"]})
+        return record
+
+    def _writable_fd(self) -> int:
+        if self._fd is None:
+            raise AuditError(f"{self.path} is not open")
+        if self._broken is not None:
+            raise AuditError(self._broken)
+        return self._fd
+
+    def _append(self, fd: int, data: bytes) -> None:
+        """One write on O_APPEND lands whole at the end; the loop only runs after a short write (disk full)."""
+        written = 0
+        try:
+            written = os.write(fd, data)
+            while written < len(data):
+                written += os.write(fd, data[written:])
+        except OSError as exc:
+            if written:
+                self._broken = f"{self.path} holds a partial record after a failed write ({exc}); refusing to go on"
+            raise AuditError(f"could not append to {self.path}: {exc}") from exc
+
+    def _fsync(self, fd: int) -> None:
+        os.fsync(fd)
+        self._last_sync = time.monotonic()
+
+    def sync(self) -> None:
+        """Forces every record written so far to disk (call before reporting a head to an auditor)."""
+        with self._lock:
+            if self._fd is not None:
+                self._fsync(self._fd)
+
+    def close(self) -> None:
+        """Fsyncs, unlocks and closes; idempotent."""
+        with self._lock:
+            fd, self._fd = self._fd, None
+            if fd is None:
+                return
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)  # also releases the flock
+
+    def __enter__(self) -> Self:
+        return self if self._fd is not None else self.open()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def syslog_forwarder(ident: str = "runner-orchestrator") -> Forwarder:
+    """A second, independently verifiable copy via syslog (journald picks it up) -- also a truncation anchor.
+
+    Uses facility AUTHPRIV (security messages, restricted readers). `openlog` is process-wide."""
+    syslog.openlog(ident, syslog.LOG_PID, syslog.LOG_AUTHPRIV)
+
+    def forward(record: Record) -> None:
+        priority = syslog.LOG_INFO if record.get("outcome") == "ok" else syslog.LOG_NOTICE
+        syslog.syslog(syslog.LOG_AUTHPRIV | priority, "AUDIT " + canonical_bytes(record).decode())
+
+    return forward
+
+
+def export_public_key(path: Path, key: Ed25519PrivateKey | Ed25519PublicKey) -> None:
+    """Writes the PEM public key auditors verify with: to ``path/audit.pub`` if ``path`` is a directory (the data
+    directory), else to ``path``. Replaced atomically so a reader never sees half a key."""
+    target = path / PUBLIC_KEY_FILE_NAME if path.is_dir() else path
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, ed25519_keys.public_pem(key))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """``records``/``head``: the intact prefix (everything, when ok). ``first_bad_seq`` is the seq stored in the
+    offending line (the expected seq when it cannot be read); ``line`` its 1-based line number."""
+
+    ok: bool
+    records: int
+    head: str | None
+    first_bad_seq: int | None
+    problem: str | None
+    line: int | None = None
+
+    @property
+    def last_seq(self) -> int | None:
+        return self.records - 1 if self.records else None
+
+
+def verify_file(
+    path: Path, public_key: Ed25519PublicKey, *, expect_head: str | None = None, expect_seq: int | None = None
+) -> VerifyResult:
+    """Checks every record (signature, seq, chain) from the start; an anchor also detects a truncated tail.
+
+    ``expect_head`` is a head reported earlier: the log must still contain a line with that hash (it may have
+    grown since). ``expect_seq``: the log must still reach that seq (and, with ``expect_head``, that record must
+    be the anchored one)."""
+    if expect_head is not None:
+        expect_head = expect_head.lower()
+        if not _HEX64.fullmatch(expect_head):
+            raise ValueError("expect_head must be a 64-digit hex SHA-256")
+    count = 0
+    head: str | None = None
+    anchor_seen = False
+
+    def bad(seq: int | None, lineno: int | None, problem: str) -> VerifyResult:
+        return VerifyResult(False, count, head, seq, problem, lineno)
+
+    with path.open("rb") as file:
+        for lineno, raw in enumerate(file, start=1):  # binary iteration splits on b"\n" only
+            if not raw.endswith(b"\n"):
+                return bad(count, lineno, f"line {lineno} is an incomplete record (no newline): torn or appended")
+            line = raw[:-1]
+            try:
+                record = _inspect(line, public_key)
+            except _BadRecord as exc:
+                name = f"line {lineno}" if exc.seq is None else f"record {exc.seq} (line {lineno})"
+                return bad(count if exc.seq is None else exc.seq, lineno, f"{name} {exc.what}")
+            seq: int = record["seq"]
+            name = f"record {seq} (line {lineno})"
+            if seq != count:
+                if count == 0:
+                    return bad(seq, lineno, f"{name} is the first record, not record 0: the start was removed")
+                if seq > count:
+                    missing = str(count) if seq == count + 1 else f"{count}..{seq - 1}"
+                    why = f"record(s) {missing} are missing (removed or reordered)"
+                else:
+                    why = "seq repeats or goes backwards (a record was duplicated, inserted or reordered)"
+                return bad(seq, lineno, f"{name} follows record {count - 1}: {why}")
+            expected_prev = genesis_hash(record["chain"]) if seq == 0 else head
+            if record["prev"] != expected_prev:
+                if seq == 0:
+                    return bad(seq, lineno, f"{name} does not start a chain: prev is not the genesis hash")
+                return bad(
+                    seq,
+                    lineno,
+                    f"{name} does not follow record {seq - 1}: a record was removed, inserted or reordered before it",
+                )
+            head = line_hash(line)
+            count += 1
+            if expect_head is not None and head == expect_head and expect_seq in (None, seq):
+                anchor_seen = True
+            if expect_head is not None and expect_seq == seq and head != expect_head:
+                return bad(seq, lineno, f"{name} is not the anchored record {expect_head}: the log was rewritten")
+    end = "the log is empty" if head is None else f"the log ends at record {count - 1} (head {head})"
+    if expect_seq is not None and count <= expect_seq:
+        return bad(count, None, f"{end} but record {expect_seq} was anchored: the tail was truncated")
+    if expect_head is not None and not anchor_seen:
+        return bad(
+            count, None, f"{end} and no record has the anchored head {expect_head}: tail truncated or log rewritten"
+        )
+    return VerifyResult(True, count, head, None, None)
+
+
+def cli_verify(file: Path, pubkey: Path | None, expect_head: str | None, expect_seq: int | None = None) -> int:
+    """`orchestrator audit verify`: 0 = intact, 1 = tampered (or truncated below the anchor), 2 = usage error."""
+    key_path = pubkey if pubkey is not None else file.with_name(PUBLIC_KEY_FILE_NAME)
+    try:
+        public_key = ed25519_keys.load_public(key_path.read_bytes())
+    except (OSError, ValueError, UnsupportedAlgorithm) as exc:
+        print(f"error: cannot load the audit public key {key_path}: {exc}", file=sys.stderr)
+        return 2
+    if expect_head is not None and not _HEX64.fullmatch(expect_head.lower()):
+        print("error: --expect-head must be a 64-digit hex SHA-256", file=sys.stderr)
+        return 2
+    if expect_seq is not None and expect_seq < 0:
+        print("error: --expect-seq must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        result = verify_file(file, public_key, expect_head=expect_head, expect_seq=expect_seq)
+    except OSError as exc:
+        print(f"error: cannot read {file}: {exc}", file=sys.stderr)
+        return 2
+    if result.ok:
+        print(f"OK: {result.records} records, head {result.head or '-'}")
+        return 0
+    print(f"TAMPERED: {result.problem}")
+    return 1
+
+
+__all__ = [
+    "ACTOR_TYPES",
+    "AUDIT_FILE_NAME",
+    "PUBLIC_KEY_FILE_NAME",
+    "AuditError",
+    "AuditLog",
+    "VerifyResult",
+    "accessor_digest",
+    "canonical_bytes",
+    "cli_verify",
+    "export_public_key",
+    "genesis_hash",
+    "line_hash",
+    "syslog_forwarder",
+    "verify_file",
+]
