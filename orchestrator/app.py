@@ -10,7 +10,13 @@ from typing import Any
 
 from aiohttp import web
 
+from orchestrator import ed25519_keys
 from orchestrator.api.routes import Api
+from orchestrator.attestation import PUBLIC_KEY_FILENAME as ATTESTATION_PUBLIC_KEY
+from orchestrator.attestation import write_public_key
+from orchestrator.attestation_store import AttestationStore
+from orchestrator.audit import AUDIT_FILE_NAME, PUBLIC_KEY_FILE_NAME, AuditLog, export_public_key, syslog_forwarder
+from orchestrator.audit_events import Auditor
 from orchestrator.config import Config, read_source_secrets
 from orchestrator.credentials.base import CredentialsBackend
 from orchestrator.credentials.claims import discovery_document
@@ -41,6 +47,8 @@ class Controller:
     metrics: Metrics
     credentials: CredentialsBackend | None = None
     signing_keys: SigningKeys | None = None
+    audit_log: AuditLog | None = None
+    auditor: Auditor = field(default_factory=lambda: Auditor(None))
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -61,20 +69,51 @@ def build_controller(config: Config, credentials: CredentialsBackend | None = No
     )
     logs = LogStore(data / "logs", max_bytes=config.logs.max_bytes)
     metrics = Metrics()
+    audit_key = ed25519_keys.load_or_create(data / "audit.key")
+    export_public_key(data / PUBLIC_KEY_FILE_NAME, audit_key)
+    audit_log = AuditLog(
+        data / AUDIT_FILE_NAME, audit_key, forward=syslog_forwarder() if config.audit.syslog else None
+    ).open()
+    auditor = Auditor(audit_log)
+    attest_key = ed25519_keys.load_or_create(data / "attestation.key")
+    write_public_key(data / ATTESTATION_PUBLIC_KEY, attest_key)
+    attestations = AttestationStore(data / "attestations", attest_key)
+    if credentials is not None and hasattr(credentials, "auditor"):
+        credentials.auditor = auditor
 
     def on_change(job: Job) -> None:
+        auditor.job_state(job)
         if job.state.final:
             metrics.jobs_finished.labels(job.pool, job.state.value).inc()
 
-    runner = JobRunner(config, store, engine, logs, credentials, on_change=on_change, metrics=metrics)
-    scheduler = Scheduler(config, store, engine, runner)
+    runner = JobRunner(
+        config, store, engine, logs, credentials, on_change=on_change, metrics=metrics, attestations=attestations
+    )
+    scheduler = Scheduler(config, store, engine, runner, auditor=auditor)
     sources = {
         name: WebhookSource(name, src.scheme, tuple(read_source_secrets(src))) for name, src in config.sources.items()
     }
     intake = WebhookIntake(
-        config, sources, store, scheduler, credentials_configured=credentials is not None, metrics=metrics
+        config,
+        sources,
+        store,
+        scheduler,
+        credentials_configured=credentials is not None,
+        metrics=metrics,
+        auditor=auditor,
     )
-    api = Api(config, store, scheduler, logs, engine, metrics)
+    api = Api(
+        config,
+        store,
+        scheduler,
+        logs,
+        engine,
+        metrics,
+        auditor=auditor,
+        attestations=attestations,
+        attestation_public_pem=ed25519_keys.public_pem(attest_key),
+        audit_log=audit_log,
+    )
 
     def live() -> dict[str, Any]:
         stats: dict[str, Any] = {
@@ -89,7 +128,21 @@ def build_controller(config: Config, credentials: CredentialsBackend | None = No
         return stats
 
     metrics.watch(live)
-    return Controller(config, store, engine, logs, runner, scheduler, intake, api, metrics, credentials, signing_keys)
+    return Controller(
+        config,
+        store,
+        engine,
+        logs,
+        runner,
+        scheduler,
+        intake,
+        api,
+        metrics,
+        credentials,
+        signing_keys,
+        audit_log,
+        auditor,
+    )
 
 
 def _oidc_routes(controller: Controller) -> list[web.RouteDef]:
@@ -137,6 +190,7 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
 
     async def startup(app: web.Application) -> None:
         await controller.store.open()
+        controller.auditor.config_loaded(controller.config.digest(), controller.config.controller_id)
         await controller.scheduler.start()
         if controller.signing_keys is not None:
             controller.background.append(asyncio.create_task(_rotate_keys_periodically(controller.signing_keys)))
@@ -157,6 +211,8 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
                 await task
         await controller.store.close()
         await controller.engine.close()
+        if controller.audit_log is not None:
+            controller.audit_log.close()
 
     app.on_startup.append(startup)
     app.on_shutdown.append(shutdown)

@@ -83,6 +83,17 @@ def _token_new(name: str, role: str) -> int:
     return 0
 
 
+def _audit_verify(args: argparse.Namespace) -> int:
+    from orchestrator.audit import AUDIT_FILE_NAME, cli_verify
+
+    file = args.file
+    if file is None:
+        if args.config is None:
+            return _fail("give the audit file or --config", EXIT_USAGE)
+        file = load_config(args.config).data_dir / AUDIT_FILE_NAME
+    return cli_verify(file, args.pubkey, args.expect_head, args.expect_seq)
+
+
 # -- API client --------------------------------------------------------------------------------------------------
 
 
@@ -212,6 +223,24 @@ def _parser() -> argparse.ArgumentParser:
     jlog.add_argument("job_id")
     jlog.add_argument("-f", "--follow", action="store_true")
 
+    audit = sub.add_parser("audit", help="the tamper-evident audit trail").add_subparsers(
+        dest="audit_cmd", required=True
+    )
+    av = audit.add_parser("verify", help="check every record's signature and the hash chain; exit 1 if tampered")
+    av.add_argument("file", nargs="?", type=Path, help="default: <data_dir>/audit.jsonl of --config")
+    av.add_argument("--config", "-c", type=Path, help="controller config, to find the data directory")
+    av.add_argument("--pubkey", type=Path, help="PEM public key (default: audit.pub next to the file)")
+    av.add_argument("--expect-head", help="a head hash anchored earlier: detects a truncated trail")
+    av.add_argument("--expect-seq", type=int, help="the trail must reach at least this record")
+
+    att = sub.add_parser("attest", help="signed job attestations").add_subparsers(dest="attest_cmd", required=True)
+    atv = att.add_parser("verify", help="verify a job's DSSE attestation, e.g. before a deploy")
+    atv.add_argument("file", type=Path)
+    atv.add_argument("--pubkey", type=Path, required=True)
+    atv.add_argument("--expect-sha", help="the commit the deploy is for")
+    atv.add_argument("--expect-repository")
+    atv.add_argument("--allow-failed", action="store_true", help="accept an attested job that did not succeed")
+
     wh = sub.add_parser("send-webhook", help="sign and send a job spec, as a CI front-end would")
     wh.add_argument("spec", help="job spec JSON file, or - for stdin")
     wh.add_argument("--url", default=os.environ.get("ORCHESTRATOR_URL", DEFAULT_URL))
@@ -231,6 +260,18 @@ def main(argv: list[str] | None = None) -> int:
             return _config_check(args.file)
         if args.cmd == "token":
             return _token_new(args.name, args.role)
+        if args.cmd == "audit":
+            return _audit_verify(args)
+        if args.cmd == "attest":
+            from orchestrator.attestation import cli_verify as attest_verify
+
+            return attest_verify(
+                args.file,
+                args.pubkey,
+                expect_sha=args.expect_sha,
+                expect_repository=args.expect_repository,
+                require_success=not args.allow_failed,
+            )
         if args.cmd == "jobs":
             return asyncio.run(_jobs(args))
         if args.cmd == "send-webhook":

@@ -205,6 +205,10 @@ class PoolSecret(_Strict):
     deliver: Literal["file", "env"] = "file"
 
 
+class AuditConfig(_Strict):
+    syslog: bool = Field(False, description="also send every audit record to syslog/journald (second copy)")
+
+
 class StorageConfig(_Strict):
     backend: Literal["sqlite"] = "sqlite"
 
@@ -220,6 +224,7 @@ class Config(_Strict):
     pools: dict[Annotated[str, Field(pattern=_NAME)], PoolConfig] = Field(min_length=1)
     credentials: CredentialsConfig | None = None
     logs: LogsConfig = Field(default_factory=LogsConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     max_total_concurrent: int = Field(16, ge=1)
     max_queued_total: int = Field(10_000, ge=1, description="accepted-but-waiting jobs across pools; then 429")
 

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from orchestrator.audit_events import Auditor
 from orchestrator.config import Config
 from orchestrator.jobs.states import Job, JobState, transition
 from orchestrator.runtime.docker_engine import DockerEngine, EngineError
@@ -44,7 +45,9 @@ class Scheduler:
         engine: DockerEngine,
         runner: JobRunner,
         clock: Callable[[], float] = time.time,
+        auditor: Auditor | None = None,
     ) -> None:
+        self.auditor = auditor or Auditor(None)
         self.config = config
         self.store = store
         self.engine = engine
@@ -104,6 +107,7 @@ class Scheduler:
             log.info("removing leftover container", extra={"job_id": c.job_id, "container_id": c.id[:12]})
             try:
                 await self.engine.remove(c.id)
+                self.auditor.reconcile("container_removed", c.job_id, {"container": c.name, "was": c.status})
             except EngineError as exc:
                 log.error("could not remove leftover container", extra={"job_id": c.job_id, "error": str(exc)})
         for job in await self.store.unfinished():
@@ -134,6 +138,7 @@ class Scheduler:
                 await self.engine.remove(c.id)
                 removed += 1
                 log.info("swept leftover container", extra={"job_id": c.job_id, "container_id": c.id[:12]})
+                self.auditor.reconcile("container_swept", c.job_id, {"container": c.name, "was": c.status})
             except EngineError as exc:
                 log.warning("could not sweep container", extra={"job_id": c.job_id, "error": str(exc)})
         return removed
@@ -149,10 +154,18 @@ class Scheduler:
     async def _revoke_leftover_credentials(self, job: Job) -> None:
         backend = self.runner.credentials
         accessor = job.credentials_accessor
-        revoked = backend is not None and accessor is not None and await backend.revoke_accessor(accessor)
+        if accessor is None:
+            return
+        revoked = backend is not None and await backend.revoke_accessor(accessor)
         log.info(
             "credentials of interrupted job " + ("revoked by accessor" if revoked else "left to expire at their TTL"),
             extra={"job_id": job.id},
+        )
+        self.auditor.credentials_revoked(
+            job.id,
+            accessor=accessor,
+            outcome="ok" if revoked else "left_to_ttl",
+            how="revoke-accessor" if revoked else "ttl (no revoker token configured)",
         )
 
     async def _settle(self, job: Job, new: JobState, reason: str) -> Job | None:

@@ -7,7 +7,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from orchestrator.api.auth import Principal, Role, authenticate
+from orchestrator.api.auth import FailureLimiter, Principal, Role, authenticate
+from orchestrator.attestation_store import AttestationStore
+from orchestrator.audit import AuditLog
+from orchestrator.audit_events import Auditor
 from orchestrator.config import Config
 from orchestrator.jobs.states import JobState
 from orchestrator.jobs.views import job_view
@@ -38,8 +41,18 @@ class Api:
         logs: LogStore,
         engine: DockerEngine,
         metrics: Metrics,
+        *,
+        auditor: Auditor | None = None,
+        attestations: AttestationStore | None = None,
+        attestation_public_pem: bytes | None = None,
+        audit_log: AuditLog | None = None,
     ) -> None:
         self.metrics = metrics
+        self.auditor = auditor or Auditor(None)
+        self.attestations = attestations
+        self.attestation_public_pem = attestation_public_pem
+        self.audit_log = audit_log
+        self.limiter = FailureLimiter()
         self.config = config
         self.store = store
         self.scheduler = scheduler
@@ -58,16 +71,31 @@ class Api:
             web.get("/api/v1/jobs/{job_id}", self._auth("viewer", self.show_job)),
             web.get("/api/v1/jobs/{job_id}/logs", self._auth("viewer", self.job_logs)),
             web.post("/api/v1/jobs/{job_id}/cancel", self._auth("operator", self.cancel_job)),
+            web.get("/api/v1/jobs/{job_id}/attestation", self._auth("viewer", self.job_attestation)),
+            web.get("/api/v1/attestation-key", self._auth("viewer", self.attestation_key)),
+            web.get("/api/v1/audit/head", self._auth("admin", self.audit_head)),
         ]
 
     def _auth(self, role: Role, handler: Handler) -> Handler:
         async def wrapped(request: web.Request) -> web.StreamResponse:
+            remote = request.remote or "unknown"
+            wait = self.limiter.retry_after(remote)
+            if wait:
+                resp = _err(429, "too many failed authentications from this address; try again later")
+                resp.headers["Retry-After"] = str(int(wait) + 1)
+                return resp
             principal = authenticate(request.headers.get("Authorization"), self.config.api.tokens)
             if principal is None:
+                self.limiter.failed(remote)
+                reason = "missing token" if not request.headers.get("Authorization") else "invalid token"
+                self.auditor.auth_failed(request.remote, request.path, reason)
                 resp = _err(401, "missing or invalid bearer token")
                 resp.headers["WWW-Authenticate"] = 'Bearer realm="runner-orchestrator"'
                 return resp
             if not principal.allows(role):
+                self.auditor.api(
+                    principal.name, principal.role, "auth.forbidden", request.path, request.remote, "denied"
+                )
                 return _err(403, f"token {principal.name!r} has role {principal.role}; this needs {role}")
             request[PRINCIPAL] = principal
             return await handler(request)
@@ -130,6 +158,8 @@ class Api:
         if offset < 0:
             return _err(400, "offset must be a non-negative integer")
         follow = sse or request.query.get("follow", "false").lower() in {"1", "true", "yes"}
+        principal = request[PRINCIPAL]
+        self.auditor.api(principal.name, principal.role, "api.logs_read", job_id, request.remote, "ok")
         resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8", "X-Job-Status": job.state})
         if not follow:
             size = self.logs.size(job_id)
@@ -163,6 +193,26 @@ class Api:
         await resp.write_eof()
         return resp
 
+    async def job_attestation(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["job_id"]
+        if await self.store.get(job_id) is None:
+            return _err(404, f"no job {job_id!r}")
+        envelope = self.attestations.read(job_id) if self.attestations else None
+        if envelope is None:
+            return _err(404, f"job {job_id!r} has no attestation (yet): it is signed when the job's run ends")
+        return web.Response(body=envelope, content_type="application/json")
+
+    async def attestation_key(self, request: web.Request) -> web.Response:
+        if self.attestation_public_pem is None:
+            return _err(404, "attestations are not enabled")
+        return web.Response(body=self.attestation_public_pem, content_type="application/x-pem-file")
+
+    async def audit_head(self, request: web.Request) -> web.Response:
+        """What an auditor anchors elsewhere, so a truncated trail is detectable later."""
+        if self.audit_log is None:
+            return _err(404, "audit trail not enabled")
+        return web.json_response({"next_seq": self.audit_log.next_seq, "head": self.audit_log.head})
+
     async def cancel_job(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
         principal = request[PRINCIPAL]
@@ -171,6 +221,8 @@ class Api:
         except KeyError:
             return _err(404, f"no job {job_id!r}")
         except NotCancellableError as exc:
+            self.auditor.api(principal.name, principal.role, "api.cancel", job_id, request.remote, "refused")
             return _err(409, str(exc))
         log.info("job cancel requested", extra={"job_id": job_id, "by": principal.name})
+        self.auditor.api(principal.name, principal.role, "api.cancel", job_id, request.remote, "ok")
         return web.json_response(job_view(job))

@@ -17,6 +17,7 @@ class CredentialsError(Exception):
 class JobCredentials:
     secrets: list[SecretFile] = field(repr=False)
     accessor: str | None = None
+    job_id: str | None = None
     # Opaque handle the backend needs to revoke what it issued; never stored or logged.
     handle: object = field(default=None, repr=False)
 

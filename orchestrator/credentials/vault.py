@@ -22,6 +22,8 @@ import hvac.exceptions
 import requests.exceptions
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
+from orchestrator.audit import accessor_digest
+from orchestrator.audit_events import Auditor
 from orchestrator.config import Config, VaultConfig
 from orchestrator.credentials.base import CredentialsError, JobCredentials
 from orchestrator.credentials.claims import JobIdentity
@@ -82,6 +84,7 @@ class VaultCredentials:
         self.issuer = issuer
         self.retries = 0
         self.errors = 0
+        self.auditor: Auditor = Auditor(None)
 
     # -- plumbing ------------------------------------------------------------------------------------------------
 
@@ -125,14 +128,20 @@ class VaultCredentials:
             job_id=job.id, repository=job.spec.repository, ref=job.spec.ref, sha=job.spec.sha, pool=job.pool
         )
         jwt = self.issuer.mint(identity, pool.audience)
-        auth = await self._login(role, jwt)
+        try:
+            auth = await self._login(role, jwt)
+        except CredentialsError as exc:
+            self.auditor.credentials_denied(job.id, role=role, reason=str(exc))
+            raise
         token, accessor = auth["client_token"], auth["accessor"]
         session = _Session(token=token, accessor=accessor)
         try:
             await self._bound_ttl(session, auth, job)
             secrets = [await self._read(session, role, request) for request in job.spec.secrets]
-        except BaseException:
-            await self.release(JobCredentials(secrets=[], accessor=accessor, handle=session))
+        except BaseException as exc:
+            if isinstance(exc, CredentialsError):
+                self.auditor.credentials_denied(job.id, role=role, reason=str(exc))
+            await self.release(JobCredentials(secrets=[], accessor=accessor, job_id=job.id, handle=session))
             raise
         log.info(
             "vault credentials issued",
@@ -144,7 +153,15 @@ class VaultCredentials:
                 "paths": ",".join(r.path for r in job.spec.secrets),
             },
         )
-        return JobCredentials(secrets=secrets, accessor=accessor, handle=session)
+        self.auditor.credentials_issued(
+            job.id,
+            role=role,
+            policies=list(auth.get("policies") or []),
+            ttl_s=int(auth.get("lease_duration") or 0),
+            accessor=accessor,
+            paths=[r.path for r in job.spec.secrets],
+        )
+        return JobCredentials(secrets=secrets, accessor=accessor, job_id=job.id, handle=session)
 
     async def _login(self, role: str, jwt: str) -> dict[str, Any]:
         mount = self.vault.auth_mount
@@ -238,16 +255,19 @@ class VaultCredentials:
             return
         try:
             await self._call(lambda: self._client(session.token).auth.token.revoke_self())
-            log.info("vault token revoked", extra={"accessor_sha256": _accessor_digest(session.accessor)})
+            outcome = "ok"
         except hvac.exceptions.Forbidden:
-            # Expired or used up (num_uses): already useless, which is what revocation is for.
-            log.info("vault token already invalid", extra={"accessor_sha256": _accessor_digest(session.accessor)})
+            outcome = "already_invalid"  # expired or used up (num_uses): already useless
         except Exception as exc:
             self.errors += 1
+            outcome = "error"
             log.error(
                 "could not revoke vault token; its TTL bounds it",
-                extra={"accessor_sha256": _accessor_digest(session.accessor), "error": type(exc).__name__},
+                extra={"accessor_sha256": accessor_digest(session.accessor), "error": type(exc).__name__},
             )
+        self.auditor.credentials_revoked(
+            credentials.job_id, accessor=session.accessor, outcome=outcome, how="revoke-self"
+        )
 
     @property
     def can_revoke_by_accessor(self) -> bool:
@@ -268,15 +288,9 @@ class VaultCredentials:
             self.errors += 1
             log.error(
                 "revoke by accessor failed",
-                extra={"accessor_sha256": _accessor_digest(accessor), "error": type(exc).__name__},
+                extra={"accessor_sha256": accessor_digest(accessor), "error": type(exc).__name__},
             )
             return False
-
-
-def _accessor_digest(accessor: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(accessor.encode()).hexdigest()[:16]
 
 
 def build_vault_credentials(config: Config) -> tuple[VaultCredentials, Any]:

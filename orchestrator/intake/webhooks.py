@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from pydantic import ValidationError
 
+from orchestrator.audit_events import Auditor
 from orchestrator.config import Config
 from orchestrator.intake.signatures import SignatureError, verify
 from orchestrator.jobs.spec import JobSpec
@@ -124,8 +125,10 @@ class WebhookIntake:
         *,
         credentials_configured: bool,
         metrics: Metrics | None = None,
+        auditor: Auditor | None = None,
     ) -> None:
         self.metrics = metrics
+        self.auditor = auditor or Auditor(None)
         self.config = config
         self.sources = sources
         self.store = store
@@ -140,6 +143,7 @@ class WebhookIntake:
         except Rejected as rej:
             if self.metrics is not None:
                 self.metrics.webhook_rejections.labels(rej.reason).inc()
+            self.auditor.webhook(name, None, request.remote, "rejected", reason=rej.reason, status=rej.status)
             log.info(
                 "webhook rejected",
                 extra={"source": name, "status": rej.status, "reason": rej.reason, "remote": request.remote},
@@ -178,9 +182,11 @@ class WebhookIntake:
             stored, created = existing, False
         if not created:
             log.info("duplicate delivery", extra={"job_id": spec.id, "source": name, "delivery": delivery})
+            self.auditor.webhook(name, delivery, request.remote, "duplicate", job_id=spec.id, status=200)
             return web.json_response({**job_view(stored), "duplicate": True}, status=200)
         log.info("job accepted", extra={"job_id": spec.id, "pool": spec.pool, "source": name, "delivery": delivery})
         if self.metrics is not None:
             self.metrics.webhooks_accepted.labels(name).inc()
+        self.auditor.webhook(name, delivery, request.remote, "accepted", job_id=spec.id, status=202)
         self.scheduler.submit(stored)
         return web.json_response({"job_id": stored.id, "status": stored.state.value}, status=202)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import threading
 import time
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from orchestrator.attestation import JobFacts, canonical_json, sha256_file
+from orchestrator.attestation_store import AttestationStore
 from orchestrator.config import Config, read_pool_secret
 from orchestrator.credentials.base import CredentialsBackend, CredentialsError, JobCredentials
 from orchestrator.jobs.states import Job, JobState, exit_reason, state_for_exit, transition
@@ -41,6 +44,7 @@ class _Attempt:
     container_id: str | None = None
     stream: AttachedStream | None = None
     stamper: LineTimestamper | None = None
+    image_id: str = ""
 
     def store(self, data: bytes, now: float) -> None:
         """Only redacted bytes come here; timestamps go on after redaction so they cannot split a secret."""
@@ -71,8 +75,10 @@ class JobRunner:
         clock: Callable[[], float] = time.time,
         on_change: Callable[[Job], None] | None = None,
         metrics: Metrics | None = None,
+        attestations: AttestationStore | None = None,
     ) -> None:
         self.metrics = metrics
+        self.attestations = attestations
         self.config = config
         self.store = store
         self.engine = engine
@@ -150,6 +156,8 @@ class JobRunner:
             attempt=at.job.attempt,
             init=self.config.docker.init,
         )
+        with contextlib.suppress(EngineError):
+            at.image_id = await self.engine.image_id(self.config.pools[at.job.pool].image)
         at.container_id = await self.engine.create(cspec)
         at.job = await self._save(at.job, container_id=at.container_id)
         if control.cancel.is_set():
@@ -284,7 +292,38 @@ class JobRunner:
         except JobLostError:
             log.warning("job moved by another writer before it could finish", extra={"job_id": job.id})
         await self.logs.close(job.id)
+        if self.attestations is not None and job.state.final:
+            await self._attest(job, at.image_id)
         return job
+
+    async def _attest(self, job: Job, image_id: str) -> None:
+        try:
+            log_sha256 = await asyncio.to_thread(sha256_file, self.logs.path(job.id))
+            facts = JobFacts(
+                job_id=job.id,
+                repository=job.spec.repository,
+                ref=job.spec.ref,
+                sha=job.spec.sha,
+                pool=job.pool,
+                commands=list(job.spec.commands),
+                env=dict(job.spec.env),
+                secrets=[{"name": s.name, "path": s.path} for s in job.spec.secrets],
+                spec_json=canonical_json(job.spec.model_dump(mode="json")),
+                image=self.config.pools[job.pool].image,
+                image_id=image_id,
+                controller_id=self.config.controller_id,
+                started_at=job.started_at,
+                finished_at=job.finished_at,
+                state=job.state.value,
+                exit_code=job.exit_code,
+                reason=job.reason,
+                log_sha256=log_sha256,
+                pool_config_digest=hashlib.sha256(self.config.pools[job.pool].model_dump_json().encode()).hexdigest(),
+            )
+            assert self.attestations is not None
+            await self.attestations.attest(facts)
+        except Exception:
+            log.exception("could not sign the job's attestation", extra={"job_id": job.id})
 
     async def _remove(self, job_id: str, container_id: str) -> None:
         """Removal is retried well past the normal budget: a container left behind is the failure this

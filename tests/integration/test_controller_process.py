@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -27,7 +28,16 @@ pytestmark = pytest.mark.docker
 
 
 class ControllerProcess:
-    def __init__(self, tmp_path: Path, *, retry_on_restart: bool = False, drain_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        retry_on_restart: bool = False,
+        drain_s: float = 0.0,
+        max_concurrent: int = 4,
+        vault_url: str | None = None,
+        revoker_token: str | None = None,
+    ) -> None:
         self.tmp = tmp_path
         self.controller_id = f"{TEST_CONTROLLER_PREFIX}{secrets.token_hex(5)}"
         self.token = secrets.token_urlsafe(16)
@@ -37,6 +47,17 @@ class ControllerProcess:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        credentials = ""
+        if vault_url:
+            credentials = f'''
+[credentials.vault]
+address = "{vault_url}"
+retry_budget_s = 2
+'''
+            if revoker_token:
+                (tmp_path / "revoker.token").write_text(revoker_token)
+                (tmp_path / "revoker.token").chmod(0o600)
+                credentials += 'revoker_token_file = "revoker.token"\n'
         secret = tmp_path / "hook.secret"
         secret.write_text("whsec_" + base64.b64encode(self.key).decode())
         secret.chmod(0o600)
@@ -45,9 +66,11 @@ class ControllerProcess:
             f"""
 controller_id = "{self.controller_id}"
 data_dir = "data"
+max_total_concurrent = 32
 [server]
 host = "127.0.0.1"
 port = {self.port}
+public_url = "{self.url}"
 [docker]
 stop_grace_s = 1
 [sources.ci]
@@ -61,9 +84,9 @@ sha256 = "{hash_token(self.token)}"
 image = "{TEST_IMAGE}"
 memory = "64m"
 pids = 32
-max_concurrent = 4
+max_concurrent = {max_concurrent}
 retry_on_restart = {str(retry_on_restart).lower()}
-"""
+{credentials}"""
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -130,9 +153,10 @@ def controller_process(tmp_path: Path, docker_client: docker.DockerClient) -> It
         if cp.proc and cp.proc.poll() is None:
             cp.proc.kill()
             cp.proc.wait()
-        for c in managed_containers(docker_client, cp.controller_id):
+        leftovers = managed_containers(docker_client, cp.controller_id)
+        for c in leftovers:
             c.remove(force=True)
-            pytest.fail(f"container left behind: {c.name}")
+        assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
 
 
 def test_sigkill_then_restart_leaves_nothing_running(controller_process: Any, docker_client: Any) -> None:
@@ -225,3 +249,48 @@ def test_cli_against_a_running_controller(controller_process: Any) -> None:
     )
     assert bad.returncode == 1 and "401" in bad.stderr
     cp.kill(signal.SIGTERM)
+
+
+async def test_sigkill_with_20_vault_jobs_revokes_every_token_on_restart(
+    controller_process: Any, docker_client: Any
+) -> None:
+    sys.path.insert(0, str(Path(__file__).parent.parent))
+    from vault_double import VaultDouble
+
+    vault = VaultDouble()
+    await vault.start()
+    try:
+        vault.put_policy("ci-default-read", {"secret/data/ci/default/*": ["read"]})
+        vault.put_policy("orchestrator-revoker", {"auth/token/revoke-accessor": ["update"]})
+        vault.put_kv("secret", "ci/default/db", {"password": "crash-test-pa55word"})
+        revoker = vault.create_token(policies=["orchestrator-revoker"], ttl=3600)
+        cp = controller_process(max_concurrent=20, vault_url=vault.url, revoker_token=revoker.id)
+        vault.configure_jwt("jwt", oidc_discovery_url=cp.url, bound_issuer=cp.url)
+        vault.add_role(
+            "jwt",
+            "ci-default",
+            bound_audiences=["vault"],
+            bound_claims={"pool": "default"},
+            token_policies=["ci-default-read"],
+            token_ttl=3600,
+        )
+        await asyncio.to_thread(cp.start)
+        secret = [{"path": "ci/default/db", "key": "password", "name": "DB"}]
+        specs = [job_spec(commands=["sleep 600"], secrets=secret) for _ in range(20)]
+        for s in specs:
+            assert await asyncio.to_thread(cp.send, s) == 202
+        for s in specs:
+            job = await asyncio.to_thread(cp.wait, s["id"], {"running"}, 120)
+            assert job["status"] == "running", job
+        live = [t for t in vault.live_tokens() if t.id != revoker.id]
+        assert len(live) == 20
+        await asyncio.to_thread(cp.kill, signal.SIGKILL)
+        assert len(managed_containers(docker_client, cp.controller_id)) == 20
+        await asyncio.to_thread(cp.start)
+        finals = [await asyncio.to_thread(cp.wait, s["id"], FINAL, 60) for s in specs]
+        assert [j["status"] for j in finals] == ["error"] * 20
+        assert managed_containers(docker_client, cp.controller_id) == []
+        assert [t for t in vault.live_tokens() if t.id != revoker.id] == []
+        assert await asyncio.to_thread(cp.kill, signal.SIGTERM) == 0
+    finally:
+        await vault.stop()

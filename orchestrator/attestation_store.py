@@ -1,0 +1,49 @@
+"""Signs a finished job's attestation and keeps it next to the job's log (one DSSE envelope per job)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from orchestrator.attestation import JobFacts, build_statement, sign_envelope
+from orchestrator.jobs.spec import JOB_ID_PATTERN
+
+
+class AttestationStore:
+    def __init__(self, directory: Path, key: Ed25519PrivateKey) -> None:
+        self.directory = directory
+        self._key = key
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def path(self, job_id: str) -> Path:
+        import re
+
+        if not re.fullmatch(JOB_ID_PATTERN, job_id) or job_id in {".", ".."}:
+            raise ValueError("invalid job id")
+        return self.directory / f"{job_id}.dsse.json"
+
+    async def attest(self, facts: JobFacts) -> None:
+        envelope = sign_envelope(build_statement(facts), self._key)
+        data = json.dumps(envelope, indent=2).encode() + b"\n"
+        await asyncio.to_thread(self._write, self.path(facts.job_id), data)
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    def read(self, job_id: str) -> bytes | None:
+        try:
+            return self.path(job_id).read_bytes()
+        except FileNotFoundError:
+            return None

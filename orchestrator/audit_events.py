@@ -1,0 +1,93 @@
+"""Turns controller events into audit records, so action names and fields stay consistent across modules.
+
+Every method is safe to call from the event loop (one append per record). Nothing here ever receives a token,
+JWT or secret value: credentials are described by role, policies, TTL and a hash of the accessor."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from orchestrator.audit import AuditLog, accessor_digest
+from orchestrator.jobs.states import Job
+
+log = logging.getLogger(__name__)
+
+CONTROLLER: dict[str, Any] = {"type": "controller"}
+
+
+class Auditor:
+    def __init__(self, audit_log: AuditLog | None) -> None:
+        self.log = audit_log
+
+    def _record(
+        self,
+        actor: dict[str, Any],
+        action: str,
+        target: str | None,
+        outcome: str,
+        *,
+        remote: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        if self.log is None:
+            return
+        try:
+            self.log.record(actor, action, target, outcome, remote=remote, details=details)
+        except Exception:
+            # An audit failure must be loud but must not take a running job down with it.
+            log.exception("could not write audit record", extra={"action": action, "target": target})
+
+    def config_loaded(self, digest: str, controller_id: str) -> None:
+        self._record(CONTROLLER, "config.loaded", controller_id, "ok", details={"digest": digest})
+
+    def webhook(
+        self,
+        source: str,
+        delivery: str | None,
+        remote: str | None,
+        outcome: str,
+        *,
+        job_id: str | None = None,
+        reason: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        actor = {"type": "webhook", "source": source, "delivery": delivery}
+        action = "webhook.accepted" if outcome in ("accepted", "duplicate") else "webhook.rejected"
+        self._record(actor, action, job_id, outcome, remote=remote, details={"reason": reason, "http_status": status})
+
+    def job_state(self, job: Job) -> None:
+        details: dict[str, Any] = {"pool": job.pool, "attempt": job.attempt}
+        if job.exit_code is not None:
+            details["exit_code"] = job.exit_code
+        if job.reason:
+            details["reason"] = job.reason
+        self._record(CONTROLLER, "job.state", job.id, job.state.value, details=details)
+
+    def credentials_issued(
+        self, job_id: str, *, role: str, policies: list[str], ttl_s: int, accessor: str, paths: list[str]
+    ) -> None:
+        details = {"role": role, "policies": policies, "ttl_s": ttl_s, "accessor_sha256": accessor_digest(accessor)}
+        self._record(CONTROLLER, "credentials.issued", job_id, "ok", details=details)
+        for path in paths:
+            self._record(CONTROLLER, "secret.read", job_id, "ok", details={"path": path, "role": role})
+
+    def credentials_denied(self, job_id: str, *, role: str, reason: str) -> None:
+        self._record(CONTROLLER, "credentials.issued", job_id, "denied", details={"role": role, "reason": reason})
+
+    def credentials_revoked(self, job_id: str | None, *, accessor: str, outcome: str, how: str) -> None:
+        details = {"accessor_sha256": accessor_digest(accessor), "how": how}
+        self._record(CONTROLLER, "credentials.revoked", job_id, outcome, details=details)
+
+    def api(
+        self, token_name: str, role: str, action: str, target: str | None, remote: str | None, outcome: str
+    ) -> None:
+        actor = {"type": "api", "token_name": token_name, "role": role}
+        self._record(actor, action, target, outcome, remote=remote)
+
+    def auth_failed(self, remote: str | None, route: str, reason: str) -> None:
+        actor = {"type": "api", "token_name": None, "role": None}
+        self._record(actor, "auth.failed", route, "denied", remote=remote, details={"reason": reason})
+
+    def reconcile(self, action: str, target: str | None, details: dict[str, Any]) -> None:
+        self._record(CONTROLLER, f"reconcile.{action}", target, "ok", details=details)

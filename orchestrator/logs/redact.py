@@ -1,0 +1,488 @@
+"""Streaming secret redaction for job logs.
+
+Job output is shown to users while the job runs, so secrets have to be masked
+on the fly: in whatever chunks the container happens to write, without ever
+letting a complete secret through, and without delaying more output than a
+secret could still be completing.
+
+Pure code: no I/O, no asyncio.  Matching uses Hyperscan (thousands of literals
+at GB/s) and falls back to the Rust ``aho-corasick`` crate where Hyperscan has
+no wheel (e.g. linux/aarch64); both report every, also overlapping, match.
+
+Known limits (documented rather than silently assumed):
+
+* A secret that shares bytes with the mask can be re-assembled from the mask
+  and its neighbours (e.g. a secret containing ``"ED]"``); choose a mask that
+  cannot occur in secrets if that matters.  A mask that *contains* a
+  registered form is rejected outright.
+* Encodings other than the ones listed in :func:`secret_forms` (hex, line-
+  wrapped base64, lower-case ``%xx`` …) are not recognised.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
+from typing import Final, Protocol
+from urllib.parse import quote, quote_plus
+
+import ahocorasick_rs
+
+__all__ = [
+    "DEFAULT_MASK",
+    "DEFAULT_MIN_SECRET_LENGTH",
+    "SecretSet",
+    "SecretTooShortError",
+    "StreamRedactor",
+    "secret_forms",
+]
+
+DEFAULT_MASK: bytes = b"[MASKED]"
+DEFAULT_MIN_SECRET_LENGTH: int = 6
+
+
+class SecretTooShortError(ValueError):
+    """A secret too short to mask without garbling unrelated output.
+
+    The message names the secret (if a name was given) but never contains its
+    value, because error messages end up in logs too.
+    """
+
+
+# --------------------------------------------------------------------------- forms
+
+
+def secret_forms(value: str | bytes) -> set[bytes]:
+    """Every byte string under which ``value`` may show up in a job log.
+
+    Jobs rarely print a secret verbatim only: tools base64 it into headers,
+    URL-encode it into query strings, JSON-escape it into API payloads, or
+    print a PEM key line by line.  Includes forms of any length (empty ones
+    excepted); :class:`SecretSet` drops those below its minimum length.
+    """
+    text = value if isinstance(value, str) else _utf8_or_none(value)
+    raw = value.encode() if isinstance(value, str) else bytes(value)
+    forms = _encoded_forms(raw, text)
+    if b"\n" in raw:
+        # Multi-line values (PEM keys, kubeconfigs) are usually printed line by
+        # line, so each line is a secret of its own.
+        if text is not None:
+            for line_text in text.split("\n"):
+                line_text = line_text.strip("\r")
+                if line_text:
+                    forms |= _encoded_forms(line_text.encode(), line_text)
+        else:
+            for line in raw.split(b"\n"):
+                line = line.strip(b"\r")
+                if line:
+                    forms |= _encoded_forms(line, None)
+    forms.discard(b"")
+    return forms
+
+
+def _utf8_or_none(value: bytes) -> str | None:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return None
+
+
+_GO_JSON_ESCAPES: Final = (
+    ("<", "\\u003c"),
+    (">", "\\u003e"),
+    ("&", "\\u0026"),
+    ("\u2028", "\\u2028"),
+    ("\u2029", "\\u2029"),
+)
+
+
+def _encoded_forms(raw: bytes, text: str | None) -> set[bytes]:
+    forms = {raw}
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        encoded = encode(raw)
+        forms.add(encoded)
+        forms.add(encoded.rstrip(b"="))
+        # Inside a longer base64 stream the encoding of the secret depends on
+        # its offset mod 3.  For each offset keep only the characters made
+        # purely of secret bits (the neighbours here are zero bytes, but the
+        # kept characters do not depend on them).
+        for offset in range(3):
+            shifted = encode(bytes(offset) + raw + bytes(2))
+            first = -(-8 * offset // 6)
+            stop = 8 * (offset + len(raw)) // 6
+            forms.add(shifted[first:stop])
+    forms.add(quote(raw, safe="").encode("ascii"))
+    forms.add(quote_plus(raw, safe="").encode("ascii"))
+    if text is not None:
+        forms.add(json.dumps(text)[1:-1].encode("ascii"))
+        unescaped = json.dumps(text, ensure_ascii=False)[1:-1]
+        forms.add(unescaped.encode())
+        # Go's encoding/json (docker, kubectl, terraform output) also escapes
+        # HTML characters and the JS line separators.
+        for char, escape in _GO_JSON_ESCAPES:
+            unescaped = unescaped.replace(char, escape)
+        forms.add(unescaped.encode())
+    return forms
+
+
+# --------------------------------------------------------------------------- matching
+
+
+class _Matcher(Protocol):
+    def find(self, parts: Sequence[bytes]) -> list[tuple[int, int]]:
+        """(start, end) of every occurrence, overlaps included, in ``b"".join(parts)``."""
+        ...
+
+    def clone(self) -> _Matcher:
+        """A matcher that can scan concurrently with this one."""
+        ...
+
+
+class _HyperscanMatcher:
+    """Hyperscan database in vectored mode; one scratch space per clone.
+
+    Vectored mode scans ``[tail, chunk]`` as one block without copying, and
+    unlike block mode it builds no "small write" engine, whose compile time
+    explodes (~1 s) for some small sets of similar literals.  Patterns are
+    compiled as regexes with every byte ``\\xHH``-escaped because the
+    binding's pure-literal mode measures patterns with ``strlen`` and would
+    truncate secrets containing NUL.  The scan releases the GIL, so a scratch
+    space must never be shared between redactors.
+    """
+
+    def __init__(self, patterns: Sequence[bytes]) -> None:
+        import hyperscan
+
+        database = hyperscan.Database(mode=hyperscan.HS_MODE_VECTORED)
+        database.compile(
+            expressions=[b"".join(b"\\x%02x" % byte for byte in pattern) for pattern in patterns],
+            ids=list(range(len(patterns))),
+            elements=len(patterns),
+            flags=0,
+        )
+        self._database = database
+        self._lengths = [len(pattern) for pattern in patterns]
+        self._scratch = database.scratch
+
+    def clone(self) -> _HyperscanMatcher:
+        twin = object.__new__(_HyperscanMatcher)
+        twin._database = self._database
+        twin._lengths = self._lengths
+        twin._scratch = self._scratch.clone()
+        return twin
+
+    def find(self, parts: Sequence[bytes]) -> list[tuple[int, int]]:
+        hits: list[tuple[int, int]] = []
+        lengths = self._lengths
+
+        def on_match(pattern_id: int, _start: int, end: int, _flags: int, _context: object) -> None:
+            # Without SOM tracking Hyperscan reports start 0; literals know
+            # their own length.
+            hits.append((end - lengths[pattern_id], end))
+
+        # The stub types ``data`` as one string; vectored mode takes a list.
+        buffers: list[bytes] = list(parts)
+        self._database.scan(buffers, match_event_handler=on_match, scratch=self._scratch)  # type: ignore[type-var]
+        return hits
+
+
+class _AhoCorasickMatcher:
+    """Rust aho-corasick DFA: slower than Hyperscan but has wheels everywhere."""
+
+    def __init__(self, patterns: Sequence[bytes]) -> None:
+        self._automaton = ahocorasick_rs.BytesAhoCorasick(
+            patterns,
+            matchkind=ahocorasick_rs.MatchKind.Standard,  # required for overlapping search
+            implementation=ahocorasick_rs.Implementation.DFA,
+        )
+
+    def clone(self) -> _AhoCorasickMatcher:
+        return self  # immutable and thread-safe
+
+    def find(self, parts: Sequence[bytes]) -> list[tuple[int, int]]:
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        return [(start, end) for _, start, end in self._automaton.find_matches_as_indexes(data, True)]
+
+
+_BACKENDS: Final[dict[str, Callable[[Sequence[bytes]], _Matcher]]] = {
+    "hyperscan": _HyperscanMatcher,
+    "aho-corasick": _AhoCorasickMatcher,
+}
+_BACKEND: str = "hyperscan" if importlib.util.find_spec("hyperscan") is not None else "aho-corasick"
+
+
+class _Compiled:
+    """One frozen set of forms, compiled once per :class:`SecretSet` version.
+
+    Besides the forms themselves it compiles their 4-byte heads: finding the
+    heads in the last few bytes of a chunk is the cheap way to answer "could
+    these trailing bytes still become a secret?", which decides how much
+    output must be held back.
+    """
+
+    def __init__(self, forms: Iterable[bytes]) -> None:
+        self.forms = sorted(forms)
+        self.max_len = max(map(len, self.forms))
+        backend = _BACKENDS[_BACKEND]
+        self.matcher = backend(self.forms)
+        heads = sorted({form[:4] for form in self.forms if len(form) > 4})
+        self.heads = backend(heads) if heads else None
+        self.short_prefixes = {form[:k] for form in self.forms for k in (1, 2, 3) if k < len(form)}
+
+    def scanner(self) -> _Scanner:
+        return _Scanner(self)
+
+    def is_proper_prefix(self, candidate: bytes) -> bool:
+        forms = self.forms
+        index = bisect_left(forms, candidate)
+        # Forms starting with ``candidate`` are contiguous from ``index``; the
+        # first may be ``candidate`` itself, which is not a proper prefix.
+        while index < len(forms) and forms[index].startswith(candidate):
+            if len(forms[index]) > len(candidate):
+                return True
+            index += 1
+        return False
+
+
+class _Scanner:
+    """Matchers of one :class:`_Compiled` with private scratch space."""
+
+    def __init__(self, compiled: _Compiled) -> None:
+        self.compiled = compiled
+        self._matcher = compiled.matcher.clone()
+        self._heads = compiled.heads.clone() if compiled.heads is not None else None
+
+    def find(self, *parts: bytes) -> list[tuple[int, int]]:
+        """Matches in the concatenation of the non-empty ``parts``."""
+        nonempty = [part for part in parts if part]
+        return self._matcher.find(nonempty) if nonempty else []
+
+    def partial_len(self, window: bytes) -> int:
+        """Length of the longest suffix of ``window`` that is a proper prefix of a form."""
+        size = len(window)
+        if self._heads is not None and size >= 4:
+            for start in sorted({start for start, _ in self._heads.find([window])}):
+                if self.compiled.is_proper_prefix(window[start:]):
+                    return size - start
+        for start in range(max(0, size - 3), size):
+            if window[start:] in self.compiled.short_prefixes:
+                return size - start
+        return 0
+
+
+def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Union of byte ranges; touching ranges merge too, so they get one mask."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _apply_mask(data: bytes, ranges: list[tuple[int, int]], mask: bytes) -> bytes:
+    parts: list[bytes] = []
+    cursor = 0
+    for start, end in ranges:
+        parts.append(data[cursor:start])
+        parts.append(mask)
+        cursor = end
+    parts.append(data[cursor:])
+    return b"".join(parts)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+class SecretSet:
+    """Registered secrets of one job; immutable-ish; compiled matcher built once.
+
+    Register every secret before the job starts: the matcher is compiled
+    lazily on first use, and a :class:`StreamRedactor` keeps the matcher it
+    was created with, so secrets added later are only seen by redactors (and
+    :meth:`redact` calls) created after the addition.
+    """
+
+    def __init__(self, min_length: int = DEFAULT_MIN_SECRET_LENGTH) -> None:
+        if min_length < 1:
+            raise ValueError("min_length must be at least 1")
+        self._min_length = min_length
+        self._forms: set[bytes] = set()
+        self._compiled: _Compiled | None = None
+
+    def add(self, value: str | bytes, name: str | None = None) -> None:
+        """Register ``value`` and all its :func:`secret_forms` of at least ``min_length`` bytes.
+
+        Raises :class:`SecretTooShortError` when the value itself is shorter
+        than ``min_length``: masking it would garble ordinary output and the
+        mask would give the value away by where it appears.
+        """
+        if not isinstance(value, str | bytes | bytearray):
+            raise TypeError(f"secret must be str or bytes, not {type(value).__name__}")
+        if len(value) < self._min_length:
+            unit = "characters" if isinstance(value, str) else "bytes"
+            label = f"secret {name!r}" if name is not None else "a secret"
+            raise SecretTooShortError(
+                f"{label} is {len(value)} {unit}; secrets shorter than {self._min_length} {unit} "
+                "cannot be masked safely"
+            )
+        forms = {form for form in secret_forms(value) if len(form) >= self._min_length}
+        if not forms <= self._forms:
+            self._forms |= forms
+            self._compiled = None
+
+    def __len__(self) -> int:
+        return len(self._forms)
+
+    def redact(self, data: bytes, mask: bytes = DEFAULT_MASK) -> bytes:
+        """Mask every registered form in a whole buffer (e.g. an error message)."""
+        compiled = self._compile()
+        if compiled is None:
+            return bytes(data)
+        _check_mask(mask, compiled)
+        data = bytes(data)
+        # A fresh scanner has its own scratch space: concurrent calls are safe.
+        return _apply_mask(data, _merge(compiled.scanner().find(data)), mask)
+
+    def _compile(self) -> _Compiled | None:
+        if self._compiled is None and self._forms:
+            self._compiled = _Compiled(self._forms)
+        return self._compiled
+
+
+def _check_mask(mask: bytes, compiled: _Compiled | None) -> None:
+    if not mask:
+        # Deleting secrets could splice "SEC" + "RET" into a secret again.
+        raise ValueError("mask must not be empty")
+    if compiled is not None and compiled.scanner().find(bytes(mask)):
+        raise ValueError("mask contains a registered secret form; choose another mask")
+
+
+class StreamRedactor:
+    """Redacts one job's output stream, chunk by chunk.
+
+    Output equals ``secrets.redact(whole_stream)`` for any chunking, as long
+    as :meth:`flush_idle` is not called.  At most ``longest_form - 1`` bytes
+    are held back, and only while they could still be completing a secret.
+
+    Positions are absolute stream offsets.  State: ``_tail`` is the longest
+    suffix of the input that is a proper prefix of some form, i.e. where a
+    secret may still be in progress (it includes bytes already emitted by an
+    idle flush, as context); ``_emitted`` is how far output has been
+    produced; ``_mask_end`` is where the last emitted mask ended, so that a
+    match continuing it does not emit a second mask.
+    """
+
+    def __init__(self, secrets: SecretSet, mask: bytes = DEFAULT_MASK) -> None:
+        compiled = secrets._compile()
+        _check_mask(mask, compiled)
+        self._mask = bytes(mask)
+        self._keep = compiled.max_len - 1 if compiled is not None else 0
+        self._scanner = compiled.scanner() if compiled is not None else None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._tail = b""
+        self._pos = 0
+        self._emitted = 0
+        self._mask_end = -1
+
+    @property
+    def pending(self) -> int:
+        """Bytes currently held back."""
+        return self._pos - self._emitted
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Redact the next chunk; returns what can safely be shown now."""
+        scanner = self._scanner
+        if scanner is None or not chunk:
+            return bytes(chunk)
+        chunk = bytes(chunk)
+        tail, keep = self._tail, self._keep
+        old = self._pos
+        new = old + len(chunk)
+        tail_base = old - len(tail)
+        # A match that begins in earlier input begins in ``tail``.  Matches
+        # ending before ``_emitted`` were handled by an earlier call.
+        done = self._emitted - tail_base
+        ranges = [(tail_base + start, tail_base + end) for start, end in scanner.find(tail, chunk) if end > done]
+        # A secret still being written must start in ``tail`` or this chunk.
+        window = chunk[len(chunk) - keep :] if len(chunk) >= keep else (tail + chunk)[-keep:]
+        partial = scanner.partial_len(window)
+        hold_from = new - partial
+        self._tail, self._pos = window[len(window) - partial :], new
+        return self._emit(hold_from, _merge(ranges), tail, tail_base, chunk, old)
+
+    def flush_idle(self) -> bytes:
+        """Emit held-back bytes because the job went quiet.
+
+        The emitted bytes stay in the context window: if later input
+        completes a secret that began in them, the rest of it is masked.
+        """
+        scanner = self._scanner
+        if scanner is None or self._pos == self._emitted:
+            return b""
+        tail_base = self._pos - len(self._tail)
+        ranges = [
+            (tail_base + start, tail_base + end)
+            for start, end in scanner.find(self._tail)
+            if tail_base + end > self._emitted
+        ]
+        return self._emit(self._pos, _merge(ranges), self._tail, tail_base, b"", self._pos)
+
+    def flush(self) -> bytes:
+        """End of stream: emit everything still held back and start afresh."""
+        rest = self.flush_idle()
+        self._reset()
+        return rest
+
+    def _emit(
+        self,
+        hold_from: int,
+        ranges: list[tuple[int, int]],
+        tail: bytes,
+        tail_base: int,
+        chunk: bytes,
+        chunk_base: int,
+    ) -> bytes:
+        """Produce output from ``_emitted`` up to where bytes are final.
+
+        Bytes before ``hold_from`` can no longer become part of a secret;
+        masked bytes after it are final too, so emission runs on through a
+        mask that covers ``hold_from``.  ``ranges`` are merged and sorted.
+        """
+        stop = max(hold_from, self._emitted)
+        for start, end in ranges:
+            if start > stop:
+                break
+            stop = max(stop, end)
+
+        def raw(begin: int, end: int) -> bytes:
+            if end <= chunk_base:
+                return tail[begin - tail_base : end - tail_base]
+            if begin >= chunk_base:
+                return chunk[begin - chunk_base : end - chunk_base]
+            return tail[begin - tail_base :] + chunk[: end - chunk_base]
+
+        parts: list[bytes] = []
+        cursor = self._emitted
+        for start, end in ranges:
+            if start >= stop:
+                break
+            if end <= cursor:
+                continue
+            start = max(start, cursor)
+            if start > cursor:
+                parts.append(raw(cursor, start))
+            if start != self._mask_end:
+                parts.append(self._mask)
+            cursor = self._mask_end = end
+        if stop > cursor:
+            parts.append(raw(cursor, stop))
+        self._emitted = stop
+        return parts[0] if len(parts) == 1 else b"".join(parts)
