@@ -10,9 +10,10 @@ from typing import Any
 import aiohttp
 import docker
 import pytest
-from conftest import RunningController, job_spec, managed_containers
 
 from orchestrator.intake.signatures import sign
+
+from conftest import RunningController, job_spec, managed_containers
 
 pytestmark = pytest.mark.docker
 

@@ -30,6 +30,7 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
 from vault_double import VaultDouble
 
 ROOT_TOKEN = "root-test-token"

@@ -18,6 +18,7 @@ import hvac
 import hvac.exceptions
 import pytest
 import requests
+
 from vault_double import VaultDouble, parse_duration, parse_policy
 
 if TYPE_CHECKING:  # fixture types only; conftest modules are not imported by name at runtime
