@@ -190,7 +190,10 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
 
     async def startup(app: web.Application) -> None:
         await controller.store.open()
-        controller.auditor.config_loaded(controller.config.digest(), controller.config.controller_id)
+        config = controller.config
+        controller.auditor.config_loaded(config.digest(), config.controller_id, config.warnings())
+        for warning in config.warnings():
+            log.warning("unsafe pool option in use", extra={"warning": warning})
         await controller.scheduler.start()
         if controller.signing_keys is not None:
             controller.background.append(asyncio.create_task(_rotate_keys_periodically(controller.signing_keys)))

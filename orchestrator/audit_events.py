@@ -38,8 +38,10 @@ class Auditor:
             # An audit failure must be loud but must not take a running job down with it.
             log.exception("could not write audit record", extra={"action": action, "target": target})
 
-    def config_loaded(self, digest: str, controller_id: str) -> None:
+    def config_loaded(self, digest: str, controller_id: str, warnings: list[str]) -> None:
         self._record(CONTROLLER, "config.loaded", controller_id, "ok", details={"digest": digest})
+        for warning in warnings:
+            self._record(CONTROLLER, "config.unsafe_opt_in", controller_id, "warning", details={"what": warning})
 
     def webhook(
         self,

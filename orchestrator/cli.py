@@ -72,6 +72,8 @@ def _config_check(path: Path) -> int:
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         return EXIT_USAGE
+    for warning in config.warnings():
+        print(f"WARNING: {warning}", file=sys.stderr)
     print(f"{path}: OK (controller {config.controller_id}, {len(config.pools)} pool(s), digest {config.digest()[:16]})")
     return 0
 

@@ -104,6 +104,61 @@ class SourceConfig(_Strict):
         return data
 
 
+_CAPABILITY = re.compile(r"^(CAP_)?[A-Z_]{2,32}$")
+_DOCKER_SOCKETS = ("docker.sock", "containerd.sock", "podman.sock")
+
+
+class UnsafeOptIns(_Strict):
+    """Each field weakens the isolation between a job and the host. None is ever on by default; every one that
+    is set is printed as a warning by `config check` and written to the audit trail when the controller starts."""
+
+    privileged: bool = False
+    host_network: bool = False
+    host_pid: bool = False
+    host_ipc: bool = False
+    add_capabilities: list[str] = Field(default_factory=list)
+    host_mounts: list[str] = Field(default_factory=list, description="'/host/path:/container/path[:ro|rw]'")
+
+    @field_validator("add_capabilities")
+    @classmethod
+    def _caps(cls, caps: list[str]) -> list[str]:
+        for cap in caps:
+            if not _CAPABILITY.match(cap) or cap.upper() == "ALL":
+                raise ValueError(f"{cap!r} is not a single capability name (ALL is never allowed)")
+        return [c.removeprefix("CAP_") for c in caps]
+
+    @field_validator("host_mounts")
+    @classmethod
+    def _mounts(cls, mounts: list[str]) -> list[str]:
+        for mount in mounts:
+            parts = mount.split(":")
+            if len(parts) not in (2, 3) or not parts[0].startswith("/") or not parts[1].startswith("/"):
+                raise ValueError(f"host mount {mount!r} must look like /host/path:/container/path[:ro]")
+            if len(parts) == 3 and parts[2] not in ("ro", "rw"):
+                raise ValueError(f"host mount {mount!r}: the mode must be ro or rw")
+            if any(sock in mount for sock in _DOCKER_SOCKETS) or parts[0].rstrip("/") in ("", "/run", "/var/run"):
+                raise ValueError(f"host mount {mount!r} would expose a container runtime socket; never allowed")
+        return mounts
+
+    def warnings(self, pool: str) -> list[str]:
+        found = []
+        if self.privileged:
+            found.append(f"pool {pool!r} runs PRIVILEGED containers (unsafe.privileged): a job owns the host")
+        if self.host_network:
+            found.append(f"pool {pool!r} shares the HOST NETWORK namespace (unsafe.host_network)")
+        if self.host_pid:
+            found.append(f"pool {pool!r} shares the HOST PID namespace (unsafe.host_pid)")
+        if self.host_ipc:
+            found.append(f"pool {pool!r} shares the HOST IPC namespace (unsafe.host_ipc)")
+        if self.add_capabilities:
+            found.append(
+                f"pool {pool!r} ADDS CAPABILITIES {', '.join(self.add_capabilities)} (unsafe.add_capabilities)"
+            )
+        for mount in self.host_mounts:
+            found.append(f"pool {pool!r} MOUNTS A HOST PATH {mount} (unsafe.host_mounts)")
+        return found
+
+
 class PoolConfig(_Strict):
     image: str = Field(min_length=1)
     user: str = Field("10001:10001", description="uid:gid the job runs as; never root")
@@ -124,6 +179,7 @@ class PoolConfig(_Strict):
     secrets: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")], PoolSecret] = Field(
         default_factory=dict
     )
+    unsafe: UnsafeOptIns = Field(default_factory=UnsafeOptIns)
 
     @field_validator("memory", mode="before")
     @classmethod
@@ -233,6 +289,10 @@ class Config(_Strict):
         if self.credentials is not None and not self.server.public_url:
             raise ValueError("server.public_url is required with [credentials]: it is the OIDC issuer Vault trusts")
         return self
+
+    def warnings(self) -> list[str]:
+        """Every way this config weakens job isolation, for `config check` and the audit trail."""
+        return [w for name, pool in self.pools.items() for w in pool.unsafe.warnings(name)]
 
     def vault_role(self, pool: str) -> str:
         return self.pools[pool].vault_role or f"ci-{pool}"

@@ -126,7 +126,25 @@ def build_container_spec(
         "log_config": {"type": "none", "config": {}},
         "stop_signal": "SIGTERM",
     }
+    _apply_unsafe(kwargs, pool)
     return ContainerSpec(name=container_name(controller_id, spec.id, attempt), create_kwargs=kwargs)
+
+
+def _apply_unsafe(kwargs: dict[str, object], pool: PoolConfig) -> None:
+    """Only explicit, audited opt-ins from the pool config ever get past the hardened defaults."""
+    unsafe = pool.unsafe
+    if unsafe.privileged:
+        kwargs["privileged"] = True
+    if unsafe.host_network:
+        kwargs["network_mode"] = "host"
+    if unsafe.host_pid:
+        kwargs["pid_mode"] = "host"
+    if unsafe.host_ipc:
+        kwargs["ipc_mode"] = "host"
+    if unsafe.add_capabilities:
+        kwargs["cap_add"] = list(unsafe.add_capabilities)
+    if unsafe.host_mounts:
+        kwargs["binds"] = [m if m.count(":") == 2 else m + ":ro" for m in unsafe.host_mounts]
 
 
 def _sh(value: str) -> str:

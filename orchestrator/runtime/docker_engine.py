@@ -296,6 +296,8 @@ class DockerEngine:
 
 _HOST_CONFIG_KEYS = (
     "init",
+    "binds",
+    "pid_mode",
     "privileged",
     "cap_drop",
     "cap_add",
