@@ -49,6 +49,7 @@ class ServerConfig(_Strict):
     port: int = Field(8080, ge=0, le=65535)
     public_url: str | None = Field(None, description="URL Vault and users reach the controller at")
     max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    body_timeout_s: float = Field(10.0, gt=0, le=300, description="a slower webhook body gets 408")
     metrics_public: bool = Field(False, description="serve /metrics without a token (e.g. scrape on localhost)")
     # Standard-webhooks timestamp tolerance is fixed by its spec; this bounds the replay memory for the others.
     delivery_ttl_s: int = Field(7 * 86400, ge=60)

@@ -5,6 +5,7 @@ durably stored. Every refusal is a 4xx with a message the sender can act on."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -149,7 +150,7 @@ class WebhookIntake:
                 extra={"source": name, "status": rej.status, "reason": rej.reason, "remote": request.remote},
             )
             resp = _error(rej.status, rej.reason, rej.message, **rej.extra)
-            if rej.status == 413:
+            if rej.status in (408, 413):
                 resp.force_close()
             if rej.status in (429, 503):
                 resp.headers["Retry-After"] = "30"
@@ -161,7 +162,13 @@ class WebhookIntake:
             raise Rejected(404, "unknown_source", f"unknown webhook source {name!r}")
         if not self.accepting:
             raise Rejected(503, "shutting_down", "controller is shutting down; retry later")
-        body = await read_capped(request, self.config.server.max_body_bytes)
+        try:
+            async with asyncio.timeout(self.config.server.body_timeout_s):
+                body = await read_capped(request, self.config.server.max_body_bytes)
+        except TimeoutError:
+            raise Rejected(
+                408, "body_timeout", f"body not received within {self.config.server.body_timeout_s:g} s"
+            ) from None
         try:
             delivery = verify(source.scheme, source.secrets, request.headers, body, time.time())
         except SignatureError as exc:

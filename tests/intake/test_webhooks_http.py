@@ -176,3 +176,15 @@ async def test_readyz_reports_unreachable_docker(controller_factory: Any, tmp_pa
         body = await r.json()
         assert r.status == 503
         assert body["checks"]["docker"].startswith("unreachable")
+
+
+async def test_slow_body_gets_408_and_frees_the_handler(controller_factory: Any, docker_client: Any) -> None:
+    ctl = await controller_factory(settings={"server": {"host": "127.0.0.1", "port": 0, "body_timeout_s": 0.5}})
+    host, port = ctl.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /webhooks/test HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"id\": ")
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), timeout=5)
+    assert b"408" in status_line
+    writer.close()
+    await _no_trace(ctl, docker_client, "none")
