@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -161,6 +162,13 @@ def _oidc_routes(controller: Controller) -> list[web.RouteDef]:
     return [web.get("/.well-known/openid-configuration", discovery), web.get("/.well-known/jwks.json", jwks)]
 
 
+async def _every(interval_s: float, action: Callable[[], Awaitable[object]]) -> None:
+    """Runs `action` now and then every `interval_s`; failures are the action's to log."""
+    while True:
+        await action()
+        await asyncio.sleep(interval_s)
+
+
 async def _rotate_keys_periodically(keys: SigningKeys, every_s: float = 60.0) -> None:
     while True:
         try:
@@ -197,6 +205,9 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
         await controller.scheduler.start()
         if controller.signing_keys is not None:
             controller.background.append(asyncio.create_task(_rotate_keys_periodically(controller.signing_keys)))
+        renew = getattr(controller.credentials, "renew_revoker", None)
+        if renew is not None and getattr(controller.credentials, "can_revoke_by_accessor", False):
+            controller.background.append(asyncio.create_task(_every(3600.0, renew)))
         sweep = controller.scheduler.sweep_forever(controller.config.docker.sweep_interval_s)
         controller.background.append(asyncio.create_task(sweep))
         log.info(

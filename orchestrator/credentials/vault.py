@@ -273,12 +273,31 @@ class VaultCredentials:
     def can_revoke_by_accessor(self) -> bool:
         return self.vault.revoker_token_file is not None
 
+    async def _revoker_token(self) -> str | None:
+        if self.vault.revoker_token_file is None:
+            return None
+        text = await asyncio.to_thread(self.vault.revoker_token_file.read_text, encoding="utf-8")
+        return text.strip()
+
+    async def renew_revoker(self) -> bool:
+        """The revoker token is periodic (see config/vault/setup-vault.sh): renewing it keeps it alive without
+        ever giving it a long TTL. Returns False when there is none or renewal failed (logged, never raised)."""
+        revoker = await self._revoker_token()
+        if revoker is None:
+            return False
+        try:
+            await self._call(lambda: self._client(revoker).auth.token.renew_self())
+            return True
+        except Exception as exc:
+            self.errors += 1
+            log.error("could not renew the vault revoker token", extra={"error": type(exc).__name__})
+            return False
+
     async def revoke_accessor(self, accessor: str) -> bool:
         """Crash recovery: revoke a token we no longer hold. Needs the narrowly-scoped revoker token."""
-        if self.vault.revoker_token_file is None:
+        revoker = await self._revoker_token()
+        if revoker is None:
             return False
-        token_file = self.vault.revoker_token_file
-        revoker = (await asyncio.to_thread(token_file.read_text, encoding="utf-8")).strip()
         try:
             await self._call(lambda: self._client(revoker).auth.token.revoke_accessor(accessor))
             return True

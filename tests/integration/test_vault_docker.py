@@ -255,3 +255,19 @@ async def test_dynamic_secret_lease_is_revoked_with_the_token(
     assert b"got-it" in log and b"dyn-pass-5a4b3c2d1e" not in log
     assert vault.live_leases() == []
     await asyncio.sleep(0)
+
+
+async def test_revoker_token_is_renewed_and_never_needed_for_normal_jobs(
+    controller_factory: Any, vault: VaultDouble, tmp_path: Path
+) -> None:
+    revoker = vault.create_token(policies=["orchestrator-revoker"], ttl=0, period=600)
+    token_file = tmp_path / "revoker.token"
+    token_file.write_text(revoker.id + "\n")
+    token_file.chmod(0o600)
+    ctl = await start_with_vault(controller_factory, vault, tmp_path, revoker_token_file=str(token_file))
+    backend = ctl.controller.credentials
+    assert await backend.renew_revoker() is True  # type: ignore[union-attr]
+    spec = job_spec(secrets=SECRETS[:1], commands=["echo ok"])
+    await ctl.post_webhook(spec)
+    assert (await ctl.wait_final(spec["id"]))["status"] == "succeeded"
+    assert [t.id for t in vault.live_tokens()] == [revoker.id]
