@@ -23,6 +23,7 @@ inspect it with ``live_tokens``, ``token_by_accessor``, ``live_leases`` and ``re
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import re
@@ -2011,3 +2012,18 @@ class VaultDouble:
         body = self._envelope(dict(secret.data))
         body.update(lease_id=lease.lease_id, renewable=True, lease_duration=secret.lease_duration)
         return self._json(200, body)
+
+
+async def _serve(port: int, root_token: str) -> None:
+    double = VaultDouble(root_token=root_token)
+    double._port = port
+    print(await double.start(), flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    # A local Vault stand-in for the demo (.ci/demo): `python tests/vault_double.py PORT ROOT_TOKEN`.
+    # It is a test double, not a Vault: configure a real Vault with config/vault/setup-vault.sh.
+    import sys
+
+    asyncio.run(_serve(int(sys.argv[1]), sys.argv[2]))
