@@ -1,0 +1,327 @@
+"""Signed webhooks accepted per second by the real controller vs a bare aiohttp handler (goal: >= 0.5x).
+
+Why: the intake issue asks that authentication and durable storage cost at most half the throughput of the
+cheapest possible aiohttp endpoint on the same machine.
+
+Both servers run in this process on 127.0.0.1, built the way `orchestrator serve` builds them (AppRunner,
+no access log; `--log json`, the default, also writes the controller's JSON log lines at level info, to a file
+in the temp dir instead of journald):
+
+* controller: `build_controller` + `build_app`, standard-webhooks source, data dir (SQLite WAL, synchronous=FULL)
+  in a temp dir. Every request takes the full intake path: size cap, HMAC verify, JSON parse, pydantic
+  validation, dedupe lookup, durable insert, enqueue, 202.
+* bare: one aiohttp handler that reads the body and returns 202 JSON.
+
+Jobs must not actually run during the measurement, so the pool has `max_concurrent = 1` and one blocker job
+(`sleep 600`) is started first; every benchmark job then waits in the (large) queue. At the end the app is shut
+down the way SIGTERM does it (`on_shutdown` -> `scheduler.shutdown(0)`): dispatch stops, the blocker is cancelled
+and its container removed; queued jobs stay `queued` in the temporary store, which is deleted. The script then
+checks that every 202 was durably stored and that no container with this run's controller id is left.
+
+The load generator is a separate process (multiprocessing, spawn) running an aiohttp client with N concurrent
+senders over keep-alive connections; requests are signed before the clock starts. Rounds alternate the order
+of the two servers, and the ratio is taken per round, then the median, because the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import resource
+import sqlite3
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import docker
+from _support import (
+    SOURCE,
+    TEST_IMAGE,
+    BenchController,
+    check_no_leftovers,
+    configure_logging,
+    job_spec,
+    machine_line,
+    median,
+    new_controller_id,
+    pct,
+    reproduce_line,
+    serve,
+    signed,
+    start_controller,
+    table,
+)
+from aiohttp import web
+
+from orchestrator.config import Config
+
+# -- load generator (runs in the child process) --------------------------------------------------------------
+
+
+def run_load(url: str, key: bytes, count: int, concurrency: int, id_prefix: str) -> dict[str, Any]:
+    """Send `count` signed webhooks with `concurrency` senders; returns wall time, statuses, latencies (ms)."""
+    requests = [signed(key, job_spec(f"{id_prefix}-{i}", ["true"])) for i in range(count)]
+    return asyncio.run(_load(url, requests, concurrency))
+
+
+async def _load(url: str, requests: list[tuple[bytes, dict[str, str]]], concurrency: int) -> dict[str, Any]:
+    latencies = [0.0] * len(requests)
+    statuses: Counter[int] = Counter()
+    order = iter(range(len(requests)))
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def sender() -> None:
+            for i in order:
+                body, headers = requests[i]
+                t = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    statuses[resp.status] += 1
+                latencies[i] = (time.perf_counter() - t) * 1000
+
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(sender() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+    return {"wall": wall, "statuses": dict(statuses), "latencies": latencies, "client_cpu": cpu}
+
+
+# -- servers (this process) ------------------------------------------------------------------------------------
+
+
+def bare_app() -> web.Application:
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"job_id": "bare", "status": "queued"}, status=202)
+
+    app = web.Application(client_max_size=64 * 1024)
+    app.router.add_post("/webhooks/{source}", handle)
+    return app
+
+
+async def wait_running(bc: BenchController, job_id: str, timeout: float = 60) -> None:
+    headers = {"Authorization": f"Bearer {bc.token}"}
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(f"{bc.url}/api/v1/jobs/{job_id}", headers=headers) as resp:
+                job = await resp.json()
+            if job["status"] == "running":
+                return
+            if job["status"] not in {"queued", "starting"} or time.monotonic() > deadline:
+                raise RuntimeError(f"blocker job did not start: {job}")
+            await asyncio.sleep(0.05)
+
+
+@dataclass
+class Round:
+    side: str
+    rate: float
+    p50: float
+    p99: float
+    server_cpu_ms: float
+    client_cpu_ms: float
+    statuses: dict[int, int]
+
+
+async def measure(
+    pool: ProcessPoolExecutor, url: str, key: bytes, count: int, concurrency: int, prefix: str, side: str
+) -> Round:
+    loop = asyncio.get_running_loop()
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    res = await loop.run_in_executor(pool, run_load, url, key, count, concurrency, prefix)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    server_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    lat = res["latencies"]
+    return Round(
+        side=side,
+        rate=count / res["wall"],
+        p50=pct(lat, 50),
+        p99=pct(lat, 99),
+        server_cpu_ms=server_cpu * 1000 / count,
+        client_cpu_ms=res["client_cpu"] * 1000 / count,
+        statuses={int(k): v for k, v in res["statuses"].items()},
+    )
+
+
+async def run(args: argparse.Namespace) -> int:
+    controller_id = new_controller_id()
+    client = docker.from_env()
+    client.images.get(args.image)
+    print(machine_line())
+    print(f"controller_id={controller_id} image={args.image} data dir under {args.tmpdir or tempfile.gettempdir()}")
+    accepted = 0
+    blocker_id = f"blocker-{controller_id}"
+    rounds: list[Round] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-intake-", dir=args.tmpdir) as tmp:
+            directory = Path(tmp)
+            configure_logging(args.log, directory)
+            # Every measured request must be a 202: lift the queue caps (per pool, and the controller-wide one
+            # where this version has it) above what the run sends.
+            total = args.warmup + args.rounds * args.requests + 1
+            top = {"max_queued_total": total + 1} if "max_queued_total" in Config.model_fields else {}
+            bc = await start_controller(
+                directory,
+                controller_id,
+                top=top,
+                image=args.image,
+                max_concurrent=1,
+                max_queue=total + 1,
+                default_timeout_s=300,
+            )
+            bare = await serve(bare_app())
+            try:
+                async with aiohttp.ClientSession() as session:
+                    body, headers = signed(bc.key, job_spec(blocker_id, ["sleep 600"]))
+                    async with session.post(f"{bc.url}/webhooks/{SOURCE}", data=body, headers=headers) as resp:
+                        assert resp.status == 202, await resp.text()
+                await wait_running(bc, blocker_id)
+
+                targets = {
+                    "bare": (f"{bare.url}/webhooks/{SOURCE}", bc.key),
+                    "controller": (f"{bc.url}/webhooks/{SOURCE}", bc.key),
+                }
+                ctx = multiprocessing.get_context("spawn")
+                with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+                    for side, (url, key) in targets.items():  # warm-up: imports, connections, SQLite pages
+                        warm = await measure(pool, url, key, args.warmup, args.concurrency, f"warm-{side}", side)
+                        if side == "controller":
+                            accepted += warm.statuses.get(202, 0)
+                    for r in range(args.rounds):
+                        order = ["bare", "controller"] if r % 2 == 0 else ["controller", "bare"]
+                        for side in order:
+                            url, key = targets[side]
+                            res = await measure(pool, url, key, args.requests, args.concurrency, f"r{r}-{side}", side)
+                            rounds.append(res)
+                            if side == "controller":
+                                accepted += res.statuses.get(202, 0)
+                queued = bc.controller.scheduler.queue_depth()
+                blocker_alive = bc.controller.scheduler.is_running(blocker_id)
+            finally:
+                await bare.runner.cleanup()
+                # The SIGTERM path: stop dispatching, cancel the blocker, remove its container, close the store.
+                await bc.served.runner.cleanup()
+            with sqlite3.connect(directory / "data" / "jobs.sqlite3") as db:
+                states = dict(db.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
+                blocker_state, blocker_reason = db.execute(
+                    "SELECT state, reason FROM jobs WHERE id = ?", (blocker_id,)
+                ).fetchone()
+    finally:
+        try:
+            check_no_leftovers(client, controller_id)
+        finally:
+            client.close()
+
+    argv = ["--requests", str(args.requests), "--concurrency", str(args.concurrency), "--rounds", str(args.rounds)]
+    argv += ["--warmup", str(args.warmup), "--log", args.log]
+    if args.tmpdir:
+        argv += ["--tmpdir", args.tmpdir]
+    print(reproduce_line("bench/bench_intake.py", argv))
+    bad = {side: dict(c) for side, c in _non_202(rounds).items() if c}
+    # Every 202 must be a durable row (queued: dispatch was stopped before the blocker ended).
+    stored_ok = blocker_alive and queued == accepted == states.get("queued", 0) and blocker_state == "cancelled"
+    print(
+        f"store check {'ok' if stored_ok else 'FAILED'}: {accepted} x 202 from the controller, {queued} queued in "
+        f"memory, rows by state {states}, blocker {'running' if blocker_alive else 'NOT running'} until the "
+        f"end, then {blocker_state} ({blocker_reason})"
+    )
+    rows = []
+    for r, (a, b) in enumerate(_pairs(rounds)):
+        rows.append([f"round {r}", a.rate, b.rate, b.rate / a.rate, a.p50, b.p50, a.p99, b.p99])
+    bare_rounds = [x for x in rounds if x.side == "bare"]
+    ctl_rounds = [x for x in rounds if x.side == "controller"]
+    ratios = [b.rate / a.rate for a, b in _pairs(rounds)]
+    rows.append(
+        [
+            "median",
+            median([x.rate for x in bare_rounds]),
+            median([x.rate for x in ctl_rounds]),
+            median(ratios),
+            median([x.p50 for x in bare_rounds]),
+            median([x.p50 for x in ctl_rounds]),
+            median([x.p99 for x in bare_rounds]),
+            median([x.p99 for x in ctl_rounds]),
+        ]
+    )
+    print(
+        f"{args.rounds} rounds x {args.requests} requests per side, {args.concurrency} concurrent senders, "
+        f"log={args.log}; latencies in ms"
+    )
+    print(
+        table(
+            ["", "bare req/s", "ctl req/s", "ratio", "bare p50", "ctl p50", "bare p99", "ctl p99"],
+            rows,
+        )
+    )
+    print(
+        table(
+            ["CPU ms per request (median)", "bare", "controller"],
+            [
+                [
+                    "server process (all threads)",
+                    median([x.server_cpu_ms for x in bare_rounds]),
+                    median([x.server_cpu_ms for x in ctl_rounds]),
+                ],
+                [
+                    "load generator process",
+                    median([x.client_cpu_ms for x in bare_rounds]),
+                    median([x.client_cpu_ms for x in ctl_rounds]),
+                ],
+            ],
+        )
+    )
+    ratio = median(ratios)
+    print(f"result: controller/bare = {ratio:.2f}x (goal >= 0.5x: {'met' if ratio >= 0.5 else 'NOT met'})")
+    if bad:
+        print(f"WARNING: non-202 answers {bad}; the run is not valid")
+        return 1
+    if not stored_ok:
+        print("WARNING: the store does not hold exactly the accepted jobs; the run is not valid")
+        return 1
+    return 0
+
+
+def _pairs(rounds: list[Round]) -> list[tuple[Round, Round]]:
+    """(bare, controller) per round, whatever order they ran in."""
+    out = []
+    for i in range(0, len(rounds), 2):
+        first, second = rounds[i], rounds[i + 1]
+        out.append((first, second) if first.side == "bare" else (second, first))
+    return out
+
+
+def _non_202(rounds: list[Round]) -> dict[str, Counter[int]]:
+    bad: dict[str, Counter[int]] = {}
+    for r in rounds:
+        counts = Counter({k: v for k, v in r.statuses.items() if k != 202})
+        bad.setdefault(r.side, Counter()).update(counts)
+    return bad
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3000, help="requests per side per round")
+    parser.add_argument("--concurrency", type=int, default=32, help="concurrent senders")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=300, help="requests per side before measuring")
+    parser.add_argument("--log", choices=["json", "none"], default="json", help="controller log lines at info")
+    parser.add_argument(
+        "--tmpdir", default=None, help="parent of the data dir (default: $TMPDIR); /dev/shm shows the no-fsync ceiling"
+    )
+    parser.add_argument("--image", default=TEST_IMAGE, help="runner image for the blocker job")
+    args = parser.parse_args()
+    sys.exit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""Job start and teardown latency: webhook -> first log line vs raw Docker, and container exit -> removal.
+
+Why: the runtime issue asks for (b) at most 30 ms median overhead from "webhook received" to "first log line"
+compared with creating, starting and reading the same image straight through the Docker SDK, and (c) at most
+0.5 s from a job's exit to its container being removed.
+
+Four kinds of trial alternate (raw, raw-hardened, raw-job, controller, raw, ...), `--runs` each after a warm-up.
+The raw kinds use the docker SDK low-level API straight from a thread: create, attach before start, start, read
+the output up to the line `first` (that time is the figure), read to EOF, wait, remove.
+
+* raw: `sh -c 'echo first'` in the test image with network none, read-only rootfs, tmpfs /tmp, user 10001.
+* raw-hardened: the create options the controller uses for a job (`build_container_spec`: docker-init, cap-drop
+  ALL, no-new-privileges, four tmpfs mounts, pids/memory/CPU limits, log driver none), only the entrypoint
+  replaced by `sh -c 'echo first'`.
+* raw-job: exactly the controller's container (same options, bootstrap entrypoint) fed the job script for
+  `["echo first"]` over stdin, as the controller does. controller - raw-job is then the controller's own cost
+  (HTTP, SQLite, scheduling, log store and follow); raw-job - raw is what the container setup costs.
+* controller: the real controller in this process on 127.0.0.1 (`build_controller`/`build_app`, SQLite in a
+  temp dir), a signed standard-webhooks delivery with `commands: ["echo first"]`, then
+  `GET /api/v1/jobs/{id}/logs?follow=true` with a bearer token; time from sending the webhook to the first chunk
+  that holds the output line `first` (the job's log also carries the echoed `$ echo first` just before it).
+  The follow stream is read to its end, so each job is over before the next trial starts.
+
+Docker's event stream (filtered on this run's controller-id label, read in a thread) gives create/attach/
+start/die/destroy times (`timeNano`) for every container: they split (b) into phases and give (c) = destroy - die.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import docker
+from _support import (
+    SOURCE,
+    TEST_IMAGE,
+    BenchController,
+    check_no_leftovers,
+    configure_logging,
+    job_spec,
+    machine_line,
+    median,
+    new_controller_id,
+    pct,
+    reproduce_line,
+    signed,
+    start_controller,
+    table,
+)
+
+from orchestrator.config import PoolConfig
+from orchestrator.jobs.spec import JobSpec
+from orchestrator.runtime.container_spec import LABEL_CONTROLLER, build_container_spec, job_script, stdin_payload
+from orchestrator.runtime.docker_engine import _HOST_CONFIG_KEYS, demultiplex  # the controller's own split
+
+LABEL_BENCH = "io.runner-orchestrator.bench"
+RAW_COMMAND = ["/bin/sh", "-c", "echo first"]
+RAW_KINDS = ("raw", "raw-hardened", "raw-job")
+
+
+class Events:
+    """Container events for one controller id, collected by a thread: {container id: {action: timeNano}}."""
+
+    def __init__(self, client: docker.DockerClient, controller_id: str) -> None:
+        self._stream = client.events(
+            decode=True, filters={"label": f"{LABEL_CONTROLLER}={controller_id}", "type": "container"}
+        )
+        self.seen: dict[str, dict[str, int]] = defaultdict(dict)
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="docker-events", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for event in self._stream:
+                cid = event.get("id") or event.get("Actor", {}).get("ID", "")
+                action = str(event.get("Action", "")).split(":")[0]
+                with self._cond:
+                    self.seen[cid].setdefault(action, int(event["timeNano"]))
+                    self._cond.notify_all()
+        except Exception:  # the stream is closed under us at the end
+            return
+
+    def wait_for(self, cid: str, action: str, timeout: float = 15.0) -> int | None:
+        with self._cond:
+            self._cond.wait_for(lambda: action in self.seen.get(cid, {}), timeout=timeout)
+            return self.seen.get(cid, {}).get(action)
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+@dataclass
+class Trial:
+    kind: str
+    first_ms: float  # t0 -> first output line
+    t0_ns: int
+    container_id: str
+    accepted_ms: float | None = None  # controller only: t0 -> 202
+    first_byte_ms: float | None = None  # controller only: t0 -> first log chunk (the echoed command)
+    end_ms: float | None = None  # controller only: t0 -> end of the follow stream (job final, container gone)
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+def _create_args(
+    kind: str, controller_id: str, image: str, pool: PoolConfig, n: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(host config kwargs, create_container kwargs) for one raw trial."""
+    labels = {LABEL_CONTROLLER: controller_id, LABEL_BENCH: kind}
+    if kind == "raw":
+        host_kw = {"network_mode": "none", "read_only": True, "tmpfs": {"/tmp": "rw,noexec,nosuid,size=64m"}}
+        return host_kw, {"image": image, "command": RAW_COMMAND, "user": "10001:10001", "labels": labels}
+    spec = JobSpec(
+        id=f"{kind}-{n}",
+        pool="default",
+        repository="example/app",
+        ref="refs/heads/main",
+        sha="3f786850e387550fdab836ed7e6dc881de23001b",
+        commands=["echo first"],
+    )
+    # Split exactly as DockerEngine.create does.
+    kw: dict[str, Any] = dict(build_container_spec(spec, pool, controller_id=controller_id).create_kwargs)
+    host_kw = {k: kw.pop(k) for k in _HOST_CONFIG_KEYS if k in kw}
+    for unused in ("detach", "volumes", "mounts"):
+        kw.pop(unused, None)
+    kw["labels"] = labels
+    if kind == "raw-hardened":
+        kw.update(entrypoint=RAW_COMMAND, command=[], stdin_open=False)
+    return host_kw, kw
+
+
+def raw_once(api: Any, controller_id: str, image: str, pool: PoolConfig, kind: str, n: int) -> Trial:
+    """Create, attach, start, (send the job script,) read to the line `first`, read to EOF, wait, remove: the
+    same sequence of Docker calls the controller makes, with nothing around it."""
+    host_kw, kw = _create_args(kind, controller_id, image, pool, n)
+    script = stdin_payload(job_script(["echo first"])) if kind == "raw-job" else b""
+    t0_ns = time.time_ns()
+    p0 = time.perf_counter()
+    cid = api.create_container(host_config=api.create_host_config(**host_kw), **kw)["Id"]
+    try:
+        params = {"stdin": 1 if script else 0, "stdout": 1, "stderr": 1, "stream": 1}
+        sock = api.attach_socket(cid, params=params)
+        raw_sock = getattr(sock, "_sock", sock)
+        api.start(cid)
+        if script:
+            raw_sock.sendall(script)
+        frames, out = bytearray(), b""
+        first_ms = None
+        while True:
+            chunk = raw_sock.recv(65536)
+            if not chunk:
+                break
+            frames += chunk
+            out += demultiplex(frames)
+            if first_ms is None and (b"\nfirst\n" in out or out.startswith(b"first\n")):
+                first_ms = (time.perf_counter() - p0) * 1000
+        assert first_ms is not None, out
+        api.wait(cid, timeout=30)
+        sock.close()
+    finally:
+        api.remove_container(cid, force=True, v=True)
+    return Trial(kind, first_ms, t0_ns, cid)
+
+
+async def controller_once(session: aiohttp.ClientSession, bc: BenchController, job_id: str) -> Trial:
+    body, headers = signed(bc.key, job_spec(job_id, ["echo first"]))
+    auth = {"Authorization": f"Bearer {bc.token}"}
+    t0_ns = time.time_ns()
+    p0 = time.perf_counter()
+    async with session.post(f"{bc.url}/webhooks/{SOURCE}", data=body, headers=headers) as resp:
+        assert resp.status == 202, await resp.text()
+        await resp.read()
+    accepted_ms = (time.perf_counter() - p0) * 1000
+    first_ms = first_byte_ms = None
+    log = b""
+    async with session.get(f"{bc.url}/api/v1/jobs/{job_id}/logs", params={"follow": "true"}, headers=auth) as resp:
+        assert resp.status == 200, await resp.text()
+        async for chunk in resp.content.iter_any():
+            now_ms = (time.perf_counter() - p0) * 1000
+            if first_byte_ms is None:
+                first_byte_ms = now_ms
+            log += chunk
+            if first_ms is None and (b"\nfirst\n" in log or log.startswith(b"first\n")):
+                first_ms = now_ms
+    end_ms = (time.perf_counter() - p0) * 1000
+    assert first_ms is not None, log
+    async with session.get(f"{bc.url}/api/v1/jobs/{job_id}", headers=auth) as resp:
+        job = await resp.json()
+    assert job["status"] == "succeeded", job
+    return Trial("controller", first_ms, t0_ns, job["container_id"], accepted_ms, first_byte_ms, end_ms)
+
+
+def add_phases(trial: Trial, events: Events) -> None:
+    seen = {a: events.wait_for(trial.container_id, a) for a in ("create", "attach", "start", "die", "destroy")}
+    ms = {a: (t - trial.t0_ns) / 1e6 for a, t in seen.items() if t is not None}
+    if {"create", "attach", "start"} <= ms.keys():
+        trial.phases["t0->create"] = ms["create"]
+        trial.phases["create->attach"] = ms["attach"] - ms["create"]
+        trial.phases["attach->start"] = ms["start"] - ms["attach"]
+        trial.phases["start->first line"] = trial.first_ms - ms["start"]
+    if {"die", "destroy"} <= ms.keys():
+        trial.phases["die->destroy"] = ms["destroy"] - ms["die"]
+
+
+async def run(args: argparse.Namespace) -> int:
+    controller_id = new_controller_id()
+    client = docker.from_env()
+    client.images.get(args.image)
+    api = docker.from_env().api  # its own connection pool for the raw trials
+    print(machine_line())
+    print(f"controller_id={controller_id} image={args.image} data dir under {args.tmpdir or tempfile.gettempdir()}")
+    events_client = docker.from_env()  # the event stream holds its connection for the whole run
+    events = Events(events_client, controller_id)
+    trials: list[Trial] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-latency-", dir=args.tmpdir) as tmp:
+            configure_logging(args.log, Path(tmp))
+            bc = await start_controller(Path(tmp), controller_id, image=args.image)
+            pool = bc.controller.config.pools["default"]
+            try:
+                async with aiohttp.ClientSession() as session:
+                    for n in range(args.warmup + args.runs):
+                        batch = [
+                            await asyncio.to_thread(raw_once, api, controller_id, args.image, pool, kind, n)
+                            for kind in RAW_KINDS
+                        ]
+                        batch.append(await controller_once(session, bc, f"lat-{controller_id}-{n}"))
+                        if n >= args.warmup:
+                            trials += batch
+            finally:
+                await bc.served.runner.cleanup()
+        for trial in trials:
+            add_phases(trial, events)
+    finally:
+        events.close()
+        try:
+            check_no_leftovers(client, controller_id)
+        finally:
+            api.close()
+            events_client.close()
+            client.close()
+
+    argv = ["--runs", str(args.runs), "--warmup", str(args.warmup), "--log", args.log]
+    if args.tmpdir:
+        argv += ["--tmpdir", args.tmpdir]
+    print(reproduce_line("bench/bench_job_latency.py", argv))
+    kinds = [*RAW_KINDS, "controller"]
+    by = {k: [t for t in trials if t.kind == k] for k in kinds}
+
+    def stats(values: list[float]) -> list[object]:
+        return [median(values), pct(values, 90), min(values), max(values)] if values else ["-"] * 4
+
+    print(f"(b) t0 -> first output line, ms; n={args.runs} per kind, interleaved, log={args.log}")
+    rows = [[k, *stats([t.first_ms for t in by[k]])] for k in kinds]
+    ctl = by["controller"]
+    rows.append(["  controller: t0 -> 202", *stats([t.accepted_ms or 0.0 for t in ctl])])
+    rows.append(["  controller: t0 -> first log byte", *stats([t.first_byte_ms or 0.0 for t in ctl])])
+    rows.append(["  controller: t0 -> follow stream end", *stats([t.end_ms or 0.0 for t in ctl])])
+    print(table(["", "median", "p90", "min", "max"], rows))
+    phase_names = ["t0->create", "create->attach", "attach->start", "start->first line"]
+    print(
+        "phases from Docker events (median ms; t0 = create call for raw, webhook POST for the controller; each event"
+        " is stamped when Docker has done that step, so attach->start is mostly runc starting the container)"
+    )
+    print(
+        table(
+            ["", *phase_names],
+            [[k, *[median([t.phases[p] for t in by[k] if p in t.phases]) for p in phase_names]] for k in kinds],
+        )
+    )
+    med = {k: median([t.first_ms for t in by[k]]) for k in kinds}
+
+    def paired(kind: str) -> float:
+        return median([c.first_ms - r.first_ms for c, r in zip(ctl, by[kind], strict=True)])
+
+    overhead = med["controller"] - med["raw"]
+    print(
+        f"overhead controller - raw: {overhead:.1f} ms (difference of medians), {paired('raw'):.1f} ms (median of "
+        f"paired differences); goal <= 30 ms: {_verdict(overhead <= 30)} / {_verdict(paired('raw') <= 30)}"
+    )
+
+    def lean(kind: str) -> float:
+        return median([t.first_ms - t.phases["attach->start"] for t in by[kind] if "attach->start" in t.phases])
+
+    lean_med = {k: lean(k) for k in kinds}
+    print(
+        "without Docker's start step (first line - (attach->start), the noisiest part), medians: controller - raw "
+        f"{lean_med['controller'] - lean_med['raw']:.1f} ms = hardening options (raw-hardened - raw) "
+        f"{lean_med['raw-hardened'] - lean_med['raw']:.1f} ms + bootstrap and stdin script (raw-job - raw-hardened) "
+        f"{lean_med['raw-job'] - lean_med['raw-hardened']:.1f} ms + controller software (controller - raw-job) "
+        f"{lean_med['controller'] - lean_med['raw-job']:.1f} ms"
+    )
+    print("(c) container exit (die) -> removed (destroy), ms")
+    teardown = {
+        k: [t.phases["die->destroy"] for t in by[k] if "die->destroy" in t.phases] for k in ("controller", "raw")
+    }
+    rows = [
+        [label, len(v), median(v), pct(v, 90), max(v, default=float("nan"))]
+        for label, v in (("controller", teardown["controller"]), ("raw SDK wait+remove (baseline)", teardown["raw"]))
+    ]
+    print(table(["", "n", "median", "p90", "max"], rows))
+    teardown_med = median(teardown["controller"])
+    missing = args.runs - len(teardown["controller"])
+    print(f"result (c): median {teardown_med:.1f} ms; goal <= 500 ms: {_verdict(teardown_med <= 500)}")
+    if missing:
+        print(f"WARNING: {missing} controller containers have no die/destroy event")
+        return 1
+    return 0
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30, help="measured trials per kind")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured trials per kind first")
+    parser.add_argument("--log", choices=["json", "none"], default="json", help="controller log lines at info")
+    parser.add_argument(
+        "--tmpdir", default=None, help="parent of the data dir (default: $TMPDIR); /dev/shm shows the no-fsync case"
+    )
+    parser.add_argument("--image", default=TEST_IMAGE)
+    args = parser.parse_args()
+    sys.exit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()
