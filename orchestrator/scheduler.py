@@ -56,6 +56,7 @@ class Scheduler:
         self._queues: dict[str, deque[Job]] = {name: deque() for name in config.pools}
         self._running: dict[str, _Running] = {}
         self._running_per_pool: dict[str, int] = dict.fromkeys(config.pools, 0)
+        self._reserved: dict[str, int] = {}
         self._accepting = True
 
     # -- queries -------------------------------------------------------------------------------------------
@@ -73,12 +74,19 @@ class Scheduler:
     def is_running(self, job_id: str) -> bool:
         return job_id in self._running
 
-    def check_capacity(self, pool: str) -> None:
-        """Refuse new work before it is stored when a queue is full (429 beats unbounded memory)."""
-        if len(self._queues[pool]) >= self.config.pools[pool].max_queue:
-            raise QueueFullError(f"pool {pool!r} has {len(self._queues[pool])} jobs waiting; try again later")
-        if self.queue_depth() >= self.config.max_queued_total:
-            raise QueueFullError(f"{self.queue_depth()} jobs are waiting on this controller; try again later")
+    def reserve(self, pool: str) -> None:
+        """Claims a queue slot before the job is stored (429 beats unbounded memory). Slots are counted while
+        the store commits, so concurrent webhooks cannot overshoot the limit; `release` right before `submit`."""
+        waiting = len(self._queues[pool]) + self._reserved.get(pool, 0)
+        if waiting >= self.config.pools[pool].max_queue:
+            raise QueueFullError(f"pool {pool!r} has {waiting} jobs waiting; try again later")
+        total = self.queue_depth() + sum(self._reserved.values())
+        if total >= self.config.max_queued_total:
+            raise QueueFullError(f"{total} jobs are waiting on this controller; try again later")
+        self._reserved[pool] = self._reserved.get(pool, 0) + 1
+
+    def release(self, pool: str) -> None:
+        self._reserved[pool] -= 1
 
     def pool_stats(self) -> dict[str, tuple[int, int]]:
         return {name: (len(q), self._running_per_pool[name]) for name, q in self._queues.items()}

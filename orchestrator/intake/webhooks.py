@@ -175,18 +175,21 @@ class WebhookIntake:
             raise Rejected(401, exc.reason, exc.message) from None
         spec = parse_spec(body)
         timeout = check_admissible(spec, self.config, credentials_configured=self.credentials_configured)
-        existing = await self.store.get(spec.id)
-        if existing is None:
-            try:
-                self.scheduler.check_capacity(spec.pool)
-            except QueueFullError as exc:
+        try:
+            self.scheduler.reserve(spec.pool)
+        except QueueFullError as exc:
+            existing = await self.store.get(spec.id)  # a redelivery is still answered when the queue is full
+            if existing is None:
                 raise Rejected(429, "queue_full", str(exc)) from None
+            stored, created = existing, False
+        else:
             job = new_job(
                 spec, source=name, controller_id=self.config.controller_id, timeout_s=timeout, now=time.time()
             )
-            stored, created = await self.store.create(job)
-        else:
-            stored, created = existing, False
+            try:
+                stored, created = await self.store.create(job)
+            finally:
+                self.scheduler.release(spec.pool)
         if not created:
             log.info("duplicate delivery", extra={"job_id": spec.id, "source": name, "delivery": delivery})
             self.auditor.webhook(name, delivery, request.remote, "duplicate", job_id=spec.id, status=200)

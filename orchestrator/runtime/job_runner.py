@@ -166,11 +166,14 @@ class JobRunner:
         await self.engine.start(at.container_id)
         payload = stdin_payload(job_script(at.job.spec.commands, delivered))
         await asyncio.to_thread(at.stream.send, payload)
+        # Output is read from here on, while the state change is being stored: the first line never waits.
+        pump = _OutputPump(at, at.redactor, self.clock)
+        pump.start(at.stream)
         at.job = await self._move(at.job, JobState.RUNNING)
         control.started_monotonic = asyncio.get_running_loop().time()
         if self.metrics is not None and at.job.started_at is not None:
             self.metrics.start_latency.labels(at.job.pool).observe(max(at.job.started_at - at.job.created_at, 0))
-        return await self._supervise(at, at.container_id, at.stream, at.redactor, control)
+        return await self._supervise(at, at.container_id, at.stream, pump, control)
 
     async def _pool_secrets(self, pool: str, secrets: SecretSet) -> list[SecretFile]:
         delivered = []
@@ -190,32 +193,12 @@ class JobRunner:
         at: _Attempt,
         container_id: str,
         stream: AttachedStream,
-        redactor: StreamRedactor,
+        pump: _OutputPump,
         control: RunControl,
     ) -> tuple[JobState, str | None, int | None]:
         job = at.job
         loop = asyncio.get_running_loop()
-        last_output = loop.time()
-
-        def store(data: bytes) -> None:
-            at.store(data, self.clock())
-
-        async def sink(chunk: bytes) -> None:
-            nonlocal last_output
-            last_output = loop.time()
-            store(redactor.feed(chunk))
-
-        pumped: asyncio.Future[None] = loop.create_future()
-
-        def pump() -> None:
-            try:
-                stream.pump(loop, sink)
-            except BaseException as exc:
-                loop.call_soon_threadsafe(_set_exception, pumped, exc)
-            else:
-                loop.call_soon_threadsafe(_set_result, pumped)
-
-        threading.Thread(target=pump, name=f"attach-{job.id}", daemon=True).start()
+        pumped = pump.done
         outages_before = self.engine.outages
         deadline = loop.time() + job.timeout_s
         idle_flush_s = self.config.logs.idle_flush_s
@@ -247,8 +230,7 @@ class JobRunner:
                             code,
                         )
                     return state_for_exit(code), exit_reason(code), code
-                if loop.time() - last_output >= idle_flush_s and redactor.pending:
-                    store(redactor.flush_idle())
+                pump.flush_if_idle(idle_flush_s)
             await self._stop(container_id, stream, pumped)
             return JobState.TIMED_OUT, f"timed out after {job.timeout_s} s", None
         finally:
@@ -342,6 +324,40 @@ class JobRunner:
                     )
                     return
                 await asyncio.sleep(1.0)
+
+
+class _OutputPump:
+    """Reads the container's output on its own thread and stores it redacted; flushes held-back bytes of a
+    quiet job so its last line still shows."""
+
+    def __init__(self, at: _Attempt, redactor: StreamRedactor, clock: Callable[[], float]) -> None:
+        self._at = at
+        self._redactor = redactor
+        self._clock = clock
+        self._loop = asyncio.get_running_loop()
+        self.last_output = self._loop.time()
+        self.done: asyncio.Future[None] = self._loop.create_future()
+
+    async def _sink(self, chunk: bytes) -> None:
+        self.last_output = self._loop.time()
+        self._at.store(self._redactor.feed(chunk), self._clock())
+
+    def flush_if_idle(self, idle_s: float) -> None:
+        if self._loop.time() - self.last_output >= idle_s and self._redactor.pending:
+            self._at.store(self._redactor.flush_idle(), self._clock())
+
+    def start(self, stream: AttachedStream) -> None:
+        loop, done = self._loop, self.done
+
+        def run() -> None:
+            try:
+                stream.pump(loop, self._sink)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(_set_exception, done, exc)
+            else:
+                loop.call_soon_threadsafe(_set_result, done)
+
+        threading.Thread(target=run, name=f"attach-{self._at.job.id}", daemon=True).start()
 
 
 def _set_result(fut: asyncio.Future[None]) -> None:

@@ -1,4 +1,9 @@
-"""Embedded default store: one SQLite file in WAL mode, synchronous=FULL so an acknowledged job survives power loss.
+"""Embedded default store: one SQLite file in WAL mode.
+
+Durability is chosen per write: accepting a job commits with synchronous=FULL (the WAL is fsynced before the
+webhook gets its 202), while state changes use NORMAL (durable across a controller crash; a power loss may undo
+the last few, which start-up reconciliation settles anyway). Concurrent job creations are group-committed: one
+transaction and one fsync for every webhook that arrived while the previous commit ran.
 
 All calls run on one dedicated thread: SQLite connections are not shareable across threads and fsync must not
 block the event loop.
@@ -7,6 +12,7 @@ block the event loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sqlite3
 import time
@@ -90,11 +96,39 @@ def _job(row: sqlite3.Row) -> Job:
     )
 
 
+_MAX_BATCH = 256
+
+
+def _create_batch(conn: sqlite3.Connection, *, jobs: list[Job]) -> list[tuple[Job, bool]]:
+    """One durable transaction for many new jobs; an id seen before (or earlier in the batch) is returned as is."""
+    insert = f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 16)}) ON CONFLICT(id) DO NOTHING"  # noqa: S608
+    select = f"SELECT {_COLUMNS} FROM jobs WHERE id = ?"  # noqa: S608
+    conn.execute("PRAGMA synchronous=FULL")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            results = []
+            for job in jobs:
+                if conn.execute(insert, _row(job)).rowcount == 1:
+                    results.append((job, True))
+                else:
+                    results.append((_job(conn.execute(select, (job.id,)).fetchone()), False))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.execute("PRAGMA synchronous=NORMAL")
+    return results
+
+
 class SQLiteJobStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._pending: list[tuple[Job, asyncio.Future[tuple[Job, bool]]]] = []
+        self._committer: asyncio.Task[None] | None = None
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
@@ -108,7 +142,7 @@ class SQLiteJobStore:
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
             conn.executescript(_SCHEMA)
             return conn
@@ -122,17 +156,26 @@ class SQLiteJobStore:
         self._executor.shutdown(wait=True)
 
     async def create(self, job: Job) -> tuple[Job, bool]:
-        def _create(conn: sqlite3.Connection) -> tuple[Job, bool]:
-            cur = conn.execute(
-                f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 16)}) ON CONFLICT(id) DO NOTHING",  # noqa: S608
-                _row(job),
-            )
-            if cur.rowcount == 1:
-                return job, True
-            row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job.id,)).fetchone()  # noqa: S608
-            return _job(row), False
+        future: asyncio.Future[tuple[Job, bool]] = asyncio.get_running_loop().create_future()
+        self._pending.append((job, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_pending())
+        return await future
 
-        return await self._run(_create)
+    async def _commit_pending(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
+            jobs = [job for job, _ in batch]
+            try:
+                results = await self._run(functools.partial(_create_batch, jobs=jobs))
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
 
     async def get(self, job_id: str) -> Job | None:
         def _get(conn: sqlite3.Connection) -> Job | None:

@@ -103,3 +103,19 @@ async def test_sweep_removes_leftover_containers_of_this_controller_only(
         theirs.remove(force=True)
         with contextlib.suppress(docker.errors.NotFound):
             ours.remove(force=True)
+
+
+async def test_queue_limit_holds_under_concurrent_webhooks(controller_factory: Any) -> None:
+    ctl: RunningController = await controller_factory(max_concurrent=1, max_queue=5)
+    blocker = job_spec(commands=["sleep 600"])
+    await ctl.post_webhook(blocker)
+    await ctl.wait_status(blocker["id"], {"running"})
+    results = await asyncio.gather(*(ctl.post_webhook(job_spec()) for _ in range(32)))
+    statuses = sorted(status for status, _ in results)
+    assert statuses.count(202) == 5 and statuses.count(429) == 27
+    assert ctl.controller.scheduler.queue_depth("default") == 5
+    status, body = await ctl.api("GET", "/api/v1/jobs?status=queued")
+    assert len(body["jobs"]) == 5
+    for job in body["jobs"]:
+        await ctl.api("POST", f"/api/v1/jobs/{job['job_id']}/cancel")
+    await ctl.api("POST", f"/api/v1/jobs/{blocker['id']}/cancel")

@@ -309,16 +309,31 @@ async def test_committed_rows_visible_to_another_connection_immediately(db_path:
     assert rows == [("visible", "queued", "default", 1)]
 
 
-async def test_wal_mode_and_full_sync(db_path: Path, store: SQLiteJobStore) -> None:
+async def test_wal_mode_and_full_sync_for_accepted_jobs(db_path: Path, store: SQLiteJobStore) -> None:
+    statements: list[str] = []
+    await store._run(lambda c: c.set_trace_callback(statements.append))
     await store.create(make_job("x"))
+    await store.update(transition(make_job("x"), JobState.STARTING, now=2.0), expected=JobState.QUEUED)
+    await store._run(lambda c: c.set_trace_callback(None))
     conn = sqlite3.connect(db_path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         conn.close()
-    assert store._conn is not None
-    sync = await store._run(lambda c: c.execute("PRAGMA synchronous").fetchone()[0])
-    assert sync == 2, "synchronous=FULL"
+    # the accepting transaction commits with synchronous=FULL, state changes run with NORMAL
+    full, commit = statements.index("PRAGMA synchronous=FULL"), statements.index("COMMIT")
+    assert full < commit
+    assert statements[commit + 1] == "PRAGMA synchronous=NORMAL"
+    assert await store._run(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 1
+
+
+async def test_concurrent_creates_are_group_committed(db_path: Path, store: SQLiteJobStore) -> None:
+    statements: list[str] = []
+    await store._run(lambda c: c.set_trace_callback(statements.append))
+    results = await asyncio.gather(*(store.create(make_job(f"g{i}")) for i in range(50)))
+    await store._run(lambda c: c.set_trace_callback(None))
+    assert all(created for _, created in results)
+    assert statements.count("COMMIT") < 10  # batched, not one fsync per job
 
 
 async def test_open_twice_on_same_file_keeps_schema(db_path: Path) -> None:
