@@ -431,7 +431,7 @@ class StreamRedactor:
         ranges = [
             (tail_base + start, tail_base + end)
             for start, end in scanner.find(self._tail)
-            if False
+            if tail_base + end > self._emitted
         ]
         return self._emit(self._pos, _merge(ranges), self._tail, tail_base, b"", self._pos)
 
