@@ -225,8 +225,7 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
                 await task
         await controller.store.close()
         await controller.engine.close()
-        if controller.audit_log is not None:
-            controller.audit_log.close()
+        await asyncio.to_thread(controller.auditor.close)
 
     app.on_startup.append(startup)
     app.on_shutdown.append(shutdown)

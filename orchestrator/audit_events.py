@@ -1,11 +1,15 @@
 """Turns controller events into audit records, so action names and fields stay consistent across modules.
 
-Every method is safe to call from the event loop (one append per record). Nothing here ever receives a token,
-JWT or secret value: credentials are described by role, policies, TTL and a hash of the accessor."""
+Records are signed and appended by one writer thread, in the order the events happened: the event loop only
+enqueues, so signing (which releases the GIL) never stalls request handling. `flush` waits until everything
+enqueued is written; `close` drains the queue first. Nothing here ever receives a token, JWT or secret value:
+credentials are described by role, policies, TTL and a hash of the accessor."""
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from typing import Any
 
 from orchestrator.audit import AuditLog, accessor_digest
@@ -16,9 +20,47 @@ log = logging.getLogger(__name__)
 CONTROLLER: dict[str, Any] = {"type": "controller"}
 
 
+_Item = tuple[dict[str, Any], str, str | None, str, str | None, dict[str, Any] | None]
+
+
 class Auditor:
     def __init__(self, audit_log: AuditLog | None) -> None:
         self.log = audit_log
+        self._queue: queue.SimpleQueue[_Item | threading.Event | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        if audit_log is not None:
+            self._writer = threading.Thread(target=self._drain, name="audit-writer", daemon=True)
+            self._writer.start()
+
+    def _drain(self) -> None:
+        assert self.log is not None
+        while (item := self._queue.get()) is not None:
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            actor, action, target, outcome, remote, details = item
+            try:
+                self.log.record(actor, action, target, outcome, remote=remote, details=details)
+            except Exception:
+                # An audit failure must be loud but must not take a running job down with it.
+                log.exception("could not write audit record", extra={"action": action, "target": target})
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Blocks until every record enqueued so far is written (and fsynced)."""
+        if self._writer is None or not self._writer.is_alive():
+            return
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait(timeout_s)
+        if self.log is not None:
+            self.log.sync()
+
+    def close(self) -> None:
+        if self._writer is not None and self._writer.is_alive():
+            self._queue.put(None)
+            self._writer.join(timeout=30)
+        if self.log is not None:
+            self.log.close()
 
     def _record(
         self,
@@ -30,13 +72,8 @@ class Auditor:
         remote: str | None = None,
         details: dict[str, Any] | None = None,
     ) -> None:
-        if self.log is None:
-            return
-        try:
-            self.log.record(actor, action, target, outcome, remote=remote, details=details)
-        except Exception:
-            # An audit failure must be loud but must not take a running job down with it.
-            log.exception("could not write audit record", extra={"action": action, "target": target})
+        if self.log is not None:
+            self._queue.put((actor, action, target, outcome, remote, details))
 
     def config_loaded(self, digest: str, controller_id: str, warnings: list[str]) -> None:
         self._record(CONTROLLER, "config.loaded", controller_id, "ok", details={"digest": digest})

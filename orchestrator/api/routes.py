@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -211,6 +212,7 @@ class Api:
         """What an auditor anchors elsewhere, so a truncated trail is detectable later."""
         if self.audit_log is None:
             return _err(404, "audit trail not enabled")
+        await asyncio.to_thread(self.auditor.flush)
         return web.json_response({"next_seq": self.audit_log.next_seq, "head": self.audit_log.head})
 
     async def cancel_job(self, request: web.Request) -> web.Response:

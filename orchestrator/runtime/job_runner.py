@@ -148,7 +148,10 @@ class JobRunner:
             if at.creds.accessor:
                 at.job = await self._save(at.job, credentials_accessor=at.creds.accessor)
             delivered += at.creds.secrets
-        at.redactor = StreamRedactor(secrets, mask=logs_cfg.mask.encode())
+        try:
+            at.redactor = StreamRedactor(secrets, mask=logs_cfg.mask.encode())
+        except ValueError as exc:  # e.g. the configured mask itself contains a secret
+            raise CredentialsError(f"log redaction cannot be set up: {exc}") from None
         cspec = build_container_spec(
             at.job.spec,
             self.config.pools[at.job.pool],

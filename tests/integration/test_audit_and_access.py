@@ -21,6 +21,7 @@ pytestmark = pytest.mark.docker
 
 
 def _records(ctl: RunningController) -> list[dict[str, Any]]:
+    ctl.controller.auditor.flush()
     path = ctl.config.data_dir / "audit.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -34,7 +35,7 @@ async def test_audit_trail_covers_a_job_and_verifies(controller_factory: Any) ->
     await ctl.logs(spec["id"])
     await ctl.api("POST", f"/api/v1/jobs/{spec['id']}/cancel")
     await ctl.api("GET", "/api/v1/jobs", token="wrong")
-    ctl.controller.audit_log.sync()  # type: ignore[union-attr]
+    ctl.controller.auditor.flush()
     records = _records(ctl)
     actions = [(r["action"], r["outcome"]) for r in records]
     assert ("config.loaded", "ok") in actions
