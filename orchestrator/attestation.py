@@ -12,7 +12,6 @@ import base64
 import binascii
 import hashlib
 import json
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from orchestrator import ed25519_keys
+from orchestrator.files import write_atomic
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -380,10 +380,7 @@ def sha256_file(path: Path) -> str:
 
 def write_public_key(path: Path, key: Ed25519PrivateKey | Ed25519PublicKey) -> None:
     """Publishes the verification key (e.g. `<data_dir>/attestation.pub`, mode 0644) atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(ed25519_keys.public_pem(key))
-    tmp.chmod(0o644)
-    os.replace(tmp, path)
+    write_atomic(path, ed25519_keys.public_pem(key), mode=0o644)
 
 
 def check_job(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from orchestrator.attestation import JobFacts, build_statement, sign_envelope
+from orchestrator.files import write_atomic
 from orchestrator.jobs.spec import JOB_ID_PATTERN
 
 
@@ -29,18 +30,7 @@ class AttestationStore:
     async def attest(self, facts: JobFacts) -> None:
         envelope = sign_envelope(build_statement(facts), self._key)
         data = json.dumps(envelope, indent=2).encode() + b"\n"
-        await asyncio.to_thread(self._write, self.path(facts.job_id), data)
-
-    @staticmethod
-    def _write(path: Path, data: bytes) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        await asyncio.to_thread(functools.partial(write_atomic, self.path(facts.job_id), data, mode=0o644))
 
     def read(self, job_id: str) -> bytes | None:
         try:

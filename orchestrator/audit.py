@@ -53,6 +53,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from orchestrator import ed25519_keys
+from orchestrator.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -428,14 +429,7 @@ def export_public_key(path: Path, key: Ed25519PrivateKey | Ed25519PublicKey) -> 
     """Writes the PEM public key auditors verify with: to ``path/audit.pub`` if ``path`` is a directory (the data
     directory), else to ``path``. Replaced atomically so a reader never sees half a key."""
     target = path / PUBLIC_KEY_FILE_NAME if path.is_dir() else path
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, ed25519_keys.public_pem(key))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, target)
+    write_atomic(target, ed25519_keys.public_pem(key), mode=0o644)
 
 
 @dataclass(frozen=True)

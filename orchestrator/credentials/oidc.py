@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from orchestrator.credentials.claims import MAX_LIFETIME_S, JobIdentity, build_claims
+from orchestrator.files import write_atomic
 
 __all__ = [
     "Algorithm",
@@ -376,21 +377,7 @@ class SigningKeys:
 
     def _write_atomic(self, name: str, data: bytes) -> None:
         """Temp file created 0600 (never briefly world-readable), fsync, rename, fsync dir."""
-        final = self.directory / name
-        tmp = self.directory / f".{name}.{secrets.token_hex(8)}{_TMP_SUFFIX}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), 0o600)
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
-        self._fsync_directory()
+        write_atomic(self.directory / name, data, mode=0o600, tmp_suffix=_TMP_SUFFIX)
 
     def _fsync_directory(self) -> None:
         fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

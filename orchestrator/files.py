@@ -1,0 +1,34 @@
+"""Atomic file replacement: readers see the old file or the new one, never half of one, and the new file never
+exists with looser permissions than asked for."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int, tmp_suffix: str = ".tmp") -> None:
+    """Temp file created with `mode`, fsync, rename over `path`, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}{tmp_suffix}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # the umask may have narrowed or the caller may want wider (e.g. 0644)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
