@@ -294,3 +294,31 @@ async def test_sigkill_with_20_vault_jobs_revokes_every_token_on_restart(
         assert await asyncio.to_thread(cp.kill, signal.SIGTERM) == 0
     finally:
         await vault.stop()
+
+
+def test_cli_follow_reconnects_across_a_controller_restart(controller_process: Any) -> None:
+    cp = controller_process()
+    cp.start()
+    spec = job_spec(commands=["i=0; while [ $i -lt 40 ]; do echo tick-$i; i=$((i+1)); sleep 0.1; done", "sleep 600"])
+    assert cp.send(spec) == 202
+    cp.wait(spec["id"], {"running"})
+    env = {**os.environ, "ORCHESTRATOR_URL": cp.url, "ORCHESTRATOR_TOKEN": cp.token}
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "jobs", "logs", spec["id"], "-f"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(1.5)
+    cp.kill(signal.SIGKILL)
+    time.sleep(1.0)
+    cp.start()
+    out, err = follow.communicate(timeout=60)
+    assert follow.returncode == 0, err
+    stored = requests.get(
+        f"{cp.url}/api/v1/jobs/{spec['id']}/logs", headers={"Authorization": f"Bearer {cp.token}"}, timeout=10
+    ).content
+    assert out == stored  # no gap, no duplicate across the reconnect
+    assert b"tick-0" in out
+    assert cp.job(spec["id"])["status"] == "error"
+    cp.kill(signal.SIGTERM)

@@ -114,7 +114,7 @@ async def test_queue_limit_holds_under_concurrent_webhooks(controller_factory: A
     statuses = sorted(status for status, _ in results)
     assert statuses.count(202) == 5 and statuses.count(429) == 27
     assert ctl.controller.scheduler.queue_depth("default") == 5
-    status, body = await ctl.api("GET", "/api/v1/jobs?status=queued")
+    _, body = await ctl.api("GET", "/api/v1/jobs?status=queued")
     assert len(body["jobs"]) == 5
     for job in body["jobs"]:
         await ctl.api("POST", f"/api/v1/jobs/{job['job_id']}/cancel")
