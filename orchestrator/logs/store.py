@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -23,7 +24,10 @@ def truncation_notice(limit: int) -> bytes:
 
 
 class JobLog:
-    """The log of a job while it runs: append-only, with a change signal for followers."""
+    """The log of a job while it runs: append-only, with a change signal for followers.
+
+    `append` may be called from the job's output thread as well as from the event loop (one writer at a time,
+    which the job runner guarantees); followers are woken on the loop, at most once per loop iteration."""
 
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
@@ -34,6 +38,9 @@ class JobLog:
         self.truncated = False
         self.done = False
         self._changed = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._wake_pending = False
 
     def append(self, data: bytes) -> None:
         if self.done or self.truncated or not data:
@@ -44,9 +51,15 @@ class JobLog:
             self.truncated = True
         self._file.write(data)
         self.size += len(data)
-        self._signal()
+        if threading.get_ident() == self._loop_thread:
+            self._signal()
+        elif not self._wake_pending:
+            self._wake_pending = True
+            with contextlib.suppress(RuntimeError):  # loop closed at shutdown: nobody left to wake
+                self._loop.call_soon_threadsafe(self._signal)
 
     def _signal(self) -> None:
+        self._wake_pending = False
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _HEADER = struct.Struct(">BxxxI")
+_RECV_BYTES = 256 * 1024
 _UNREACHABLE = (requests.exceptions.ConnectionError, ConnectionError)
 
 
@@ -100,8 +101,9 @@ def demultiplex(buffer: bytearray) -> bytes:
 
 
 class AttachedStream:
-    """Output of one container, read by a dedicated thread and handed to the event loop with back-pressure:
-    the reader thread blocks while `sink` is busy, so memory stays bounded whatever the job prints."""
+    """Output of one container, read by a dedicated thread. `on_output` runs on that thread, so the output is
+    processed as fast as the disk takes it without a round trip through the event loop per chunk; memory stays
+    bounded because nothing is read ahead of what `on_output` has finished with."""
 
     def __init__(self, sock: Any) -> None:
         self._sock: socket.socket = getattr(sock, "_sock", sock)
@@ -110,17 +112,17 @@ class AttachedStream:
     def send(self, payload: bytes) -> None:
         self._sock.sendall(payload)
 
-    def pump(self, loop: asyncio.AbstractEventLoop, sink: Callable[[bytes], Coroutine[Any, Any, None]]) -> None:
+    def pump(self, on_output: Callable[[bytes], None]) -> None:
         buffer = bytearray()
         try:
             while not self._closed.is_set():
-                data = self._sock.recv(65536)
+                data = self._sock.recv(_RECV_BYTES)
                 if not data:
                     break
                 buffer += data
                 chunk = demultiplex(buffer)
                 if chunk:
-                    asyncio.run_coroutine_threadsafe(sink(chunk), loop).result()
+                    on_output(chunk)
         except OSError:
             if not self._closed.is_set():
                 raise

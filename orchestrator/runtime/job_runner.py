@@ -45,6 +45,7 @@ class _Attempt:
     stream: AttachedStream | None = None
     stamper: LineTimestamper | None = None
     image_id: str = ""
+    pump: _OutputPump | None = None
 
     def store(self, data: bytes, now: float) -> None:
         """Only redacted bytes come here; timestamps go on after redaction so they cannot split a secret."""
@@ -261,7 +262,9 @@ class JobRunner:
         job = at.job
         if at.stream is not None:
             at.stream.close()
-        if at.redactor is not None:
+        if at.pump is not None:
+            at.pump.flush()
+        elif at.redactor is not None:
             at.store(at.redactor.flush(), self.clock())
         if final is JobState.ERROR and reason:
             at.store(f"\n[orchestrator] job ended in error: {reason}\n".encode(), self.clock())
@@ -330,31 +333,40 @@ class JobRunner:
 
 
 class _OutputPump:
-    """Reads the container's output on its own thread and stores it redacted; flushes held-back bytes of a
-    quiet job so its last line still shows."""
+    """Reads the container's output on its own thread, redacts it and stores it there (no event-loop round trip
+    per chunk); flushes held-back bytes of a quiet job so its last line still shows. The lock keeps the
+    redactor and the log single-writer between that thread and the event loop's idle/final flushes."""
 
     def __init__(self, at: _Attempt, redactor: StreamRedactor, clock: Callable[[], float]) -> None:
         self._at = at
         self._redactor = redactor
         self._clock = clock
         self._loop = asyncio.get_running_loop()
-        self.last_output = self._loop.time()
+        self._lock = threading.Lock()
+        self.last_output = time.monotonic()
         self.done: asyncio.Future[None] = self._loop.create_future()
+        at.pump = self
 
-    async def _sink(self, chunk: bytes) -> None:
-        self.last_output = self._loop.time()
-        self._at.store(self._redactor.feed(chunk), self._clock())
+    def _on_output(self, chunk: bytes) -> None:
+        with self._lock:
+            self.last_output = time.monotonic()
+            self._at.store(self._redactor.feed(chunk), self._clock())
 
     def flush_if_idle(self, idle_s: float) -> None:
-        if self._loop.time() - self.last_output >= idle_s and self._redactor.pending:
-            self._at.store(self._redactor.flush_idle(), self._clock())
+        with self._lock:
+            if time.monotonic() - self.last_output >= idle_s and self._redactor.pending:
+                self._at.store(self._redactor.flush_idle(), self._clock())
+
+    def flush(self) -> None:
+        with self._lock:
+            self._at.store(self._redactor.flush(), self._clock())
 
     def start(self, stream: AttachedStream) -> None:
         loop, done = self._loop, self.done
 
         def run() -> None:
             try:
-                stream.pump(loop, self._sink)
+                stream.pump(self._on_output)
             except BaseException as exc:
                 loop.call_soon_threadsafe(_set_exception, done, exc)
             else:
