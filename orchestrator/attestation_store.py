@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from orchestrator.attestation import JobFacts, build_statement, sign_envelope
 from orchestrator.files import write_atomic
-from orchestrator.jobs.spec import JOB_ID_PATTERN
+from orchestrator.jobs.spec import checked_job_id
 
 
 class AttestationStore:
@@ -21,11 +21,7 @@ class AttestationStore:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def path(self, job_id: str) -> Path:
-        import re
-
-        if not re.fullmatch(JOB_ID_PATTERN, job_id) or job_id in {".", ".."}:
-            raise ValueError("invalid job id")
-        return self.directory / f"{job_id}.dsse.json"
+        return self.directory / f"{checked_job_id(job_id)}.dsse.json"
 
     async def attest(self, facts: JobFacts) -> None:
         envelope = sign_envelope(build_statement(facts), self._key)

@@ -17,6 +17,14 @@ RESERVED_ENV = frozenset(
 RESERVED_ENV_PREFIXES = ("ORCHESTRATOR_", "CI_JOB_")
 
 
+def checked_job_id(job_id: str) -> str:
+    """Job ids become file names (logs, attestations); re-checked there so a path traversal stays impossible even
+    if a caller skipped the spec."""
+    if not re.fullmatch(JOB_ID_PATTERN, job_id) or job_id in {".", ".."}:
+        raise ValueError(f"invalid job id {job_id!r}")
+    return job_id
+
+
 def is_reserved_env(name: str) -> bool:
     return name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES)
 

@@ -14,7 +14,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-from orchestrator.jobs.spec import JOB_ID_PATTERN
+from orchestrator.jobs.spec import checked_job_id
 
 _READ_CHUNK = 256 * 1024
 
@@ -85,12 +85,7 @@ class LogStore:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def path(self, job_id: str) -> Path:
-        # Job ids are validated by the spec; this re-check keeps a path traversal impossible here too.
-        import re
-
-        if not re.fullmatch(JOB_ID_PATTERN, job_id) or job_id in {".", ".."}:
-            raise ValueError("invalid job id")
-        return self.directory / f"{job_id}.log"
+        return self.directory / f"{checked_job_id(job_id)}.log"
 
     def open(self, job_id: str) -> JobLog:
         log = JobLog(self.path(job_id), self.max_bytes)
