@@ -182,7 +182,7 @@ async def test_slow_body_gets_408_and_frees_the_handler(controller_factory: Any,
     ctl = await controller_factory(settings={"server": {"host": "127.0.0.1", "port": 0, "body_timeout_s": 0.5}})
     host, port = ctl.url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(b"POST /webhooks/test HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"id\": ")
+    writer.write(b'POST /webhooks/test HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"id": ')
     await writer.drain()
     status_line = await asyncio.wait_for(reader.readline(), timeout=5)
     assert b"408" in status_line
