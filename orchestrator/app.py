@@ -62,7 +62,13 @@ def build_controller(config: Config, credentials: CredentialsBackend | None = No
         from orchestrator.credentials.vault import build_vault_credentials
 
         credentials, signing_keys = build_vault_credentials(config)
-    store = SQLiteJobStore(data / "jobs.sqlite3")
+    store: JobStore
+    if config.storage.backend == "postgres":
+        from orchestrator.store.postgres import PostgresJobStore  # optional: the 'postgres' extra
+
+        store = PostgresJobStore.from_config(config.storage)
+    else:
+        store = SQLiteJobStore(data / "jobs.sqlite3")
     engine = DockerEngine(
         config.docker.base_url,
         api_timeout_s=config.docker.api_timeout_s,

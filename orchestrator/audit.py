@@ -84,6 +84,11 @@ _SECRET_VALUE = re.compile(
 )
 
 
+def looks_like_secret(value: str) -> bool:
+    """True for text shaped like a Vault token, a JWT or a webhook secret."""
+    return bool(_SECRET_VALUE.search(value))
+
+
 class AuditError(Exception):
     """The trail cannot be continued or trusted as it stands (tampered or torn tail, locked, closed)."""
 

@@ -7,17 +7,28 @@ credentials are described by role, policies, TTL and a hash of the accessor."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
 from typing import Any
 
-from orchestrator.audit import AuditLog, accessor_digest
+from orchestrator.audit import AuditLog, accessor_digest, looks_like_secret
 from orchestrator.jobs.states import Job
 
 log = logging.getLogger(__name__)
 
 CONTROLLER: dict[str, Any] = {"type": "controller"}
+
+
+def _withhold(value: Any) -> Any:
+    if isinstance(value, str) and looks_like_secret(value):
+        return f"[withheld: looks like a credential; sha256 {hashlib.sha256(value.encode()).hexdigest()[:16]}]"
+    if isinstance(value, dict):
+        return {k: _withhold(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_withhold(v) for v in value]
+    return value
 
 
 _Item = tuple[dict[str, Any], str, str | None, str, str | None, dict[str, Any] | None]
@@ -40,7 +51,13 @@ class Auditor:
                 continue
             actor, action, target, outcome, remote, details = item
             try:
-                self.log.record(actor, action, target, outcome, remote=remote, details=details)
+                try:
+                    self.log.record(actor, action, target, outcome, remote=remote, details=details)
+                except ValueError:
+                    # Text a sender chose (a delivery id, a job id) can look like a credential; the guard refuses
+                    # it, but the event must not vanish from the trail: record it with that text withheld.
+                    actor, target, remote, details = (_withhold(v) for v in (actor, target, remote, details))
+                    self.log.record(actor, action, target, outcome, remote=remote, details=details)
             except Exception:
                 # An audit failure must be loud but must not take a running job down with it.
                 log.exception("could not write audit record", extra={"action": action, "target": target})

@@ -267,7 +267,50 @@ class AuditConfig(_Strict):
 
 
 class StorageConfig(_Strict):
-    backend: Literal["sqlite"] = "sqlite"
+    """Where jobs are stored: one SQLite file in data_dir (default), or PostgreSQL shared by several controllers.
+
+    The PostgreSQL connection string may hold a password, so it never appears here: `dsn_file` names a file
+    (chmod 600, absolute path) holding one libpq connection string, e.g. `host=db user=ci dbname=ci password=…`.
+    """
+
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    dsn_file: Path | None = Field(None, description="postgres: absolute path of the file holding the DSN (chmod 600)")
+    pool_size: int = Field(4, ge=1, le=100, description="postgres: most connections this controller opens")
+    connect_timeout_s: float = Field(10.0, gt=0, le=300, description="postgres: connect / wait-for-connection limit")
+
+    @model_validator(mode="after")
+    def _dsn_file_checked(self) -> StorageConfig:
+        if self.backend != "postgres":
+            if self.dsn_file is not None:
+                raise ValueError('dsn_file is only used with backend = "postgres"')
+            return self
+        file = self.dsn_file
+        if file is None:
+            raise ValueError('backend = "postgres" needs dsn_file, a chmod 600 file holding the connection string')
+        if not file.is_absolute():
+            raise ValueError(f"dsn_file {file}: must be an absolute path")
+        try:
+            from orchestrator.store.postgres import PostgresStoreError, read_dsn
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("psycopg", "psycopg_pool"):
+                raise
+            raise ValueError(
+                "backend = \"postgres\" needs psycopg: install runner-orchestrator's 'postgres' extra"
+            ) from None
+        problems = []
+        try:
+            read_dsn(file)  # exists, readable, one parseable line; errors never quote the content
+        except PostgresStoreError as exc:
+            problems.append(f"dsn_file {exc}")
+        try:
+            mode = file.stat().st_mode
+        except OSError:
+            mode = 0  # already reported by read_dsn
+        if mode & 0o077:
+            problems.append(f"dsn_file {file}: readable by group/others; run chmod 600 on it")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class Config(_Strict):

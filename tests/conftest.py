@@ -26,6 +26,7 @@ from orchestrator.runtime.container_spec import LABEL_CONTROLLER, LABEL_MANAGED
 
 TEST_IMAGE = os.environ.get("ORCHESTRATOR_TEST_IMAGE", "runner-orchestrator/test-runner:local")
 TEST_CONTROLLER_PREFIX = "test-"
+RUN_TAG = f"{os.getpid() % 4096:03x}"  # controllers of this pytest process: test-<RUN_TAG>...
 REQUIRE_DOCKER = os.environ.get("ORCHESTRATOR_REQUIRE_DOCKER") == "1"
 
 
@@ -52,10 +53,12 @@ def docker_client() -> Iterator[docker.DockerClient]:
     if client is None:
         pytest.skip("no Docker engine or test image (run images/build-test-images.sh); CI requires it")
     yield client
+    # Low-level listing: no per-container inspect, so containers of a concurrently running suite that vanish
+    # between listing and reading cannot break this check. Only this process's controllers count.
     leftovers = [
-        c.name
-        for c in client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
-        if c.labels.get(LABEL_CONTROLLER, "").startswith(TEST_CONTROLLER_PREFIX)
+        row["Names"][0].lstrip("/")
+        for row in client.api.containers(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
+        if (row.get("Labels") or {}).get(LABEL_CONTROLLER, "").startswith(TEST_CONTROLLER_PREFIX + RUN_TAG)
     ]
     client.close()
     assert not leftovers, f"containers left behind by the test suite: {leftovers}"
@@ -206,7 +209,7 @@ async def controller_factory(tmp_path: Path, docker_client: docker.DockerClient)
 
     secret_file.write_text("whsec_" + base64.b64encode(key).decode())
     secret_file.chmod(0o600)
-    controller_id = f"{TEST_CONTROLLER_PREFIX}{uuid.uuid4().hex[:10]}"
+    controller_id = f"{TEST_CONTROLLER_PREFIX}{RUN_TAG}{uuid.uuid4().hex[:7]}"
 
     async def start(
         *,

@@ -721,3 +721,16 @@ def test_any_single_byte_change_fails_verification(records: list[tuple[Any, ...]
             parsed = [json.loads(line) for line in bytes(content).splitlines()]
             assert parsed == originals
         assert not result.ok, f"byte {index} changed yet the log verifies"
+
+
+def test_auditor_withholds_credential_shaped_text_instead_of_dropping_the_event(tmp_path: Path) -> None:
+    from orchestrator.audit_events import Auditor
+
+    key = ed25519_keys.load_or_create(tmp_path / "k")
+    auditor = Auditor(AuditLog(tmp_path / "audit.jsonl", key).open())
+    auditor.webhook("src", "whsec_" + "A" * 32, "127.0.0.1", "rejected", reason="bad_signature", status=401)
+    auditor.close()
+    (record,) = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert record["action"] == "webhook.rejected"
+    assert record["actor"]["delivery"].startswith("[withheld: looks like a credential")
+    assert "whsec_" not in json.dumps(record)

@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+import aiohttp
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -49,14 +50,26 @@ def _error(status: int, reason: str, message: str, **extra: object) -> web.Respo
 
 
 async def read_capped(request: web.Request, cap: int) -> bytes:
-    """Reads at most `cap` bytes; a declared or actual larger body is refused without reading the rest."""
+    """Reads at most `cap` bytes; a declared or actual larger body is refused without reading the rest.
+    Compressed bodies are refused: the signature covers the bytes as sent, and inflating them first would be
+    a decompression-bomb risk for no benefit."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise Rejected(
+            415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not accepted; send the body as is"
+        )
     declared = request.content_length
     if declared is not None and declared > cap:
         raise Rejected(413, "body_too_large", f"body of {declared} bytes exceeds the limit of {cap} bytes")
     chunks: list[bytes] = []
     size = 0
     while True:
-        chunk = await request.content.read(min(65536, cap + 1 - size))
+        try:
+            chunk = await request.content.read(min(65536, cap + 1 - size))
+        except web.HTTPException:
+            raise
+        except (aiohttp.ClientPayloadError, web.RequestPayloadError, ConnectionError) as exc:
+            raise Rejected(400, "unreadable_body", f"body could not be read: {type(exc).__name__}") from None
         if not chunk:
             break
         chunks.append(chunk)

@@ -29,8 +29,30 @@ def is_reserved_env(name: str) -> bool:
     return name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES)
 
 
+def _utf8_strings(value: object, where: str) -> None:
+    """JSON allows lone surrogate escapes ("\\ud800") that no UTF-8 store, log or shell can hold."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{where} contains an unpaired surrogate escape (not valid Unicode text)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _utf8_strings(key, where)
+            _utf8_strings(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _utf8_strings(item, f"{where}[{index}]")
+
+
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: object) -> object:
+        _utf8_strings(data, "body")
+        return data
 
 
 class SecretRequest(_Wire):
@@ -67,6 +89,12 @@ class SecretRequest(_Wire):
 class JobSpec(_Wire):
     version: Literal[1] = 1
     id: str = Field(pattern=JOB_ID_PATTERN)
+
+    @field_validator("id")
+    @classmethod
+    def _not_dots(cls, job_id: str) -> str:
+        return checked_job_id(job_id)
+
     pool: str = Field(min_length=1, max_length=63)
     repository: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._/-]+$")
     ref: str = Field(min_length=1, max_length=256)

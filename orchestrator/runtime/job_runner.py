@@ -106,9 +106,14 @@ class JobRunner:
             job = await self._move(job, JobState.STARTING)
         except JobLostError:
             return job
+        try:
+            joblog = self.logs.open(job.id)
+        except (OSError, ValueError) as exc:
+            log.exception("could not open the job's log", extra={"job_id": job.id})
+            return await self._move(job, JobState.ERROR, reason=f"log could not be opened: {type(exc).__name__}")
         attempt = _Attempt(
             job=job,
-            joblog=self.logs.open(job.id),
+            joblog=joblog,
             stamper=LineTimestamper() if self.config.logs.timestamps else None,
         )
         outcome: tuple[JobState, str | None, int | None] = (JobState.ERROR, "internal error", None)

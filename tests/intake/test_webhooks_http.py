@@ -188,3 +188,14 @@ async def test_slow_body_gets_408_and_frees_the_handler(controller_factory: Any,
     assert b"408" in status_line
     writer.close()
     await _no_trace(ctl, docker_client, "none")
+
+
+async def test_compressed_bodies_are_refused_with_415(controller_factory: Any, docker_client: Any) -> None:
+    ctl = await controller_factory()
+    import gzip
+
+    body = gzip.compress(json.dumps(job_spec()).encode())
+    headers = sign("standard-webhooks", ctl.webhook_secret, body, msg_id="msg_gz", timestamp=int(time.time()))
+    status, resp = await ctl.post_webhook(body, headers={**headers, "Content-Encoding": "gzip"})
+    assert status == 415 and resp["reason"] == "unsupported_encoding"
+    await _no_trace(ctl, docker_client, "none")

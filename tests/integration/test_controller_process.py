@@ -22,7 +22,7 @@ import requests
 from orchestrator.config import hash_token
 from orchestrator.intake.signatures import sign
 
-from conftest import TEST_CONTROLLER_PREFIX, TEST_IMAGE, job_spec, managed_containers
+from conftest import RUN_TAG, TEST_CONTROLLER_PREFIX, TEST_IMAGE, job_spec, managed_containers
 
 pytestmark = pytest.mark.docker
 
@@ -39,7 +39,7 @@ class ControllerProcess:
         revoker_token: str | None = None,
     ) -> None:
         self.tmp = tmp_path
-        self.controller_id = f"{TEST_CONTROLLER_PREFIX}{secrets.token_hex(5)}"
+        self.controller_id = f"{TEST_CONTROLLER_PREFIX}{RUN_TAG}{secrets.token_hex(4)}"
         self.token = secrets.token_urlsafe(16)
         self.key = secrets.token_bytes(24)
         self.drain_s = drain_s

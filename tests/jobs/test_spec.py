@@ -424,3 +424,18 @@ def test_timeout_one_second_ok() -> None:
 def test_secret_mount_dot_segments_rejected(mount: str) -> None:
     with pytest.raises(ValidationError):
         SecretRequest(path="p", key="k", name="N", mount=mount)
+
+
+@pytest.mark.parametrize("job_id", [".", ".."])
+def test_dot_ids_are_refused_because_they_name_files(job_id: str) -> None:
+    with pytest.raises(ValidationError):
+        JobSpec.model_validate(raw(id=job_id))
+
+
+@pytest.mark.parametrize(
+    "field",
+    [{"commands": ["echo \ud800"]}, {"env": {"X": "a\udfffb"}}, {"ref": "main\ud800"}],
+)
+def test_unpaired_surrogates_are_refused(field: dict[str, object]) -> None:
+    with pytest.raises(ValidationError, match="unpaired surrogate"):
+        JobSpec.model_validate(raw(**field))

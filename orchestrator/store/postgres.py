@@ -1,0 +1,373 @@
+"""PostgreSQL job store, for installations that run several controllers against one database.
+
+Same contract as the SQLite store (orchestrator/store/sqlite.py):
+
+- `create` is one `INSERT … ON CONFLICT (id) DO NOTHING RETURNING id` in its own transaction; when it inserted
+  nothing, a second statement reads the row that won. Under READ COMMITTED the INSERT waits for a concurrent
+  insert of the same id to commit, and the SELECT runs with a new snapshot, so it sees that row: exactly one
+  caller, whichever controller it runs in, gets `created=True`.
+- `update` is a compare-and-set on `state` (`UPDATE … WHERE id = %s AND state = %s`); a concurrent writer that
+  got there first changes the row's state, PostgreSQL re-checks the WHERE clause against it, and the loser
+  updates nothing.
+- Every write commits before the call returns, with `synchronous_commit` at least `on`: a server whose default is
+  `off` is overridden per connection, because a webhook's 202 promises the job is on disk. The server already
+  groups concurrent commits into one WAL flush, so there is no client-side batching as in the SQLite store.
+
+The connection string (libpq key=value or a postgresql:// URI) is read from a file (chmod 600) at `open()`, because
+it may hold a password. It is never logged, and errors raised here never contain it or its password.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from orchestrator.jobs.spec import JobSpec
+from orchestrator.jobs.states import FINAL_STATES, Job, JobState
+
+if TYPE_CHECKING:
+    from orchestrator.config import StorageConfig
+
+log = logging.getLogger(__name__)
+
+Connection = psycopg.AsyncConnection[TupleRow]
+
+# Serialises schema creation across controllers starting at once: concurrent CREATE TABLE IF NOT EXISTS can
+# otherwise fail with a unique violation in the catalog. Any fixed 64-bit key; this one spells "orchjobs".
+_SCHEMA_LOCK_KEY = 0x6F7263686A6F6273
+
+# `id` compares bytewise (COLLATE "C") so that list order matches the SQLite store whatever the database's locale.
+# `spec` is the JSON text as written: JSONB would refuse a \u0000 escape and reorder keys.
+_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS jobs (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        source TEXT NOT NULL,
+        pool TEXT NOT NULL,
+        state TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        controller_id TEXT NOT NULL,
+        timeout_s BIGINT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        started_at DOUBLE PRECISION,
+        finished_at DOUBLE PRECISION,
+        exit_code BIGINT,
+        reason TEXT,
+        container_id TEXT,
+        credentials_accessor TEXT,
+        attempt INTEGER NOT NULL DEFAULT 1
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at)",
+    "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at)",
+    "CREATE INDEX IF NOT EXISTS jobs_pool ON jobs (pool, created_at)",
+    "CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at DOUBLE PRECISION NOT NULL)",
+)
+
+_SCHEMA_OBJECTS = ("jobs", "jobs_state", "jobs_created", "jobs_pool", "probe")
+_SCHEMA_EXISTS = "SELECT " + ", ".join(["to_regclass(%s)"] * len(_SCHEMA_OBJECTS))
+
+_COLUMNS = (
+    "id, source, pool, state, spec, controller_id, timeout_s, created_at, updated_at, started_at, "
+    "finished_at, exit_code, reason, container_id, credentials_accessor, attempt"
+)
+_INSERT = (
+    f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join(['%s'] * 16)}) "  # noqa: S608
+    "ON CONFLICT (id) DO NOTHING RETURNING id"
+)
+_SELECT_ONE = f"SELECT {_COLUMNS} FROM jobs WHERE id = %s"  # noqa: S608
+_UPDATE = (
+    f"UPDATE jobs SET {', '.join(f'{c.strip()} = %s' for c in _COLUMNS.split(',')[1:])} "  # noqa: S608
+    "WHERE id = %s AND state = %s"
+)
+_UNFINISHED = f"SELECT {_COLUMNS} FROM jobs WHERE NOT (state = ANY(%s)) ORDER BY created_at, id"  # noqa: S608
+_PROBE = "INSERT INTO probe (id, at) VALUES (1, %s) ON CONFLICT (id) DO UPDATE SET at = EXCLUDED.at"
+
+_SECRET_KEYS = ("password", "sslpassword")
+
+
+class PostgresStoreError(Exception):
+    """The store could not be opened. The message names the DSN file and the server, never the DSN's content."""
+
+
+def read_dsn(path: Path) -> str:
+    """The connection string in `path`, checked to parse; errors name the file but never quote its content.
+
+    Errors are raised outside the `except` blocks: libpq's parse error quotes the offending part of the string,
+    which may be the password, so the original must not even ride along as `__context__`.
+    """
+    text, problem = "", None
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        problem = "file not found"
+    except PermissionError:
+        problem = "not readable by this user"
+    except UnicodeDecodeError:
+        problem = "not UTF-8 text"
+    except OSError as exc:
+        problem = f"cannot read: {exc.strerror}"
+    if problem is None and not text:
+        problem = "the file is empty"
+    if problem is None and "\n" in text:
+        problem = "the connection string must be a single line"
+    if problem is None:
+        try:
+            conninfo_to_dict(text)
+        except psycopg.Error:
+            problem = "not a valid PostgreSQL connection string (libpq key=value pairs or a postgresql:// URI)"
+    if problem is not None:
+        raise PostgresStoreError(f"{path}: {problem}")
+    return text
+
+
+def _secrets_of(dsn: str) -> list[str]:
+    """Every spelling of the DSN's secrets that an error message could contain, longest first."""
+    found = [dsn]
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        params = {}
+    for key in _SECRET_KEYS:
+        value = params.get(key)
+        if isinstance(value, str) and value:
+            found += [value, urllib.parse.quote(value, safe=""), urllib.parse.quote(value)]
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _where(dsn: str) -> str:
+    """host:port/dbname for messages; no user, no password."""
+    params = conninfo_to_dict(dsn)
+    host = str(params.get("host") or params.get("hostaddr") or "(default host)")
+    port = str(params.get("port") or "5432")
+    dbname = str(params.get("dbname") or "(default database)")
+    return f"{host}:{port}/{dbname}"
+
+
+def _row(job: Job) -> tuple[object, ...]:
+    return (
+        job.id,
+        job.source,
+        job.pool,
+        job.state.value,
+        job.spec.model_dump_json(),
+        job.controller_id,
+        job.timeout_s,
+        job.created_at,
+        job.updated_at,
+        job.started_at,
+        job.finished_at,
+        job.exit_code,
+        # PostgreSQL text cannot hold NUL; a free-form reason (e.g. an engine error) must not make the write fail.
+        job.reason.replace("\x00", "\ufffd") if job.reason is not None else None,
+        job.container_id,
+        job.credentials_accessor,
+        job.attempt,
+    )
+
+
+def _job(row: TupleRow) -> Job:
+    (
+        _id,
+        source,
+        _pool,
+        state,
+        spec,
+        controller_id,
+        timeout_s,
+        created_at,
+        updated_at,
+        started_at,
+        finished_at,
+        exit_code,
+        reason,
+        container_id,
+        credentials_accessor,
+        attempt,
+    ) = row
+    return Job(
+        spec=JobSpec.model_validate(json.loads(spec)),
+        source=source,
+        state=JobState(state),
+        controller_id=controller_id,
+        timeout_s=timeout_s,
+        created_at=created_at,
+        updated_at=updated_at,
+        started_at=started_at,
+        finished_at=finished_at,
+        exit_code=exit_code,
+        reason=reason,
+        container_id=container_id,
+        credentials_accessor=credentials_accessor,
+        attempt=attempt,
+    )
+
+
+async def _configure(conn: Connection) -> None:
+    """Runs once per new pooled connection."""
+    cur = await conn.execute("SHOW synchronous_commit")
+    row = await cur.fetchone()
+    if row is not None and row[0] == "off":
+        await conn.execute("SET synchronous_commit TO on")
+
+
+async def _create_schema(conn: Connection) -> None:
+    """Creates what is missing. When everything exists no DDL runs, so a role that was granted only
+    SELECT/INSERT/UPDATE on tables a DBA created beforehand (or a read-only standby) can still open the store."""
+    cur = await conn.execute(_SCHEMA_EXISTS, _SCHEMA_OBJECTS)
+    row = await cur.fetchone()
+    if row is not None and all(row):
+        return
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
+        for statement in _SCHEMA:
+            await conn.execute(statement)
+
+
+class PostgresJobStore:
+    def __init__(self, dsn_file: Path, *, pool_size: int = 4, connect_timeout_s: float = 10.0) -> None:
+        self.dsn_file = dsn_file
+        self.pool_size = pool_size
+        self.connect_timeout_s = connect_timeout_s
+        self._pool: AsyncConnectionPool[Connection] | None = None
+
+    @classmethod
+    def from_config(cls, storage: StorageConfig) -> PostgresJobStore:
+        if storage.dsn_file is None:
+            raise ValueError('storage.dsn_file is required with backend = "postgres"')
+        return cls(storage.dsn_file, pool_size=storage.pool_size, connect_timeout_s=storage.connect_timeout_s)
+
+    def __repr__(self) -> str:
+        return f"PostgresJobStore(dsn_file={str(self.dsn_file)!r}, open={self._pool is not None})"
+
+    def _conninfo(self, dsn: str) -> str:
+        params = conninfo_to_dict(dsn)
+        extra: dict[str, Any] = {}
+        if "connect_timeout" not in params:
+            extra["connect_timeout"] = max(1, round(self.connect_timeout_s))
+        if "application_name" not in params:
+            extra["application_name"] = "runner-orchestrator"
+        return make_conninfo(dsn, **extra)
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        dsn = read_dsn(self.dsn_file)
+        secrets = _secrets_of(dsn)
+        where = _where(dsn)
+        conninfo = self._conninfo(dsn)
+        pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+            conninfo,
+            connection_class=psycopg.AsyncConnection,
+            kwargs={"autocommit": True},
+            min_size=1,
+            max_size=self.pool_size,
+            open=False,
+            configure=_configure,
+            check=AsyncConnectionPool.check_connection,
+            timeout=self.connect_timeout_s,
+            name="orchestrator-jobs",
+        )
+        problem: str | None = None
+        try:
+            # A direct connection first: its error says why (the pool's would only say it timed out).
+            conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+            try:
+                await _create_schema(conn)
+            finally:
+                await conn.close()
+            await pool.open(wait=True, timeout=self.connect_timeout_s)
+        except (psycopg.Error, PoolTimeout) as exc:
+            problem = redact(f"{type(exc).__name__}: {exc}".strip(), secrets)
+        if problem is not None:
+            await pool.close()
+            # Raised outside the except block so the original exception is not chained onto ours.
+            raise PostgresStoreError(f"PostgreSQL job store at {where} (dsn_file {self.dsn_file}): {problem}")
+        self._pool = pool
+        log.info("postgres job store open", extra={"database": where, "pool_size": self.pool_size})
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator[Connection]:
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("store is not open")
+        async with pool.connection() as conn:
+            yield conn
+
+    async def create(self, job: Job) -> tuple[Job, bool]:
+        async with self._conn() as conn:
+            # Rows are never deleted, so the second pass is only for a conflicting insert that rolled back.
+            for _ in range(3):
+                cur = await conn.execute(_INSERT, _row(job))
+                if await cur.fetchone() is not None:
+                    return job, True
+                cur = await conn.execute(_SELECT_ONE, (job.id,))
+                row = await cur.fetchone()
+                if row is not None:
+                    return _job(row), False
+        raise RuntimeError(f"job {job.id}: neither inserted nor found")
+
+    async def get(self, job_id: str) -> Job | None:
+        async with self._conn() as conn:
+            cur = await conn.execute(_SELECT_ONE, (job_id,))
+            row = await cur.fetchone()
+        return _job(row) if row is not None else None
+
+    async def list_jobs(self, *, state: JobState | None = None, pool: str | None = None, limit: int = 100) -> list[Job]:
+        clauses: list[str] = []
+        params: list[object] = []
+        if state is not None:
+            clauses.append("state = %s")
+            params.append(state.value)
+        if pool is not None:
+            clauses.append("pool = %s")
+            params.append(pool)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY created_at DESC, id DESC LIMIT %s"  # noqa: S608
+        # As in SQLite, a negative limit means none; LIMIT NULL is PostgreSQL's spelling of that.
+        params.append(limit if limit >= 0 else None)
+        async with self._conn() as conn:
+            cur = await conn.execute(sql, params)
+            rows = await cur.fetchall()
+        return [_job(r) for r in rows]
+
+    async def update(self, job: Job, *, expected: JobState) -> bool:
+        values = (*_row(job)[1:], job.id, expected.value)
+        async with self._conn() as conn:
+            cur = await conn.execute(_UPDATE, values)
+            return cur.rowcount == 1
+
+    async def unfinished(self) -> list[Job]:
+        final = sorted(s.value for s in FINAL_STATES)
+        async with self._conn() as conn:
+            cur = await conn.execute(_UNFINISHED, (final,))
+            rows = await cur.fetchall()
+        return [_job(r) for r in rows]
+
+    async def check_writable(self) -> None:
+        now = time.time()
+        async with self._conn() as conn:
+            await conn.execute(_PROBE, (now,))
