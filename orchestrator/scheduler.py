@@ -216,16 +216,16 @@ class Scheduler:
         self._dispatch()
 
     async def cancel(self, job_id: str, reason: str = "cancelled by operator") -> Job:
+        job = await self.store.get(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        if job.state.final:  # also while its task is still wrapping up (log closed, attestation signed)
+            raise NotCancellableError(f"job {job_id} already ended: {job.state}")
         running = self._running.get(job_id)
         if running is not None:
             running.control.cancel_reason = reason
             running.control.cancel.set()
             return await asyncio.shield(running.task)
-        job = await self.store.get(job_id)
-        if job is None:
-            raise KeyError(job_id)
-        if job.state.final:
-            raise NotCancellableError(f"job {job_id} already ended: {job.state}")
         if job.state is not JobState.QUEUED:
             raise NotCancellableError(f"job {job_id} is {job.state} under another controller process")
         queue = self._queues.get(job.pool, deque())
