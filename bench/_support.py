@@ -25,7 +25,7 @@ from typing import Any
 import docker
 from aiohttp import web
 
-from orchestrator.app import Controller, build_app, build_controller
+from orchestrator.app import Controller, app_runner, build_app, build_controller
 from orchestrator.config import Config, hash_token
 from orchestrator.intake.signatures import sign
 from orchestrator.runtime.container_spec import LABEL_CONTROLLER
@@ -118,7 +118,7 @@ class Served:
 
 async def serve(app: web.Application) -> Served:
     """Serve `app` on 127.0.0.1 with an ephemeral port, the way `orchestrator serve` does (no access log)."""
-    runner = web.AppRunner(app, access_log=None)
+    runner = app_runner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

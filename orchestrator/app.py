@@ -237,3 +237,9 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
     app.on_shutdown.append(shutdown)
     app.on_cleanup.append(cleanup)
     return app
+
+
+def app_runner(app: web.Application, *, handle_signals: bool = False) -> web.AppRunner:
+    """How the controller is served. No lingering close: after a refusal that did not read the body (408, 413,
+    415) aiohttp would otherwise keep draining — and decompressing — what a hostile client sends for 10 s."""
+    return web.AppRunner(app, handle_signals=handle_signals, access_log=None, lingering_time=0)

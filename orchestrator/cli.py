@@ -34,13 +34,13 @@ def _fail(message: str, code: int = 1) -> int:
 
 async def _serve(config_path: Path, drain_timeout_s: float) -> int:
     from orchestrator import structured_logs
-    from orchestrator.app import build_app, build_controller, drain
+    from orchestrator.app import app_runner, build_app, build_controller, drain
 
     structured_logs.configure(os.environ.get("ORCHESTRATOR_LOG_LEVEL", "info"))
     config = load_config(config_path)
     controller = build_controller(config)
     app = build_app(controller, drain_timeout_s=drain_timeout_s)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = app_runner(app)
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port)
     await site.start()

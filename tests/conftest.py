@@ -18,7 +18,7 @@ import docker
 import pytest
 from aiohttp import web
 
-from orchestrator.app import Controller, build_app, build_controller
+from orchestrator.app import Controller, app_runner, build_app, build_controller
 from orchestrator.config import Config, hash_token
 from orchestrator.credentials.base import CredentialsBackend
 from orchestrator.intake.signatures import sign
@@ -230,7 +230,7 @@ async def controller_factory(tmp_path: Path, docker_client: docker.DockerClient)
         )
         controller = build_controller(cfg, credentials=credentials)
         app = build_app(controller)
-        runner = web.AppRunner(app, access_log=None)
+        runner = app_runner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", cfg.server.port)
         await site.start()
