@@ -168,7 +168,7 @@ class Api:
             await resp.prepare(request)
             pos = offset
             while pos < size:
-                data = self.logs.read(job_id, pos, min(256 * 1024, size - pos))
+                data = await asyncio.to_thread(self.logs.read, job_id, pos, min(256 * 1024, size - pos))
                 if not data:
                     break
                 pos += len(data)

@@ -128,7 +128,7 @@ class LogStore:
         """Yields the log from `offset` on until the job has finished and everything written was sent."""
         while True:
             log = self._live.get(job_id)
-            data = self.read(job_id, offset)
+            data = await asyncio.to_thread(self.read, job_id, offset)
             if data:
                 offset += len(data)
                 yield data
@@ -136,7 +136,7 @@ class LogStore:
             if log is None:
                 # Not running under this process (queued, or finished): finished means nothing more will come.
                 if await is_finished():
-                    data = self.read(job_id, offset)
+                    data = await asyncio.to_thread(self.read, job_id, offset)
                     if not data:
                         return
                     offset += len(data)

@@ -106,6 +106,9 @@ class AttachedStream:
     bounded because nothing is read ahead of what `on_output` has finished with."""
 
     def __init__(self, sock: Any) -> None:
+        # Keep the SDK's wrapper alive: it owns the HTTP response the socket belongs to, and when the garbage
+        # collector frees that response it closes the socket under a running job.
+        self._owner = sock
         self._sock: socket.socket = getattr(sock, "_sock", sock)
         self._closed = threading.Event()
 
@@ -136,6 +139,8 @@ class AttachedStream:
                 self._sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 self._sock.close()
+            with contextlib.suppress(Exception):
+                self._owner.close()
 
 
 class DockerEngine:

@@ -227,7 +227,7 @@ class JobRunner:
                 if pumped in done:
                     exc = pumped.exception()
                     if exc is not None:
-                        raise EngineError(f"output stream broke: {type(exc).__name__}") from exc
+                        raise EngineError(f"output stream broke: {type(exc).__name__}: {exc}") from exc
                     code = await self._wait_exit(container_id, deadline)
                     if code is None:
                         break
@@ -268,11 +268,15 @@ class JobRunner:
         if at.stream is not None:
             at.stream.close()
         if at.pump is not None:
+            # The reader thread ends once the stream is closed; let it hand over what it holds first.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(at.pump.done), timeout=5)
             at.pump.flush()
         elif at.redactor is not None:
             at.store(at.redactor.flush(), self.clock())
         if final is JobState.ERROR and reason:
-            at.store(f"\n[orchestrator] job ended in error: {reason}\n".encode(), self.clock())
+            notice = f"\n[orchestrator] job ended in error: {reason}\n".encode()
+            at.pump.store(notice) if at.pump is not None else at.store(notice, self.clock())
         if at.container_id is not None:
             began = time.monotonic()
             await self._remove(job.id, at.container_id)
@@ -365,6 +369,10 @@ class _OutputPump:
     def flush(self) -> None:
         with self._lock:
             self._at.store(self._redactor.flush(), self._clock())
+
+    def store(self, data: bytes) -> None:
+        with self._lock:
+            self._at.store(data, self._clock())
 
     def start(self, stream: AttachedStream) -> None:
         loop, done = self._loop, self.done
