@@ -2,9 +2,60 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+import json
+from collections.abc import Sequence
+from typing import Any, Protocol
 
+from orchestrator.jobs.spec import JobSpec
 from orchestrator.jobs.states import Job, JobState
+
+# Column order shared by every SQL store: rows are written and read positionally in this order.
+COLUMNS = (
+    "id, source, pool, state, spec, controller_id, timeout_s, created_at, updated_at, started_at, "
+    "finished_at, exit_code, reason, container_id, credentials_accessor, attempt"
+)
+
+
+def job_to_row(job: Job) -> tuple[object, ...]:
+    return (
+        job.id,
+        job.source,
+        job.pool,
+        job.state.value,
+        job.spec.model_dump_json(),
+        job.controller_id,
+        job.timeout_s,
+        job.created_at,
+        job.updated_at,
+        job.started_at,
+        job.finished_at,
+        job.exit_code,
+        job.reason,
+        job.container_id,
+        job.credentials_accessor,
+        job.attempt,
+    )
+
+
+def job_from_row(row: Sequence[Any]) -> Job:
+    (_, source, _, state, spec, controller_id, timeout_s, created_at, updated_at, started_at, finished_at,
+     exit_code, reason, container_id, credentials_accessor, attempt) = tuple(row)  # fmt: skip
+    return Job(
+        spec=JobSpec.model_validate(json.loads(spec)),
+        source=source,
+        state=JobState(state),
+        controller_id=controller_id,
+        timeout_s=timeout_s,
+        created_at=created_at,
+        updated_at=updated_at,
+        started_at=started_at,
+        finished_at=finished_at,
+        exit_code=exit_code,
+        reason=reason,
+        container_id=container_id,
+        credentials_accessor=credentials_accessor,
+        attempt=attempt,
+    )
 
 
 class JobStore(Protocol):

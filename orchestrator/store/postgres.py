@@ -19,7 +19,7 @@ it may hold a password. It is never logged, and errors raised here never contain
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import time
 import urllib.parse
@@ -33,8 +33,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from orchestrator.jobs.spec import JobSpec
 from orchestrator.jobs.states import FINAL_STATES, Job, JobState
+from orchestrator.store.base import COLUMNS, job_from_row, job_to_row
 
 if TYPE_CHECKING:
     from orchestrator.config import StorageConfig
@@ -79,10 +79,7 @@ _SCHEMA = (
 _SCHEMA_OBJECTS = ("jobs", "jobs_state", "jobs_created", "jobs_pool", "probe")
 _SCHEMA_EXISTS = "SELECT " + ", ".join(["to_regclass(%s)"] * len(_SCHEMA_OBJECTS))
 
-_COLUMNS = (
-    "id, source, pool, state, spec, controller_id, timeout_s, created_at, updated_at, started_at, "
-    "finished_at, exit_code, reason, container_id, credentials_accessor, attempt"
-)
+_COLUMNS = COLUMNS
 _INSERT = (
     f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join(['%s'] * 16)}) "  # noqa: S608
     "ON CONFLICT (id) DO NOTHING RETURNING id"
@@ -163,62 +160,14 @@ def _where(dsn: str) -> str:
 
 
 def _row(job: Job) -> tuple[object, ...]:
-    return (
-        job.id,
-        job.source,
-        job.pool,
-        job.state.value,
-        job.spec.model_dump_json(),
-        job.controller_id,
-        job.timeout_s,
-        job.created_at,
-        job.updated_at,
-        job.started_at,
-        job.finished_at,
-        job.exit_code,
-        # PostgreSQL text cannot hold NUL; a free-form reason (e.g. an engine error) must not make the write fail.
-        job.reason.replace("\x00", "\ufffd") if job.reason is not None else None,
-        job.container_id,
-        job.credentials_accessor,
-        job.attempt,
-    )
+    # PostgreSQL text cannot hold NUL; a free-form reason (e.g. an engine error) must not make the write fail.
+    if job.reason is not None and "\x00" in job.reason:
+        job = dataclasses.replace(job, reason=job.reason.replace("\x00", "\ufffd"))
+    return job_to_row(job)
 
 
 def _job(row: TupleRow) -> Job:
-    (
-        _id,
-        source,
-        _pool,
-        state,
-        spec,
-        controller_id,
-        timeout_s,
-        created_at,
-        updated_at,
-        started_at,
-        finished_at,
-        exit_code,
-        reason,
-        container_id,
-        credentials_accessor,
-        attempt,
-    ) = row
-    return Job(
-        spec=JobSpec.model_validate(json.loads(spec)),
-        source=source,
-        state=JobState(state),
-        controller_id=controller_id,
-        timeout_s=timeout_s,
-        created_at=created_at,
-        updated_at=updated_at,
-        started_at=started_at,
-        finished_at=finished_at,
-        exit_code=exit_code,
-        reason=reason,
-        container_id=container_id,
-        credentials_accessor=credentials_accessor,
-        attempt=attempt,
-    )
+    return job_from_row(row)
 
 
 async def _configure(conn: Connection) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import sqlite3
 import time
 from collections.abc import Callable
@@ -21,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from orchestrator.jobs.spec import JobSpec
 from orchestrator.jobs.states import FINAL_STATES, Job, JobState
+from orchestrator.store.base import COLUMNS, job_from_row, job_to_row
 
 T = TypeVar("T")
 
@@ -50,50 +49,12 @@ CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
 CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
 
-_COLUMNS = (
-    "id, source, pool, state, spec, controller_id, timeout_s, created_at, updated_at, started_at, "
-    "finished_at, exit_code, reason, container_id, credentials_accessor, attempt"
-)
-
-
-def _row(job: Job) -> tuple[object, ...]:
-    return (
-        job.id,
-        job.source,
-        job.pool,
-        job.state.value,
-        job.spec.model_dump_json(),
-        job.controller_id,
-        job.timeout_s,
-        job.created_at,
-        job.updated_at,
-        job.started_at,
-        job.finished_at,
-        job.exit_code,
-        job.reason,
-        job.container_id,
-        job.credentials_accessor,
-        job.attempt,
-    )
+_COLUMNS = COLUMNS
+_row = job_to_row
 
 
 def _job(row: sqlite3.Row) -> Job:
-    return Job(
-        spec=JobSpec.model_validate(json.loads(row["spec"])),
-        source=row["source"],
-        state=JobState(row["state"]),
-        controller_id=row["controller_id"],
-        timeout_s=row["timeout_s"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        exit_code=row["exit_code"],
-        reason=row["reason"],
-        container_id=row["container_id"],
-        credentials_accessor=row["credentials_accessor"],
-        attempt=row["attempt"],
-    )
+    return job_from_row(tuple(row))
 
 
 _MAX_BATCH = 256
