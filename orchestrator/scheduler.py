@@ -66,11 +66,6 @@ class Scheduler:
             return len(self._queues.get(pool, ()))
         return sum(len(q) for q in self._queues.values())
 
-    def running_count(self, pool: str | None = None) -> int:
-        if pool is not None:
-            return self._running_per_pool.get(pool, 0)
-        return len(self._running)
-
     def is_running(self, job_id: str) -> bool:
         return job_id in self._running
 

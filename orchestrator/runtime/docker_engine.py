@@ -272,13 +272,6 @@ class DockerEngine:
 
         await self._call(_remove)
 
-    async def exists(self, container_id: str) -> bool:
-        try:
-            await self._call(lambda: self._api().inspect_container(container_id))
-        except ContainerGoneError:
-            return False
-        return True
-
     async def image_id(self, image: str) -> str:
         info = await self._call(lambda: self._api().inspect_image(image))
         return str(info["Id"])

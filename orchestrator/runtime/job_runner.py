@@ -62,7 +62,6 @@ class RunControl:
 
     cancel: asyncio.Event
     cancel_reason: str = "cancelled by operator"
-    started_monotonic: float | None = None
 
 
 class JobRunner:
@@ -179,7 +178,6 @@ class JobRunner:
         pump = _OutputPump(at, at.redactor, self.clock)
         pump.start(at.stream)
         at.job = await self._move(at.job, JobState.RUNNING)
-        control.started_monotonic = asyncio.get_running_loop().time()
         if self.metrics is not None and at.job.started_at is not None:
             self.metrics.start_latency.labels(at.job.pool).observe(max(at.job.started_at - at.job.created_at, 0))
         return await self._supervise(at, at.container_id, at.stream, pump, control)
