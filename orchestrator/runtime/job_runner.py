@@ -282,13 +282,16 @@ class JobRunner:
                 self.metrics.teardown.observe(time.monotonic() - began)
         if at.creds is not None and self.credentials is not None:
             await self.credentials.release(at.creds)
-        try:
-            job = await self._move(job, final, reason=reason, exit_code=exit_code)
-        except JobLostError:
-            log.warning("job moved by another writer before it could finish", extra={"job_id": job.id})
+        # The log is closed and the attestation signed before the final state is stored, so whoever sees the
+        # final state can fetch both.
+        ended = transition(job, final, now=self.clock(), reason=reason, exit_code=exit_code)
         await self.logs.close(job.id)
-        if self.attestations is not None and job.state.final:
-            await self._attest(job, at.image_id)
+        if self.attestations is not None:
+            await self._attest(ended, at.image_id)
+        if await self.store.update(ended, expected=job.state):
+            self.on_change(ended)
+            return ended
+        log.warning("job moved by another writer before it could finish", extra={"job_id": job.id})
         return job
 
     async def _attest(self, job: Job, image_id: str) -> None:
