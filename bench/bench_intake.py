@@ -28,9 +28,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import resource
 import sqlite3
 import sys
+import threading
 import tempfile
 import time
 from collections import Counter
@@ -131,6 +133,23 @@ class Round:
     server_cpu_ms: float
     client_cpu_ms: float
     statuses: dict[int, int]
+    threads: dict[str, float]
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds per live thread of this process, by Python thread name (from /proc, user + system)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = names.get(int(task.name), "other")
+        name = name.split("_")[0] if name.startswith(("asyncio_", "sqlite_", "docker_")) else name
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 async def measure(
@@ -138,8 +157,11 @@ async def measure(
 ) -> Round:
     loop = asyncio.get_running_loop()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    threads0 = thread_cpu()
     res = await loop.run_in_executor(pool, run_load, url, key, count, concurrency, prefix)
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    threads1 = thread_cpu()
+    per_thread = {k: (v - threads0.get(k, 0.0)) * 1000 / count for k, v in threads1.items()}
     server_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     lat = res["latencies"]
     return Round(
@@ -150,6 +172,7 @@ async def measure(
         server_cpu_ms=server_cpu * 1000 / count,
         client_cpu_ms=res["client_cpu"] * 1000 / count,
         statuses={int(k): v for k, v in res["statuses"].items()},
+        threads={k: v for k, v in per_thread.items() if v >= 0.005},
     )
 
 
@@ -278,6 +301,13 @@ async def run(args: argparse.Namespace) -> int:
                     median([x.client_cpu_ms for x in ctl_rounds]),
                 ],
             ],
+        )
+    )
+    names = sorted({n for x in ctl_rounds for n in x.threads}, key=lambda n: -median([x.threads.get(n, 0) for x in ctl_rounds]))
+    print(
+        table(
+            ["controller CPU ms per request by thread (median)", "ms"],
+            [[n, median([x.threads.get(n, 0.0) for x in ctl_rounds])] for n in names],
         )
     )
     ratio = median(ratios)

@@ -521,6 +521,34 @@ def test_descriptive_keys_about_secrets_are_allowed(tmp_path: Path, key: Ed25519
     assert verify(path, key).ok
 
 
+_SECRETISH = st.sampled_from(
+    ["token", "Token", "apiToken", "jwt", "ID_JWT", "client_secret", "secret_name", "passwd", "PassPhrase", "ok"]
+    + ["s.ABCDEFGHIJKLMNOPQRSTUVWX", "hvs.CAESIJlWh3p8Ztl5n1Ecf9zZV0bq", "hvb.AAAAAQJ_abcdefghijklmnopqrst"]
+    + ["eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJjaSJ9.c2ln", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZ", "x\nhvr.abcdefghijklmnopqrstu"]
+)
+_TEXT = st.one_of(_SECRETISH, st.text(max_size=12), st.builds("".join, st.lists(_SECRETISH | st.text(max_size=3))))
+_JSON = st.recursive(
+    st.none() | st.integers() | _TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(value=_JSON)
+def test_the_secret_prefilter_never_misses_what_the_full_check_refuses(value: Any) -> None:
+    """`record` skips the per-key/per-value walk when the encoded record has none of the markers; that shortcut
+    is only sound if every value the walk refuses does contain one."""
+    try:
+        encoded = audit.canonical_bytes(value)
+    except ValueError:
+        return  # not storable at all (e.g. a lone surrogate): refused before the secret check
+    try:
+        audit._refuse_secrets(json.loads(encoded), "details")
+    except ValueError:
+        assert audit._may_hold_secret(encoded)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -176,8 +176,11 @@ class WebhookIntake:
         if not self.accepting:
             raise Rejected(503, "shutting_down", "controller is shutting down; retry later")
         try:
-            async with asyncio.timeout(self.config.server.body_timeout_s):
+            if request.content.is_eof():  # the whole body has arrived (the usual case): no timer needed
                 body = await read_capped(request, self.config.server.max_body_bytes)
+            else:
+                async with asyncio.timeout(self.config.server.body_timeout_s):
+                    body = await read_capped(request, self.config.server.max_body_bytes)
         except TimeoutError:
             raise Rejected(
                 408, "body_timeout", f"body not received within {self.config.server.body_timeout_s:g} s"
