@@ -32,8 +32,8 @@ import os
 import resource
 import sqlite3
 import sys
-import threading
 import tempfile
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -303,11 +303,12 @@ async def run(args: argparse.Namespace) -> int:
             ],
         )
     )
-    names = sorted({n for x in ctl_rounds for n in x.threads}, key=lambda n: -median([x.threads.get(n, 0) for x in ctl_rounds]))
+    names = {n for x in ctl_rounds for n in x.threads}
+    by_thread = {n: median([x.threads.get(n, 0.0) for x in ctl_rounds]) for n in names}
     print(
         table(
             ["controller CPU ms per request by thread (median)", "ms"],
-            [[n, median([x.threads.get(n, 0.0) for x in ctl_rounds])] for n in names],
+            [[n, ms] for n, ms in sorted(by_thread.items(), key=lambda item: -item[1])],
         )
     )
     ratio = median(ratios)

@@ -204,7 +204,7 @@ def prepare(
     except (TypeError, ValueError) as exc:
         raise ValueError(f"audit actor, details, target and remote must be JSON-serialisable text: {exc}") from None
     if len(encoded) + _RECORD_OVERHEAD > MAX_RECORD_BYTES:
-        raise ValueError(f"audit record would be over the {MAX_RECORD_BYTES}-byte limit ({len(encoded)} bytes of fields)")
+        raise ValueError(f"audit record would exceed {MAX_RECORD_BYTES} bytes ({len(encoded)} bytes of fields)")
     if _may_hold_secret(encoded):
         _refuse_secrets(actor_copy, "actor")
         _refuse_secrets(details_copy, "details")
@@ -600,10 +600,10 @@ def verify_file(
                     lineno,
                     f"{name} does not follow record {seq - 1}: a record was removed, inserted or reordered before it",
                 )
-            if record["sig"] is None:
-                unsigned_from = seq if unsigned_from is None else unsigned_from
-            else:
-                unsigned_from = None
+            if record["sig"] is not None:
+                unsigned_from = None  # this signature vouches for every unsigned record before it
+            elif unsigned_from is None:
+                unsigned_from = seq
             head = line_hash(line)
             count += 1
             if expect_head is not None and head == expect_head and expect_seq in (None, seq):
@@ -613,9 +613,7 @@ def verify_file(
     end = "the log is empty" if head is None else f"the log ends at record {count - 1} (head {head})"
     if unsigned_from is not None:
         which = (
-            f"record {unsigned_from} is"
-            if unsigned_from == count - 1
-            else f"records {unsigned_from}..{count - 1} are"
+            f"record {unsigned_from} is" if unsigned_from == count - 1 else f"records {unsigned_from}..{count - 1} are"
         )
         return bad(
             unsigned_from,

@@ -12,6 +12,7 @@ import stat
 import syslog
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from orchestrator.audit import (
     cli_verify,
     export_public_key,
     genesis_hash,
+    prepare,
     verify_file,
 )
 
@@ -521,11 +523,16 @@ def test_descriptive_keys_about_secrets_are_allowed(tmp_path: Path, key: Ed25519
     assert verify(path, key).ok
 
 
-_SECRETISH = st.sampled_from(
-    ["token", "Token", "apiToken", "jwt", "ID_JWT", "client_secret", "secret_name", "passwd", "PassPhrase", "ok"]
-    + ["s.ABCDEFGHIJKLMNOPQRSTUVWX", "hvs.CAESIJlWh3p8Ztl5n1Ecf9zZV0bq", "hvb.AAAAAQJ_abcdefghijklmnopqrst"]
-    + ["eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJjaSJ9.c2ln", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZ", "x\nhvr.abcdefghijklmnopqrstu"]
-)
+_SECRET_NAMES = ["token", "Token", "apiToken", "jwt", "ID_JWT", "client_secret", "secret_name", "passwd", "PassPhrase"]
+_SECRET_VALUES = [
+    "s.ABCDEFGHIJKLMNOPQRSTUVWX",
+    "hvs.CAESIJlWh3p8Ztl5n1Ecf9zZV0bq",
+    "hvb.AAAAAQJ_abcdefghijklmnopqrst",
+    "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJjaSJ9.c2ln",
+    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZ",
+    "x\nhvr.abcdefghijklmnopqrstu",
+]
+_SECRETISH = st.sampled_from([*_SECRET_NAMES, *_SECRET_VALUES, "ok"])
 _TEXT = st.one_of(_SECRETISH, st.text(max_size=12), st.builds("".join, st.lists(_SECRETISH | st.text(max_size=3))))
 _JSON = st.recursive(
     st.none() | st.integers() | _TEXT,
@@ -582,6 +589,98 @@ def test_caller_mutations_after_record_do_not_reach_the_log(tmp_path: Path, key:
         returned = log.record(CONTROLLER, "job.state", "j", "ok", details=details)
     details["labels"].append("b")
     assert returned["details"] == {"labels": ["a"], "n": [1, 2]} == json.loads(path.read_bytes())["details"]
+
+
+# -- batches: one signature per write ------------------------------------------------------------------------------
+
+
+def write_batches(path: Path, key: Ed25519PrivateKey, sizes: list[int]) -> list[dict[str, Any]]:
+    written: list[dict[str, Any]] = []
+    with AuditLog(path, key, clock=FakeClock()) as log:
+        for size in sizes:
+            start = len(written)
+            entries = [
+                prepare(CONTROLLER, "job.state", f"job-{start + i}", "ok", details={"n": i}) for i in range(size)
+            ]
+            written += log.append(entries)
+    return written
+
+
+def test_a_batch_is_one_write_signed_once_on_its_last_record(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    path = tmp_path / AUDIT_FILE_NAME
+    records = write_batches(path, key, [3, 1, 4])
+    assert [r["sig"] is not None for r in records] == [False, False, True, True, False, False, False, True]
+    assert records == [json.loads(line) for line in read_lines(path)]
+    result = verify(path, key)
+    assert result.ok and result.records == 8 and result.head == audit.line_hash(read_lines(path)[-1][:-1])
+    with AuditLog(path, key) as log:  # reopening continues after a signed batch end
+        assert log.record(CONTROLLER, "config.loaded", None, "ok")["seq"] == 8
+    assert verify(path, key).ok
+
+
+def test_an_empty_batch_writes_nothing(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    path = tmp_path / AUDIT_FILE_NAME
+    with AuditLog(path, key) as log:
+        assert log.append([]) == []
+        assert log.next_seq == 0
+    assert path.read_bytes() == b""
+
+
+def test_a_batch_cut_after_an_unsigned_record_is_detected(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    path = tmp_path / AUDIT_FILE_NAME
+    write_batches(path, key, [2, 4])
+    write_lines(path, read_lines(path)[:4])  # records 0..3: batch 1, then half of batch 2
+    result = verify(path, key)
+    assert not result.ok and result.first_bad_seq == 2
+    assert "records 2..3 are not signed and no signed record follows" in (result.problem or "")
+    with pytest.raises(AuditError, match=r"last record \(seq 3\).*is not signed"):
+        AuditLog(path, key).open()
+
+
+def test_an_altered_unsigned_record_fails_at_the_next_record(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    path = tmp_path / AUDIT_FILE_NAME
+    write_batches(path, key, [5])
+    lines = read_lines(path)
+    altered = json.loads(lines[1])
+    altered["outcome"] = "denied"
+    lines[1] = canonical_bytes(altered) + b"\n"  # still canonical, and unsigned records carry no signature to break
+    write_lines(path, lines)
+    result = verify(path, key)
+    assert not result.ok and result.first_bad_seq == 2
+    assert "record 1 (unsigned, vouched for by the chain) was altered" in (result.problem or "")
+
+
+@pytest.mark.parametrize(("index", "bad_seq"), [(1, 2), (2, 2)])  # middle: the chain breaks; end: nothing vouches
+def test_stripping_a_signature_is_detected(tmp_path: Path, key: Ed25519PrivateKey, index: int, bad_seq: int) -> None:
+    path = tmp_path / AUDIT_FILE_NAME
+    write_batches(path, key, [1, 1, 1])
+    lines = read_lines(path)
+    stripped = json.loads(lines[index])
+    stripped["sig"] = None
+    lines[index] = canonical_bytes(stripped) + b"\n"
+    write_lines(path, lines)
+    result = verify(path, key)
+    assert not result.ok and result.first_bad_seq == bad_seq, result.problem
+
+
+def test_auditor_writes_what_queued_while_it_was_busy_as_one_batch(tmp_path: Path) -> None:
+    from orchestrator.audit_events import Auditor
+
+    key = ed25519_keys.load_or_create(tmp_path / "k")
+    log = AuditLog(tmp_path / AUDIT_FILE_NAME, key).open()
+    auditor = Auditor(log)
+    with log._lock:  # the writer takes the first event, then blocks on the file while four more queue up
+        auditor.api("ops", "admin", "api.cancel", "job-0", None, "ok")
+        deadline = time.monotonic() + 10
+        while not auditor._queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        for i in range(1, 5):
+            auditor.api("ops", "admin", "api.cancel", f"job-{i}", None, "ok")
+    auditor.close()
+    records = [json.loads(line) for line in read_lines(tmp_path / AUDIT_FILE_NAME)]
+    assert [r["target"] for r in records] == [f"job-{i}" for i in range(5)]
+    assert [r["sig"] is not None for r in records] == [True, False, False, False, True]
+    assert verify(tmp_path / AUDIT_FILE_NAME, key).ok
 
 
 # -- concurrency and forwarding -----------------------------------------------------------------------------------
@@ -732,13 +831,20 @@ _record_args = st.tuples(
 )
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(records=st.lists(_record_args, min_size=1, max_size=5), data=st.data())
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=st.lists(_record_args, min_size=1, max_size=6), data=st.data())
 def test_any_single_byte_change_fails_verification(records: list[tuple[Any, ...]], data: st.DataObject) -> None:
+    """Also over batches: a byte changed in an unsigned record must be caught through the chain."""
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(records) - 1)), label="batch ends")) if len(records) > 1 else []
+    batches = [records[a:b] for a, b in zip([0, *cuts], [*cuts, len(records)], strict=True)]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / AUDIT_FILE_NAME
         with AuditLog(path, PROPERTY_KEY, sync_interval_s=None) as log:
-            originals = [log.record(a, b, c, d, remote=e, details=f) for a, b, c, d, e, f in records]
+            originals = [
+                record
+                for batch in batches
+                for record in log.append([prepare(a, b, c, d, remote=e, details=f) for a, b, c, d, e, f in batch])
+            ]
         content = bytearray(path.read_bytes())
         assert verify_file(path, PROPERTY_KEY.public_key()).records == len(originals)
         index = data.draw(st.integers(0, len(content) - 1), label="index")

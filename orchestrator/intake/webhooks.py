@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import Counter
 from pydantic import ValidationError
 
 from orchestrator.audit_events import Auditor
@@ -149,6 +150,15 @@ class WebhookIntake:
         self.scheduler = scheduler
         self.credentials_configured = credentials_configured
         self.accepting = True
+        self._accepted: dict[str, Counter] = {}
+
+    def _accepted_counter(self, source: str) -> Counter:
+        """The per-source child, looked up once: `labels()` costs more than the rest of the metric update."""
+        assert self.metrics is not None
+        counter = self._accepted.get(source)
+        if counter is None:
+            counter = self._accepted[source] = self.metrics.webhooks_accepted.labels(source)
+        return counter
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["source"]
@@ -212,7 +222,7 @@ class WebhookIntake:
             return web.json_response({**job_view(stored), "duplicate": True}, status=200)
         log.info("job accepted", extra={"job_id": spec.id, "pool": spec.pool, "source": name, "delivery": delivery})
         if self.metrics is not None:
-            self.metrics.webhooks_accepted.labels(name).inc()
+            self._accepted_counter(name).inc()
         self.auditor.webhook(name, delivery, request.remote, "accepted", job_id=spec.id, status=202)
         self.scheduler.submit(stored)
         return web.json_response({"job_id": stored.id, "status": stored.state.value}, status=202)
