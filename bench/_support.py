@@ -25,11 +25,11 @@ from typing import Any
 import docker
 from aiohttp import web
 
+from orchestrator import structured_logs
 from orchestrator.app import Controller, app_runner, build_app, build_controller
 from orchestrator.config import Config, hash_token
 from orchestrator.intake.signatures import sign
 from orchestrator.runtime.container_spec import LABEL_CONTROLLER
-from orchestrator.structured_logs import JsonFormatter
 
 TEST_IMAGE = os.environ.get("ORCHESTRATOR_TEST_IMAGE", "runner-orchestrator/test-runner:local")
 SOURCE = "bench"
@@ -155,16 +155,10 @@ async def start_controller(
 def configure_logging(mode: str, directory: Path) -> None:
     """`json`: what `orchestrator serve` does (structured_logs.configure at level info), into a file instead of
     stderr/journald. `none`: the controller's info lines are filtered out before they are formatted."""
-    root = logging.getLogger()
     if mode == "none":
-        root.setLevel(logging.WARNING)
+        logging.getLogger().setLevel(logging.WARNING)
         return
-    handler = logging.FileHandler(directory / "controller.log")
-    handler.setFormatter(JsonFormatter())
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    for name in ("aiohttp.access", "urllib3", "docker"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    structured_logs.configure("info", logging.FileHandler(directory / "controller.log"))
 
 
 def pct(values: Sequence[float], q: float) -> float:

@@ -85,6 +85,29 @@ def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
 
 
 def parse_spec(body: bytes) -> JobSpec:
+    """Parses and validates in one pass with pydantic's JSON parser (UTF-8 only, refuses lone surrogates). What
+    that parser refuses goes through the standard library's parser instead, which also reads UTF-16/32 bodies and
+    names the field holding a lone surrogate escape: the answers stay those of `_parse_spec_slowly`."""
+    try:
+        return JobSpec.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        if errors and errors[0]["type"] == "json_invalid":
+            return _parse_spec_slowly(body)
+        if errors and errors[0]["type"] == "model_type" and not errors[0]["loc"]:
+            raise Rejected(422, "invalid_spec", "body must be a JSON object (a job spec)") from None
+        raise _invalid_spec(exc) from None
+    except RecursionError:
+        raise Rejected(400, "invalid_json", "body is nested too deeply") from None
+
+
+def _invalid_spec(exc: ValidationError) -> Rejected:
+    fields = _field_errors(exc)
+    names = ", ".join(f["field"] for f in fields)
+    return Rejected(422, "invalid_spec", f"invalid job spec: {names}", fields=fields)
+
+
+def _parse_spec_slowly(body: bytes) -> JobSpec:
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as exc:
@@ -95,9 +118,7 @@ def parse_spec(body: bytes) -> JobSpec:
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
-        fields = _field_errors(exc)
-        names = ", ".join(f["field"] for f in fields)
-        raise Rejected(422, "invalid_spec", f"invalid job spec: {names}", fields=fields) from None
+        raise _invalid_spec(exc) from None
     except RecursionError:
         raise Rejected(400, "invalid_json", "body is nested too deeply") from None
 

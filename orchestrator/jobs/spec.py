@@ -6,7 +6,7 @@ import json
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
@@ -60,8 +60,9 @@ class _Wire(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _valid_unicode(cls, data: object) -> object:
-        _utf8_strings(data, "body")
+    def _valid_unicode(cls, data: object, info: ValidationInfo) -> object:
+        if info.mode != "json":  # pydantic's JSON parser already refuses lone surrogate escapes
+            _utf8_strings(data, "body")
         return data
 
 

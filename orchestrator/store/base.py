@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -41,7 +40,7 @@ def job_from_row(row: Sequence[Any]) -> Job:
     (_, source, _, state, spec, controller_id, timeout_s, created_at, updated_at, started_at, finished_at,
      exit_code, reason, container_id, credentials_accessor, attempt) = tuple(row)  # fmt: skip
     return Job(
-        spec=JobSpec.model_validate(json.loads(spec)),
+        spec=JobSpec.model_validate_json(spec),
         source=source,
         state=JobState(state),
         controller_id=controller_id,

@@ -1,0 +1,59 @@
+"""`parse_spec` takes pydantic's JSON parser first and falls back to the standard library's parser for what that
+one refuses; these tests hold the two paths to the same answers (status, reason, fields named), so the fast path
+cannot change what senders get. Only the wording of a field's message may differ: the JSON parser speaks of
+"an object" and "a valid array" where Python validation says "a valid dictionary" and "a valid list"."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from test_fuzz_webhooks import DEEP, SHAPES, make_hostile, nesting_depth
+
+from orchestrator.intake.webhooks import Rejected, _parse_spec_slowly, parse_spec
+from orchestrator.jobs.spec import JobSpec
+
+
+def outcome(parse: object, body: bytes) -> tuple[object, ...]:
+    try:
+        spec = parse(body)  # type: ignore[operator]
+    except Rejected as rej:
+        fields = [f["field"] for f in rej.extra.get("fields", [])]  # type: ignore[attr-defined]
+        return ("rejected", rej.status, rej.reason, rej.message if rej.status == 400 else None, fields)
+    assert isinstance(spec, JobSpec)
+    return ("ok", spec)
+
+
+def test_fast_and_slow_parsing_agree_on_hostile_bodies() -> None:
+    seeds = random.Random(20261129)
+    checked = 0
+    skipped = 0
+    for shape in range(len(SHAPES)):
+        for _ in range(800):
+            case = make_hostile(shape, seeds.randint(1, 4), seeds.randint(0, 3), 0, None, seeds.randrange(2**32))
+            if nesting_depth(case.body) > DEEP:
+                skipped += 1
+                continue  # "too deep" depends on how much stack the caller has used; both answers are fine there
+            assert outcome(parse_spec, case.body) == outcome(_parse_spec_slowly, case.body), case.what
+            checked += 1
+    assert checked + skipped == 800 * len(SHAPES) and skipped < 800
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"id": "a", "pool": "default", "commands": ["x"], "timeout_s": ' + b"9" * 4301 + b"}",
+        b'{"id": "a", "pool": "default", "commands": ["x"], "timeout_s": NaN}',
+        b'{"id": "a\\ud800", "pool": "default", "commands": ["x"]}',
+        b'{"id": "a", "id": "b", "pool": "default", "commands": ["x"]}',
+        json.dumps({"version": 1, "id": "a", "pool": "default", "commands": ["true"]}).encode("utf-16"),
+        b"\xef\xbb\xbf{}",
+        b"[1]",
+        b"",
+        b"[" * 5000 + b"]" * 5000,
+        b'{"version": 1, "id": "a", "pool": "default", "commands": ["true"]} x',
+    ],
+)
+def test_fast_and_slow_parsing_agree_on_edge_cases(body: bytes) -> None:
+    assert outcome(parse_spec, body) == outcome(_parse_spec_slowly, body)
