@@ -209,6 +209,7 @@ async def run(args: argparse.Namespace) -> int:
                     async with session.post(f"{bc.url}/webhooks/{SOURCE}", data=body, headers=headers) as resp:
                         assert resp.status == 202, await resp.text()
                 await wait_running(bc, blocker_id)
+                skip_parts(bc, args.skip)
 
                 targets = {
                     "bare": (f"{bare.url}/webhooks/{SOURCE}", bc.key),
@@ -247,12 +248,16 @@ async def run(args: argparse.Namespace) -> int:
 
     argv = ["--requests", str(args.requests), "--concurrency", str(args.concurrency), "--rounds", str(args.rounds)]
     argv += ["--warmup", str(args.warmup), "--log", args.log]
+    if args.skip:
+        argv += ["--skip", ",".join(args.skip)]
     if args.tmpdir:
         argv += ["--tmpdir", args.tmpdir]
     print(reproduce_line("bench/bench_intake.py", argv))
     bad = {side: dict(c) for side, c in _non_202(rounds).items() if c}
     # Every 202 must be a durable row (queued: dispatch was stopped before the blocker ended).
     stored_ok = blocker_alive and queued == accepted == states.get("queued", 0) and blocker_state == "cancelled"
+    if "store" in args.skip:  # nothing was stored on purpose; only the blocker's row is there
+        stored_ok = blocker_alive and queued == accepted and blocker_state == "cancelled"
     print(
         f"store check {'ok' if stored_ok else 'FAILED'}: {accepted} x 202 from the controller, {queued} queued in "
         f"memory, rows by state {states}, blocker {'running' if blocker_alive else 'NOT running'} until the "
@@ -312,6 +317,9 @@ async def run(args: argparse.Namespace) -> int:
         )
     )
     ratio = median(ratios)
+    if args.skip:
+        print(f"DIAGNOSTIC run without {', '.join(args.skip)}: controller/bare = {ratio:.2f}x -- not a result")
+        return 1 if bad or not stored_ok else 0
     print(f"result: controller/bare = {ratio:.2f}x (goal >= 0.5x: {'met' if ratio >= 0.5 else 'NOT met'})")
     if bad:
         print(f"WARNING: non-202 answers {bad}; the run is not valid")
@@ -320,6 +328,20 @@ async def run(args: argparse.Namespace) -> int:
         print("WARNING: the store does not hold exactly the accepted jobs; the run is not valid")
         return 1
     return 0
+
+
+def skip_parts(bc: BenchController, parts: list[str]) -> None:
+    """Diagnostic only (`--skip`): replaces parts of the accept path with no-ops after the blocker job started,
+    to show what each part costs. A run with anything skipped is never a benchmark result."""
+    controller = bc.controller
+    if "audit" in parts:
+        controller.auditor._record = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    if "store" in parts:
+
+        async def create_nothing(job: Any) -> tuple[Any, bool]:
+            return job, True
+
+        controller.intake.store.create = create_nothing  # type: ignore[method-assign]
 
 
 def _pairs(rounds: list[Round]) -> list[tuple[Round, Round]]:
@@ -350,7 +372,15 @@ def main() -> None:
         "--tmpdir", default=None, help="parent of the data dir (default: $TMPDIR); /dev/shm shows the no-fsync ceiling"
     )
     parser.add_argument("--image", default=TEST_IMAGE, help="runner image for the blocker job")
+    parser.add_argument(
+        "--skip",
+        type=lambda text: [p for p in text.split(",") if p],
+        default=[],
+        help="DIAGNOSTIC: comma list of accept-path parts to replace by no-ops (audit, store) to see their cost",
+    )
     args = parser.parse_args()
+    if unknown := set(args.skip) - {"audit", "store"}:
+        parser.error(f"--skip takes audit and/or store, not {', '.join(sorted(unknown))}")
     sys.exit(asyncio.run(run(args)))
 
 
