@@ -34,10 +34,8 @@ def _utf8_strings(value: object, where: str) -> None:
     """JSON allows lone surrogate escapes ("\\ud800") that no UTF-8 store, log or shell can hold."""
     try:  # the common case in one C-speed pass; only a failure needs the walk that names the field
         json.dumps(value, ensure_ascii=False, default=repr).encode("utf-8")
-        return
-    except (ValueError, TypeError, RecursionError):
-        pass
-    _utf8_walk(value, where)
+    except Exception:  # any failure (a lone surrogate, an odd object) is for the walk to judge
+        _utf8_walk(value, where)
 
 
 def _utf8_walk(value: object, where: str) -> None:
