@@ -13,6 +13,7 @@ import hashlib
 import logging
 import queue
 import threading
+import time
 from typing import Any
 
 from orchestrator.audit import AuditLog, Entry, accessor_digest, looks_like_secret, prepare
@@ -34,6 +35,9 @@ def _withhold(value: Any) -> Any:
 
 
 _MAX_BATCH = 512  # records per write and signature; bounds how long one batch holds the writer
+# How long the writer waits after the first event of a batch. Under load that turns one signature per few events
+# into one per burst; an event reaches the file at most this much later (a flush or close does not wait).
+_LINGER_S = 0.005
 
 _Item = tuple[dict[str, Any], str, str | None, str, str | None, dict[str, Any] | None]
 
@@ -53,6 +57,8 @@ class Auditor:
         stop = False
         while not stop:
             batch = [self._queue.get()]
+            if not isinstance(batch[0], threading.Event | None):
+                time.sleep(_LINGER_S)  # let a burst gather: one signature and one write for all of it
             while len(batch) < _MAX_BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
