@@ -3,7 +3,7 @@
 Durability is chosen per write: accepting a job commits with synchronous=FULL (the WAL is fsynced before the
 webhook gets its 202), while state changes use NORMAL (durable across a controller crash; a power loss may undo
 the last few, which start-up reconciliation settles anyway). Concurrent job creations are group-committed: one
-transaction and one fsync for every webhook that arrived while the previous commit ran.
+transaction and one fsync for every webhook that arrived while the previous commit ran or within a short linger.
 
 All calls run on one dedicated thread: SQLite connections are not shareable across threads and fsync must not
 block the event loop.
@@ -58,6 +58,10 @@ def _job(row: sqlite3.Row) -> Job:
 
 
 _MAX_BATCH = 256  # 16 bound values per row: well under SQLite's 32766-variable limit
+# How long a new job waits for others to share its commit (and its fsync). Under load this makes batches several
+# times larger, which costs less CPU per job and fewer hand-offs to the store thread; alone, a webhook's 202 comes
+# that much later -- nothing next to the fsync itself.
+_COMMIT_LINGER_S = 0.002
 _ROW_PLACEHOLDERS = f"({', '.join('?' * len(COLUMNS.split(',')))})"
 
 
@@ -132,6 +136,7 @@ class SQLiteJobStore:
 
     async def _commit_pending(self) -> None:
         while self._pending:
+            await asyncio.sleep(_COMMIT_LINGER_S)
             batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
             jobs = [job for job, _ in batch]
             try:
