@@ -43,8 +43,9 @@ _Item = tuple[dict[str, Any], str, str | None, str, str | None, dict[str, Any] |
 
 
 class Auditor:
-    def __init__(self, audit_log: AuditLog | None) -> None:
+    def __init__(self, audit_log: AuditLog | None, *, linger_s: float = _LINGER_S) -> None:
         self.log = audit_log
+        self._linger_s = linger_s
         self._queue: queue.SimpleQueue[_Item | threading.Event | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         if audit_log is not None:
@@ -57,8 +58,8 @@ class Auditor:
         stop = False
         while not stop:
             batch = [self._queue.get()]
-            if not isinstance(batch[0], threading.Event | None):
-                time.sleep(_LINGER_S)  # let a burst gather: one signature and one write for all of it
+            if self._linger_s > 0 and not isinstance(batch[0], threading.Event | None):
+                time.sleep(self._linger_s)  # let a burst gather: one signature and one write for all of it
             while len(batch) < _MAX_BATCH:
                 try:
                     batch.append(self._queue.get_nowait())

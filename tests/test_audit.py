@@ -668,7 +668,7 @@ def test_auditor_writes_what_queued_while_it_was_busy_as_one_batch(tmp_path: Pat
 
     key = ed25519_keys.load_or_create(tmp_path / "k")
     log = AuditLog(tmp_path / AUDIT_FILE_NAME, key).open()
-    auditor = Auditor(log)
+    auditor = Auditor(log, linger_s=0)  # no linger: the batches are then exactly what queued while it was busy
     with log._lock:  # the writer takes the first event, then blocks on the file while four more queue up
         auditor.api("ops", "admin", "api.cancel", "job-0", None, "ok")
         deadline = time.monotonic() + 10
@@ -680,6 +680,20 @@ def test_auditor_writes_what_queued_while_it_was_busy_as_one_batch(tmp_path: Pat
     records = [json.loads(line) for line in read_lines(tmp_path / AUDIT_FILE_NAME)]
     assert [r["target"] for r in records] == [f"job-{i}" for i in range(5)]
     assert [r["sig"] is not None for r in records] == [True, False, False, False, True]
+    assert verify(tmp_path / AUDIT_FILE_NAME, key).ok
+
+
+def test_auditor_lingers_so_a_burst_shares_one_signature(tmp_path: Path) -> None:
+    from orchestrator.audit_events import Auditor
+
+    key = ed25519_keys.load_or_create(tmp_path / "k")
+    auditor = Auditor(AuditLog(tmp_path / AUDIT_FILE_NAME, key).open(), linger_s=0.05)
+    for i in range(20):  # far quicker than the linger: the writer wakes on the first and finds the rest queued
+        auditor.api("ops", "admin", "api.cancel", f"job-{i}", None, "ok")
+    auditor.close()
+    records = [json.loads(line) for line in read_lines(tmp_path / AUDIT_FILE_NAME)]
+    assert [r["target"] for r in records] == [f"job-{i}" for i in range(20)]
+    assert sum(r["sig"] is not None for r in records) < 5 and records[-1]["sig"] is not None
     assert verify(tmp_path / AUDIT_FILE_NAME, key).ok
 
 
