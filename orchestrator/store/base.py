@@ -15,6 +15,19 @@ COLUMNS = (
 )
 
 
+def list_filter(state: JobState | None, pool: str | None, placeholder: str) -> tuple[str, list[object]]:
+    """The WHERE clause and parameters of `list_jobs`, for both SQL stores (only the placeholder differs)."""
+    clauses: list[str] = []
+    params: list[object] = []
+    if state is not None:
+        clauses.append(f"state = {placeholder}")
+        params.append(state.value)
+    if pool is not None:
+        clauses.append(f"pool = {placeholder}")
+        params.append(pool)
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
 def job_to_row(job: Job) -> tuple[object, ...]:
     return (
         job.id,

@@ -34,7 +34,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from orchestrator.jobs.states import FINAL_STATES, Job, JobState
-from orchestrator.store.base import COLUMNS, job_from_row, job_to_row
+from orchestrator.store.base import COLUMNS, job_from_row, job_to_row, list_filter
 
 if TYPE_CHECKING:
     from orchestrator.config import StorageConfig
@@ -286,15 +286,7 @@ class PostgresJobStore:
         return _job(row) if row is not None else None
 
     async def list_jobs(self, *, state: JobState | None = None, pool: str | None = None, limit: int = 100) -> list[Job]:
-        clauses: list[str] = []
-        params: list[object] = []
-        if state is not None:
-            clauses.append("state = %s")
-            params.append(state.value)
-        if pool is not None:
-            clauses.append("pool = %s")
-            params.append(pool)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = list_filter(state, pool, "%s")
         sql = f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY created_at DESC, id DESC LIMIT %s"  # noqa: S608
         # As in SQLite, a negative limit means none; LIMIT NULL is PostgreSQL's spelling of that.
         params.append(limit if limit >= 0 else None)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from orchestrator.jobs.states import FINAL_STATES, Job, JobState
-from orchestrator.store.base import COLUMNS, job_from_row, job_to_row
+from orchestrator.store.base import COLUMNS, job_from_row, job_to_row, list_filter
 
 T = TypeVar("T")
 
@@ -158,14 +158,7 @@ class SQLiteJobStore:
         return await self._run(_get)
 
     async def list_jobs(self, *, state: JobState | None = None, pool: str | None = None, limit: int = 100) -> list[Job]:
-        clauses, params = [], []
-        if state is not None:
-            clauses.append("state = ?")
-            params.append(state.value)
-        if pool is not None:
-            clauses.append("pool = ?")
-            params.append(pool)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = list_filter(state, pool, "?")
         sql = f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY created_at DESC, id DESC LIMIT ?"  # noqa: S608
         return await self._run(lambda c: [_job(r) for r in c.execute(sql, (*params, limit))])
 
