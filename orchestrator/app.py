@@ -53,6 +53,20 @@ class Controller:
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
 
+def finished_fields(job: Job) -> dict[str, object]:
+    """The one info line per job: its outcome, for journald/Loki (its acceptance is in the audit trail)."""
+    ran = job.finished_at - job.started_at if job.finished_at is not None and job.started_at is not None else None
+    return {
+        "job_id": job.id,
+        "pool": job.pool,
+        "state": job.state.value,
+        "exit_code": job.exit_code,
+        "reason": job.reason,
+        "ran_s": None if ran is None else round(ran, 3),
+        "attempt": job.attempt,
+    }
+
+
 def build_controller(config: Config, credentials: CredentialsBackend | None = None) -> Controller:
     """`credentials` overrides what the config would build (tests inject doubles)."""
     data = config.data_dir
@@ -92,6 +106,7 @@ def build_controller(config: Config, credentials: CredentialsBackend | None = No
         auditor.job_state(job)
         if job.state.final:
             metrics.jobs_finished.labels(job.pool, job.state.value).inc()
+            log.info("job finished", extra=finished_fields(job))
 
     runner = JobRunner(
         config, store, engine, logs, credentials, on_change=on_change, metrics=metrics, attestations=attestations

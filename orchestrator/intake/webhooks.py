@@ -241,7 +241,9 @@ class WebhookIntake:
             log.info("duplicate delivery", extra={"job_id": spec.id, "source": name, "delivery": delivery})
             self.auditor.webhook(name, delivery, request.remote, "duplicate", job_id=spec.id, status=200)
             return web.json_response({**job_view(stored), "duplicate": True}, status=200)
-        log.info("job accepted", extra={"job_id": spec.id, "pool": spec.pool, "source": name, "delivery": delivery})
+        # Debug, not info: each acceptance is already a signed audit record and a metric, and one line per job at
+        # info ("job finished", with its outcome) is written at job rate instead of on the intake's hot path.
+        log.debug("job accepted", extra={"job_id": spec.id, "pool": spec.pool, "source": name, "delivery": delivery})
         if self.metrics is not None:
             self._accepted_counter(name).inc()
         self.auditor.webhook(name, delivery, request.remote, "accepted", job_id=spec.id, status=202)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from typing import Any
 
@@ -53,6 +54,21 @@ async def test_exit_codes_map_to_states(
     assert (job["status"], job["exit_code"]) == (status, exit_code)
     assert b"never" not in await ctl.logs(spec["id"])
     assert managed_containers(docker_client, ctl.controller_id) == []
+
+
+async def test_one_info_line_per_job_carries_its_outcome(
+    controller_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    ctl = await controller_factory()
+    spec = job_spec(commands=["sleep 0.2", "exit 3"])
+    with caplog.at_level(logging.INFO, logger="orchestrator"):
+        assert (await ctl.post_webhook(spec))[0] == 202
+        await ctl.wait_final(spec["id"])
+    mine = [r for r in caplog.records if getattr(r, "job_id", None) == spec["id"] and r.levelno >= logging.INFO]
+    assert [r.getMessage() for r in mine] == ["job finished"]
+    (line,) = mine
+    assert (line.state, line.exit_code, line.pool, line.attempt) == ("failed", 3, spec["pool"], 1)  # type: ignore[attr-defined]
+    assert 0.2 <= line.ran_s < 30  # type: ignore[attr-defined]
 
 
 async def test_commands_share_one_shell(controller_factory: Any) -> None:
