@@ -62,6 +62,11 @@ async def read_capped(request: web.Request, cap: int) -> bytes:
     declared = request.content_length
     if declared is not None and declared > cap:
         raise Rejected(413, "body_too_large", f"body of {declared} bytes exceeds the limit of {cap} bytes")
+    if request.content.is_eof():  # all of it is already buffered (the usual case): take it in one piece
+        body = request.content.read_nowait()
+        if len(body) > cap:
+            raise Rejected(413, "body_too_large", f"body exceeds the limit of {cap} bytes")
+        return body
     chunks: list[bytes] = []
     size = 0
     while True:
