@@ -80,11 +80,11 @@ def _check_scheme(scheme: str) -> None:
 
 def _check_secrets(secrets: Sequence[bytes]) -> None:
     """Configuration errors, not sender errors: an empty key would make the HMAC forgeable."""
-    if isinstance(secrets, bytes | bytearray | str):
+    if isinstance(secrets, (bytes, bytearray, str)):
         raise TypeError("secrets must be a sequence of bytes keys, not a single key")
     if not secrets:
         raise ValueError("no secrets configured for this source")
-    if any(not s for s in secrets):
+    if not all(secrets):
         raise ValueError("empty secret configured for this source")
 
 

@@ -141,7 +141,7 @@ def check_admissible(spec: JobSpec, config: Config, *, credentials_configured: b
             "secrets_unavailable",
             "the job asks for secrets but this controller has no credentials backend configured",
         )
-    clash = sorted({s.name for s in spec.secrets} & set(pool.secrets))
+    clash = sorted({s.name for s in spec.secrets} & set(pool.secrets)) if spec.secrets else []
     if clash:
         raise Rejected(
             422, "secret_name_taken", f"secret name(s) {', '.join(clash)} are already provided by pool {spec.pool!r}"
