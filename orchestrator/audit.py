@@ -42,6 +42,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -172,6 +173,7 @@ class Entry:
     outcome: str
     remote: str | None
     details: dict[str, Any]
+    at: float | None = None  # when it happened (unix seconds); None: when it is written
 
 
 def prepare(
@@ -182,6 +184,7 @@ def prepare(
     *,
     remote: str | None = None,
     details: dict[str, Any] | None = None,
+    at: float | None = None,
 ) -> Entry:
     """Checks one event and takes a JSON-normalised copy; refuses secrets and malformed input with ValueError.
     Needs no lock or file, so callers can do it before taking the writer's lock."""
@@ -209,7 +212,9 @@ def prepare(
         _refuse_secrets(actor_copy, "actor")
         _refuse_secrets(details_copy, "details")
         _refuse_secrets([target, remote], "target/remote")
-    return Entry(actor_copy, action, target, outcome, remote, details_copy)
+    if at is not None and not (isinstance(at, int | float) and math.isfinite(at)):
+        raise ValueError("audit time must be finite unix seconds")
+    return Entry(actor_copy, action, target, outcome, remote, details_copy, at)
 
 
 class _BadRecord(Exception):
@@ -409,14 +414,14 @@ class AuditLog:
         with self._lock:
             fd = self._writable_fd()
             seq, prev = self._seq, self._prev
-            now = self._timestamp(self._clock())
+            now = self._timestamp(self._clock()) if any(e.at is None for e in entries) else ""
             records: list[Record] = []
             lines: list[bytes] = []
             last = len(entries) - 1
             for index, entry in enumerate(entries):
                 record: Record = {
                     "seq": seq,
-                    "time": now,
+                    "time": now if entry.at is None else self._timestamp(entry.at),
                     "actor": entry.actor,
                     "action": entry.action,
                     "target": entry.target,

@@ -39,7 +39,7 @@ _MAX_BATCH = 512  # records per write and signature; bounds how long one batch h
 # into one per burst; an event reaches the file at most this much later (a flush or close does not wait).
 _LINGER_S = 0.005
 
-_Item = tuple[dict[str, Any], str, str | None, str, str | None, dict[str, Any] | None]
+_Item = tuple[dict[str, Any], str, str | None, str, str | None, dict[str, Any] | None, float]
 
 
 class Auditor:
@@ -80,15 +80,15 @@ class Auditor:
                 event.set()
 
     def _prepare(self, item: _Item) -> Entry | None:
-        actor, action, target, outcome, remote, details = item
+        actor, action, target, outcome, remote, details, at = item
         try:
             try:
-                return prepare(actor, action, target, outcome, remote=remote, details=details)
+                return prepare(actor, action, target, outcome, remote=remote, details=details, at=at)
             except ValueError:
                 # Text a sender chose (a delivery id, a job id) can look like a credential; the guard refuses
                 # it, but the event must not vanish from the trail: record it with that text withheld.
                 actor, target, remote, details = (_withhold(v) for v in (actor, target, remote, details))
-                return prepare(actor, action, target, outcome, remote=remote, details=details)
+                return prepare(actor, action, target, outcome, remote=remote, details=details, at=at)
         except Exception:
             # An audit failure must be loud but must not take a running job down with it.
             log.exception("could not write audit record", extra={"action": action, "target": target})
@@ -132,7 +132,7 @@ class Auditor:
         details: dict[str, Any] | None = None,
     ) -> None:
         if self.log is not None:
-            self._queue.put((actor, action, target, outcome, remote, details))
+            self._queue.put((actor, action, target, outcome, remote, details, time.time()))
 
     def config_loaded(self, digest: str, controller_id: str, warnings: list[str]) -> None:
         self._record(CONTROLLER, "config.loaded", controller_id, "ok", details={"digest": digest})

@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -695,6 +696,25 @@ def test_auditor_lingers_so_a_burst_shares_one_signature(tmp_path: Path) -> None
     assert [r["target"] for r in records] == [f"job-{i}" for i in range(20)]
     assert sum(r["sig"] is not None for r in records) < 5 and records[-1]["sig"] is not None
     assert verify(tmp_path / AUDIT_FILE_NAME, key).ok
+
+
+def test_auditor_records_when_the_event_happened_not_when_it_was_written(tmp_path: Path) -> None:
+    from orchestrator.audit_events import Auditor
+
+    key = ed25519_keys.load_or_create(tmp_path / "k")
+    auditor = Auditor(AuditLog(tmp_path / AUDIT_FILE_NAME, key).open(), linger_s=0.5)
+    before = time.time()
+    auditor.api("ops", "admin", "api.cancel", "job-1", None, "ok")
+    auditor.close()  # written after the linger, half a second later
+    (record,) = [json.loads(line) for line in read_lines(tmp_path / AUDIT_FILE_NAME)]
+    at = datetime.strptime(record["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+    assert before - 0.002 <= at < before + 0.25
+
+
+@pytest.mark.parametrize("at", [float("nan"), float("inf"), "now"])
+def test_an_event_time_must_be_finite_unix_seconds(at: Any) -> None:
+    with pytest.raises(ValueError, match="finite unix seconds"):
+        prepare(CONTROLLER, "job.state", "j", "ok", at=at)
 
 
 # -- concurrency and forwarding -----------------------------------------------------------------------------------
