@@ -69,11 +69,10 @@ class Auditor:
             done: list[threading.Event] = []
             for item in batch:
                 if item is None:
-                    stop = True
-                    break  # nothing is enqueued after close()
-                if isinstance(item, threading.Event):
+                    stop = True  # close(): events after it are not written, but every flush waiting is released
+                elif isinstance(item, threading.Event):
                     done.append(item)
-                elif (entry := self._prepare(item)) is not None:
+                elif not stop and (entry := self._prepare(item)) is not None:
                     entries.append(entry)
             self._write(entries)
             for event in done:
