@@ -29,8 +29,9 @@ from typing import Any
 
 import docker
 import pytest
+from vault_controller import start_with_vault, started_vault
 
-from conftest import RunningController, free_port, job_spec, managed_containers
+from conftest import RunningController, job_spec, managed_containers
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from vault_double import VaultDouble
@@ -98,37 +99,18 @@ def _mib(n: int) -> str:
 
 @pytest.fixture
 async def vault() -> AsyncIterator[VaultDouble]:
-    double = VaultDouble()
-    double.clock_skew_leeway = 0
-    await double.start()
-    double.put_policy("ci-default-read", {"secret/data/ci/default/*": ["read"]})
-    double.put_kv("secret", "ci/default/db", {"password": DB_PASSWORD, "user": "ci"})
-    double.put_kv("secret", "ci/default/api", {"key": API_KEY})
-    double.put_kv("secret", "ci/other/db", {"password": "soak-other-pool-password"})
+    double = await started_vault(db_password=DB_PASSWORD, api_key=API_KEY, other_password="soak-other-pool-password")
     yield double
     await double.stop()
 
 
 async def _start_with_vault(controller_factory: Any, vault: VaultDouble) -> RunningController:
-    """As tests/integration/test_vault_docker.py does it: the controller is the OIDC issuer Vault trusts."""
-    port = free_port()
-    public = f"http://127.0.0.1:{port}"
-    vault.configure_jwt("jwt", oidc_discovery_url=public, bound_issuer=public)
-    vault.add_role(
-        "jwt",
-        "ci-default",
-        bound_audiences=["vault"],
-        bound_claims={"pool": "default", "repository": "example/app"},
-        token_policies=["ci-default-read"],
-        token_ttl=600,
-    )
-    settings = {
-        "server": {"host": "127.0.0.1", "port": port, "public_url": public, "max_body_bytes": 65536},
-        "credentials": {"vault": {"address": vault.url, "retry_budget_s": 5.0}},
-        "max_total_concurrent": CONCURRENCY,
-    }
-    return await controller_factory(  # type: ignore[no-any-return]
-        settings=settings, max_concurrent=CONCURRENCY, memory="32m", pids=32, max_queue=2000
+    return await start_with_vault(
+        controller_factory,
+        vault,
+        retry_budget_s=5.0,
+        top={"max_total_concurrent": CONCURRENCY},
+        pool={"max_concurrent": CONCURRENCY, "memory": "32m", "pids": 32, "max_queue": 2000},
     )
 
 

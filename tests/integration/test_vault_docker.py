@@ -12,8 +12,9 @@ from typing import Any
 
 import docker
 import pytest
+from vault_controller import start_with_vault, started_vault
 
-from conftest import RunningController, free_port, job_spec, managed_containers
+from conftest import job_spec, managed_containers
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from vault_double import VaultDouble
@@ -26,37 +27,10 @@ API_KEY = "api-key-0d9c8b7a6f5e4d3c"
 
 @pytest.fixture
 async def vault() -> AsyncIterator[VaultDouble]:
-    double = VaultDouble()
-    double.clock_skew_leeway = 0
-    await double.start()
-    double.put_policy("ci-default-read", {"secret/data/ci/default/*": ["read"]})
+    double = await started_vault(db_password=DB_PASSWORD, api_key=API_KEY, other_password="other-pool-password")
     double.put_policy("orchestrator-revoker", {"auth/token/revoke-accessor": ["update"]})
-    double.put_kv("secret", "ci/default/db", {"password": DB_PASSWORD, "user": "ci"})
-    double.put_kv("secret", "ci/default/api", {"key": API_KEY})
-    double.put_kv("secret", "ci/other/db", {"password": "other-pool-password"})
     yield double
     await double.stop()
-
-
-async def start_with_vault(
-    controller_factory: Any, vault: VaultDouble, tmp_path: Path, *, role: dict[str, Any] | None = None, **vault_cfg: Any
-) -> RunningController:
-    port = free_port()
-    public = f"http://127.0.0.1:{port}"
-    vault.configure_jwt("jwt", oidc_discovery_url=public, bound_issuer=public)
-    role_cfg: dict[str, Any] = {
-        "bound_audiences": ["vault"],
-        "bound_claims": {"pool": "default", "repository": "example/app"},
-        "token_policies": ["ci-default-read"],
-        "token_ttl": 600,
-    }
-    role_cfg.update(role or {})
-    vault.add_role("jwt", "ci-default", **role_cfg)
-    settings = {
-        "server": {"host": "127.0.0.1", "port": port, "public_url": public, "max_body_bytes": 65536},
-        "credentials": {"vault": {"address": vault.url, "retry_budget_s": 1.0, **vault_cfg}},
-    }
-    return await controller_factory(settings=settings)  # type: ignore[no-any-return]
 
 
 SECRETS = [
@@ -66,9 +40,9 @@ SECRETS = [
 
 
 async def test_job_reads_its_secrets_and_the_token_dies_with_the_job(
-    controller_factory: Any, vault: VaultDouble, tmp_path: Path, docker_client: docker.DockerClient
+    controller_factory: Any, vault: VaultDouble, docker_client: docker.DockerClient
 ) -> None:
-    ctl = await start_with_vault(controller_factory, vault, tmp_path)
+    ctl = await start_with_vault(controller_factory, vault)
     async with ctl.session.get(f"{ctl.url}/.well-known/openid-configuration") as r:
         assert (await r.json())["jwks_uri"] == f"{ctl.url}/.well-known/jwks.json"
     spec = job_spec(
@@ -113,10 +87,10 @@ async def test_job_reads_its_secrets_and_the_token_dies_with_the_job(
 
 
 async def test_controller_logs_never_contain_secrets_or_tokens(
-    controller_factory: Any, vault: VaultDouble, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    controller_factory: Any, vault: VaultDouble, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("DEBUG")
-    ctl = await start_with_vault(controller_factory, vault, tmp_path)
+    ctl = await start_with_vault(controller_factory, vault)
     spec = job_spec(secrets=SECRETS, commands=["echo $API_KEY"])
     await ctl.post_webhook(spec)
     await ctl.wait_final(spec["id"])
@@ -128,9 +102,9 @@ async def test_controller_logs_never_contain_secrets_or_tokens(
 
 
 async def test_other_repository_is_refused_by_bound_claims(
-    controller_factory: Any, vault: VaultDouble, tmp_path: Path, docker_client: docker.DockerClient
+    controller_factory: Any, vault: VaultDouble, docker_client: docker.DockerClient
 ) -> None:
-    ctl = await start_with_vault(controller_factory, vault, tmp_path)
+    ctl = await start_with_vault(controller_factory, vault)
     spec = job_spec(repository="attacker/fork", secrets=SECRETS[:1], commands=["cat /run/secrets/DB_PASSWORD"])
     await ctl.post_webhook(spec)
     job = await ctl.wait_final(spec["id"])
@@ -142,10 +116,8 @@ async def test_other_repository_is_refused_by_bound_claims(
     assert managed_containers(docker_client, ctl.controller_id) == []
 
 
-async def test_other_pool_path_is_forbidden_by_policy(
-    controller_factory: Any, vault: VaultDouble, tmp_path: Path
-) -> None:
-    ctl = await start_with_vault(controller_factory, vault, tmp_path)
+async def test_other_pool_path_is_forbidden_by_policy(controller_factory: Any, vault: VaultDouble) -> None:
+    ctl = await start_with_vault(controller_factory, vault)
     spec = job_spec(secrets=[{"path": "ci/other/db", "key": "password", "name": "X"}])
     await ctl.post_webhook(spec)
     job = await ctl.wait_final(spec["id"])
@@ -155,8 +127,8 @@ async def test_other_pool_path_is_forbidden_by_policy(
     assert vault.live_tokens() == []  # the token that got this far was revoked too
 
 
-async def test_missing_path_and_missing_key(controller_factory: Any, vault: VaultDouble, tmp_path: Path) -> None:
-    ctl = await start_with_vault(controller_factory, vault, tmp_path)
+async def test_missing_path_and_missing_key(controller_factory: Any, vault: VaultDouble) -> None:
+    ctl = await start_with_vault(controller_factory, vault)
     missing = job_spec(secrets=[{"path": "ci/default/nope", "key": "k", "name": "X"}])
     nokey = job_spec(secrets=[{"path": "ci/default/db", "key": "nope", "name": "X"}])
     await ctl.post_webhook(missing)
@@ -168,8 +140,8 @@ async def test_missing_path_and_missing_key(controller_factory: Any, vault: Vaul
     assert DB_PASSWORD not in j2["reason"]
 
 
-async def test_expired_jwt_is_refused(controller_factory: Any, vault: VaultDouble, tmp_path: Path) -> None:
-    ctl = await start_with_vault(controller_factory, vault, tmp_path)
+async def test_expired_jwt_is_refused(controller_factory: Any, vault: VaultDouble) -> None:
+    ctl = await start_with_vault(controller_factory, vault)
     vault.clock = lambda: __import__("time").time() + 3600  # Vault's clock is an hour ahead: the JWT is stale
     spec = job_spec(secrets=SECRETS[:1])
     await ctl.post_webhook(spec)
@@ -180,9 +152,9 @@ async def test_expired_jwt_is_refused(controller_factory: Any, vault: VaultDoubl
 
 
 async def test_vault_down_fails_closed(
-    controller_factory: Any, vault: VaultDouble, tmp_path: Path, docker_client: docker.DockerClient
+    controller_factory: Any, vault: VaultDouble, docker_client: docker.DockerClient
 ) -> None:
-    ctl = await start_with_vault(controller_factory, vault, tmp_path)
+    ctl = await start_with_vault(controller_factory, vault)
     vault.down = True
     sealed = job_spec(secrets=SECRETS[:1])
     plain = job_spec(commands=["echo no secrets needed"])
@@ -201,10 +173,8 @@ async def test_vault_down_fails_closed(
 
 
 @pytest.mark.parametrize("ending", ["timeout", "cancel", "failure"])
-async def test_token_is_revoked_however_the_job_ends(
-    controller_factory: Any, vault: VaultDouble, tmp_path: Path, ending: str
-) -> None:
-    ctl = await start_with_vault(controller_factory, vault, tmp_path)
+async def test_token_is_revoked_however_the_job_ends(controller_factory: Any, vault: VaultDouble, ending: str) -> None:
+    ctl = await start_with_vault(controller_factory, vault)
     commands = {"timeout": ["sleep 600"], "cancel": ["sleep 600"], "failure": ["exit 4"]}[ending]
     spec = job_spec(secrets=SECRETS[:1], commands=commands, timeout_s=2 if ending == "timeout" else 60)
     await ctl.post_webhook(spec)
@@ -217,10 +187,8 @@ async def test_token_is_revoked_however_the_job_ends(
     assert vault.live_tokens() == []
 
 
-async def test_token_ttl_is_bounded_by_the_job_timeout(
-    controller_factory: Any, vault: VaultDouble, tmp_path: Path
-) -> None:
-    ctl = await start_with_vault(controller_factory, vault, tmp_path, role={"token_ttl": 86400}, ttl_grace_s=30)
+async def test_token_ttl_is_bounded_by_the_job_timeout(controller_factory: Any, vault: VaultDouble) -> None:
+    ctl = await start_with_vault(controller_factory, vault, role={"token_ttl": 86400}, ttl_grace_s=30)
     spec = job_spec(secrets=SECRETS[:1], commands=["sleep 3"], timeout_s=45)
     await ctl.post_webhook(spec)
     await ctl.wait_status(spec["id"], {"running"})
@@ -229,8 +197,8 @@ async def test_token_ttl_is_bounded_by_the_job_timeout(
     await ctl.wait_final(spec["id"])
 
 
-async def test_num_uses_bounded_role_still_works(controller_factory: Any, vault: VaultDouble, tmp_path: Path) -> None:
-    ctl = await start_with_vault(controller_factory, vault, tmp_path, role={"token_num_uses": 3})
+async def test_num_uses_bounded_role_still_works(controller_factory: Any, vault: VaultDouble) -> None:
+    ctl = await start_with_vault(controller_factory, vault, role={"token_num_uses": 3})
     spec = job_spec(secrets=SECRETS, commands=["echo ok"])
     await ctl.post_webhook(spec)
     job = await ctl.wait_final(spec["id"])
@@ -238,12 +206,10 @@ async def test_num_uses_bounded_role_still_works(controller_factory: Any, vault:
     assert vault.live_tokens() == []
 
 
-async def test_dynamic_secret_lease_is_revoked_with_the_token(
-    controller_factory: Any, vault: VaultDouble, tmp_path: Path
-) -> None:
+async def test_dynamic_secret_lease_is_revoked_with_the_token(controller_factory: Any, vault: VaultDouble) -> None:
     vault.put_policy("ci-default-read", {"secret/data/ci/default/*": ["read"], "database/creds/ci": ["read"]})
     vault.put_dynamic("database/creds/ci", {"username": "v-ci-123", "password": "dyn-pass-5a4b3c2d1e"})
-    ctl = await start_with_vault(controller_factory, vault, tmp_path)
+    ctl = await start_with_vault(controller_factory, vault)
     spec = job_spec(
         secrets=[{"path": "database/creds/ci", "key": "password", "name": "DB", "engine": "generic"}],
         commands=["test -s /run/secrets/DB && echo got-it", "cat /run/secrets/DB"],
@@ -264,7 +230,7 @@ async def test_revoker_token_is_renewed_and_never_needed_for_normal_jobs(
     token_file = tmp_path / "revoker.token"
     token_file.write_text(revoker.id + "\n")
     token_file.chmod(0o600)
-    ctl = await start_with_vault(controller_factory, vault, tmp_path, revoker_token_file=str(token_file))
+    ctl = await start_with_vault(controller_factory, vault, revoker_token_file=str(token_file))
     backend = ctl.controller.credentials
     assert await backend.renew_revoker() is True  # type: ignore[union-attr]
     spec = job_spec(secrets=SECRETS[:1], commands=["echo ok"])
