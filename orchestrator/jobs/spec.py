@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Literal
 
@@ -32,13 +31,6 @@ def is_reserved_env(name: str) -> bool:
 
 def _utf8_strings(value: object, where: str) -> None:
     """JSON allows lone surrogate escapes ("\\ud800") that no UTF-8 store, log or shell can hold."""
-    try:  # the common case in one C-speed pass; only a failure needs the walk that names the field
-        json.dumps(value, ensure_ascii=False, default=repr).encode("utf-8")
-    except Exception:  # any failure (a lone surrogate, an odd object) is for the walk to judge
-        _utf8_walk(value, where)
-
-
-def _utf8_walk(value: object, where: str) -> None:
     if isinstance(value, str):
         try:
             value.encode("utf-8")
@@ -46,11 +38,11 @@ def _utf8_walk(value: object, where: str) -> None:
             raise ValueError(f"{where} contains an unpaired surrogate escape (not valid Unicode text)") from None
     elif isinstance(value, dict):
         for key, item in value.items():
-            _utf8_walk(key, where)
-            _utf8_walk(item, f"{where}.{key}")
+            _utf8_strings(key, where)
+            _utf8_strings(item, f"{where}.{key}")
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            _utf8_walk(item, f"{where}[{index}]")
+            _utf8_strings(item, f"{where}[{index}]")
 
 
 class _Wire(BaseModel):
