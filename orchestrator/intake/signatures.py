@@ -109,7 +109,10 @@ def _delivery_id(headers: Mapping[str, str], *names: str) -> str | None:
 
 
 def _hmac_sha256(key: bytes, data: bytes) -> bytes:
-    return hmac.digest(key, data, "sha256")  # the one-shot C path: no HMAC object per request
+    """Not `hmac.digest`: that one-shot releases the GIL whatever the size, and on the event loop's thread giving
+    the GIL away means waiting for a busy writer thread to hand it back (measured: 2.5 us alone, 250 us next to a
+    thread hashing). `hmac.new` keeps it for bodies under 2 KiB, which is nearly every webhook."""
+    return hmac.new(key, data, hashlib.sha256).digest()
 
 
 def _any_match(expected: Sequence[bytes], provided: Sequence[bytes]) -> bool:
