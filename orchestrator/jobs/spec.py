@@ -94,7 +94,9 @@ class JobSpec(_Wire):
     @field_validator("id")
     @classmethod
     def _not_dots(cls, job_id: str) -> str:
-        return checked_job_id(job_id)
+        if job_id in {".", ".."}:  # the pattern (checked first) admits them; as path components they would escape
+            raise ValueError(f"invalid job id {job_id!r}")
+        return job_id
 
     pool: str = Field(min_length=1, max_length=63)
     repository: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._/-]+$")

@@ -5,14 +5,18 @@ cannot change what senders get. Only the wording of a field's message may differ
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from test_fuzz_webhooks import DEEP, SHAPES, make_hostile, nesting_depth
 
-from orchestrator.intake.webhooks import Rejected, _parse_spec_slowly, parse_spec
-from orchestrator.jobs.spec import JobSpec
+from orchestrator.intake.webhooks import Rejected, _parse_spec_slowly, _queued, parse_spec
+from orchestrator.jobs.spec import JOB_ID_PATTERN, JobSpec
+from orchestrator.jobs.states import JobState, new_job
 
 
 def outcome(parse: object, body: bytes) -> tuple[object, ...]:
@@ -57,3 +61,20 @@ def test_fast_and_slow_parsing_agree_on_hostile_bodies() -> None:
 )
 def test_fast_and_slow_parsing_agree_on_edge_cases(body: bytes) -> None:
     assert outcome(parse_spec, body) == outcome(_parse_spec_slowly, body)
+
+
+# --- the 202 body is built without a JSON encoder ------------------------------------------------------------
+
+
+@given(job_id=st.from_regex(JOB_ID_PATTERN, fullmatch=True), state=st.sampled_from(list(JobState)))
+def test_queued_body_is_exactly_what_json_dumps_gives(job_id: str, state: JobState) -> None:
+    if job_id in {".", ".."}:
+        return
+    spec = JobSpec.model_validate(
+        {"id": job_id, "pool": "p", "repository": "r", "ref": "main", "sha": "abcdef0", "commands": ["true"]}
+    )
+    job = dataclasses.replace(new_job(spec, source="s", controller_id="c", timeout_s=1, now=1.0), state=state)
+    response = _queued(job)
+    assert response.status == 202
+    assert response.content_type == "application/json" and response.charset == "utf-8"
+    assert response.body == json.dumps({"job_id": job_id, "status": state.value}).encode()
