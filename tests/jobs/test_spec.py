@@ -434,8 +434,28 @@ def test_dot_ids_are_refused_because_they_name_files(job_id: str) -> None:
 
 @pytest.mark.parametrize(
     "field",
-    [{"commands": ["echo \ud800"]}, {"env": {"X": "a\udfffb"}}, {"ref": "main\ud800"}],
+    [
+        {"commands": ["echo \ud800"]},
+        {"env": {"X": "a\udfffb"}},
+        {"ref": "main\ud800"},
+        {"secrets": [{"path": "ci/app", "key": "to\udc00ken", "name": "TOKEN"}]},
+    ],
 )
 def test_unpaired_surrogates_are_refused(field: dict[str, object]) -> None:
-    with pytest.raises(ValidationError, match="unpaired surrogate"):
+    with pytest.raises(ValidationError, match="unpaired surrogate") as caught:
         JobSpec.model_validate(raw(**field))
+    assert caught.value.errors()[0]["loc"] == ()  # checked before any field, like the JSON parser does
+
+
+def test_unpaired_surrogates_are_refused_in_a_secret_request_too() -> None:
+    with pytest.raises(ValidationError, match=r"body\.key contains an unpaired surrogate"):
+        SecretRequest.model_validate({"path": "ci/app", "key": "to\udc00ken", "name": "TOKEN"})
+
+
+def test_json_bodies_are_not_walked_in_python() -> None:
+    """The surrogate check must stay off the JSON path: there pydantic's parser refuses them, and a Python-side
+    check (a `before` validator) would make pydantic build every body as Python objects first."""
+    assert JobSpec.__pydantic_decorators__.model_validators == {}
+    assert "__init__" not in vars(JobSpec) and "__init__" not in vars(SecretRequest)
+    with pytest.raises(ValidationError, match=r"json_invalid|Invalid JSON|surrogate"):
+        JobSpec.model_validate_json(json.dumps(raw(ref="main\ud800")))
