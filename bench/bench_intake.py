@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import multiprocessing
 import os
 import resource
@@ -162,7 +163,7 @@ async def _load_raw(url: str, requests: list[tuple[bytes, dict[str, str]]], conc
     for _ in range(concurrency):
         finished: asyncio.Future[None] = loop.create_future()
         done.append(finished)
-        await loop.create_connection(lambda f=finished: _RawSender(work, f), parts.hostname, parts.port)
+        await loop.create_connection(functools.partial(_RawSender, work, finished), parts.hostname, parts.port)
     await asyncio.gather(*done)
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
