@@ -3,9 +3,9 @@ intake goal in docs/benchmarks.md), measured against the same one-process bare a
 
 Workers (`--workers` processes sharing one port, SO_REUSEPORT) do what `WebhookIntake` does up to the store: size
 cap, HMAC verification, JSON + pydantic, admissibility. Then each passes (source, delivery id, remote, body) over
-a Unix socket to the controller process, which parses the spec again (it trusts the worker's signature check,
-not its objects), reserves a queue slot, stores the job durably (the real SQLite group commit), queues the signed
-audit record, enqueues the job and answers; the worker answers the sender with that. Everything else is the real
+a Unix socket to the controller process, which runs the product's own `WebhookIntake.accept` on it (it trusts
+the worker's signature check, not its objects: parse again, reserve a queue slot, the real SQLite group commit,
+the signed audit record, enqueue, answer); the worker answers the sender with that. Everything else is the real
 controller, built and checked as in bench_intake (blocker job, every 202 a stored row, no container left).
 
 Left out, because a measurement does not need them: worker supervision and restarts, metrics and audit records
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import multiprocessing
 import os
 import pickle
@@ -54,10 +53,7 @@ from bench_intake import bare_app, measure, wait_running
 from orchestrator.app import Controller, app_runner
 from orchestrator.config import Config
 from orchestrator.intake.signatures import SignatureError, verify
-from orchestrator.intake.webhooks import Rejected, _queued, check_admissible, parse_spec, read_capped
-from orchestrator.jobs.states import new_job
-from orchestrator.jobs.views import job_view
-from orchestrator.scheduler import QueueFullError
+from orchestrator.intake.webhooks import Rejected, check_admissible, parse_spec, read_capped
 
 _HEADER = 4  # frame: 4-byte big-endian length, then a pickle
 
@@ -75,39 +71,18 @@ async def _frames(reader: asyncio.StreamReader) -> Any:
 # -- controller side ---------------------------------------------------------------------------------------------
 
 
-def _json(status: int, data: dict[str, Any]) -> tuple[int, bytes]:
-    return status, json.dumps(data).encode()
-
-
 async def _accept(
     controller: Controller, source: str, delivery: str | None, remote: str, body: bytes
 ) -> tuple[int, bytes]:
+    """What the controller does after a worker verified the body: the product's own `WebhookIntake.accept`."""
     intake = controller.intake
     try:
-        spec = parse_spec(body)
-        timeout = check_admissible(spec, intake.config, credentials_configured=intake.credentials_configured)
-        try:
-            intake.scheduler.reserve(spec.pool)
-        except QueueFullError as exc:
-            return _json(429, {"error": str(exc), "reason": "queue_full"})
-        job = new_job(
-            spec, source=source, controller_id=intake.config.controller_id, timeout_s=timeout, now=time.time()
-        )
-        try:
-            stored, created = await intake.store.create(job)
-        finally:
-            intake.scheduler.release(spec.pool)
+        response = await intake.accept(source, delivery, remote, body)
     except Rejected as rej:
-        intake.auditor.webhook(source, delivery, remote, "rejected", reason=rej.reason, status=rej.status)
-        return _json(rej.status, {"error": rej.message, "reason": rej.reason, **rej.extra})
-    if not created:
-        intake.auditor.webhook(source, delivery, remote, "duplicate", job_id=spec.id, status=200)
-        return _json(200, {**job_view(stored), "duplicate": True})
-    intake.auditor.webhook(source, delivery, remote, "accepted", job_id=spec.id, status=202)
-    intake.scheduler.submit(stored)
-    answer = _queued(stored).body
+        response = intake.rejected(source, remote, rej)
+    answer = response.body
     assert isinstance(answer, bytes)
-    return 202, answer
+    return response.status, answer
 
 
 def _serve_workers(controller: Controller) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:

@@ -198,19 +198,22 @@ class WebhookIntake:
         try:
             return await self._handle(name, request)
         except Rejected as rej:
-            if self.metrics is not None:
-                self.metrics.webhook_rejections.labels(rej.reason).inc()
-            self.auditor.webhook(name, None, request.remote, "rejected", reason=rej.reason, status=rej.status)
-            log.info(
-                "webhook rejected",
-                extra={"source": name, "status": rej.status, "reason": rej.reason, "remote": request.remote},
-            )
-            resp = _error(rej.status, rej.reason, rej.message, **rej.extra)
-            if rej.status in (408, 413):
-                resp.force_close()
-            if rej.status in (429, 503):
-                resp.headers["Retry-After"] = "30"
-            return resp
+            return self.rejected(name, request.remote, rej)
+
+    def rejected(self, source: str, remote: str | None, rej: Rejected) -> web.Response:
+        """The answer to a refused delivery, counted, audited and logged."""
+        if self.metrics is not None:
+            self.metrics.webhook_rejections.labels(rej.reason).inc()
+        self.auditor.webhook(source, None, remote, "rejected", reason=rej.reason, status=rej.status)
+        log.info(
+            "webhook rejected", extra={"source": source, "status": rej.status, "reason": rej.reason, "remote": remote}
+        )
+        resp = _error(rej.status, rej.reason, rej.message, **rej.extra)
+        if rej.status in (408, 413):
+            resp.force_close()
+        if rej.status in (429, 503):
+            resp.headers["Retry-After"] = "30"
+        return resp
 
     async def _handle(self, name: str, request: web.Request) -> web.StreamResponse:
         source = self.sources.get(name)
@@ -232,6 +235,11 @@ class WebhookIntake:
             delivery = verify(source.scheme, source.secrets, request.headers, body, time.time())
         except SignatureError as exc:
             raise Rejected(401, exc.reason, exc.message) from None
+        return await self.accept(name, delivery, request.remote, body)
+
+    async def accept(self, name: str, delivery: str | None, remote: str | None, body: bytes) -> web.Response:
+        """Everything after authentication: parse, admit, store durably, audit, enqueue, answer. Raises Rejected.
+        `body` must be the verified raw body of a delivery to source `name`."""
         spec = parse_spec(body)
         timeout = check_admissible(spec, self.config, credentials_configured=self.credentials_configured)
         try:
@@ -251,13 +259,13 @@ class WebhookIntake:
                 self.scheduler.release(spec.pool)
         if not created:
             log.info("duplicate delivery", extra={"job_id": spec.id, "source": name, "delivery": delivery})
-            self.auditor.webhook(name, delivery, request.remote, "duplicate", job_id=spec.id, status=200)
+            self.auditor.webhook(name, delivery, remote, "duplicate", job_id=spec.id, status=200)
             return web.json_response({**job_view(stored), "duplicate": True}, status=200)
         # Debug, not info: each acceptance is already a signed audit record and a metric, and one line per job at
         # info ("job finished", with its outcome) is written at job rate instead of on the intake's hot path.
         log.debug("job accepted", extra={"job_id": spec.id, "pool": spec.pool, "source": name, "delivery": delivery})
         if self.metrics is not None:
             self._accepted_counter(name).inc()
-        self.auditor.webhook(name, delivery, request.remote, "accepted", job_id=spec.id, status=202)
+        self.auditor.webhook(name, delivery, remote, "accepted", job_id=spec.id, status=202)
         self.scheduler.submit(stored)
         return _queued(stored)
