@@ -125,12 +125,6 @@ def accessor_digest(accessor: str) -> str:
     return hashlib.sha256(accessor.encode()).hexdigest()
 
 
-def _rfc3339_ms(timestamp: float) -> str:
-    millis = round(timestamp * 1000)
-    seconds, ms = divmod(millis, 1000)
-    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms:03d}Z"
-
-
 def _secret_key(key: str) -> bool:
     words = [word.lower() for word in _WORD.findall(key)]
     return bool(words) and any(w in _SECRET_WORDS for w in words) and words[-1] not in _DESCRIPTIVE_LAST_WORDS
@@ -459,7 +453,8 @@ class AuditLog:
         millis = round(now * 1000)
         seconds, ms = divmod(millis, 1000)
         if seconds != self._stamp_second:
-            self._stamp_second, self._stamp_prefix = seconds, _rfc3339_ms(seconds)[:-5]
+            self._stamp_second = seconds
+            self._stamp_prefix = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
         return f"{self._stamp_prefix}.{ms:03d}Z"
 
     def _writable_fd(self) -> int:
