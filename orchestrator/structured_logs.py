@@ -48,7 +48,7 @@ def configure(level: str = "info", handler: logging.Handler | None = None) -> No
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Record attributes the JSON lines never show. Not collecting them skips a stack walk and a few lookups on
-    # every line (the logging HOWTO's "Optimization" section); one line per accepted webhook makes that count.
+    # every line (the logging HOWTO's "Optimization" section).
     logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
