@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import shlex
+import socket
 import statistics
 import sys
 import time
@@ -34,6 +35,19 @@ from orchestrator.runtime.container_spec import LABEL_CONTROLLER
 TEST_IMAGE = os.environ.get("ORCHESTRATOR_TEST_IMAGE", "runner-orchestrator/test-runner:local")
 SOURCE = "bench"
 SCHEME = "standard-webhooks"
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (for servers started in another process)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def proc_cpu_seconds(stat: Path) -> float:
+    """User + system CPU seconds from a /proc/<pid>/stat or /proc/<pid>/task/<tid>/stat file."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def new_controller_id() -> str:

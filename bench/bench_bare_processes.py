@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import socket
 import time
 
 import bench_intake as b
-from _support import machine_line, median, reproduce_line
+from _support import free_port, machine_line, median, reproduce_line
 from aiohttp import web
 
 
@@ -31,7 +30,7 @@ def serve_proc(port: int, ready: multiprocessing.synchronize.Event) -> None:
 
 def measure(port: int, n: int, conc: int) -> float:
     res = b.run_load(f"http://127.0.0.1:{port}/webhooks/x", b"k" * 32, n, conc, f"p{time.time_ns()}", "raw")
-    return n / res["wall"]
+    return float(n / res["wall"])
 
 
 def main() -> None:
@@ -40,10 +39,7 @@ def main() -> None:
     ctx = multiprocessing.get_context("spawn")
     results: dict[int, list[float]] = {1: [], 2: []}
     for procs in (1, 2, 1, 2):  # alternated: the machine's speed drifts
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-        probe.close()
+        port = free_port()
         servers = []
         for _ in range(procs):
             ready = ctx.Event()

@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import functools
 import multiprocessing
-import os
 import resource
 import sqlite3
 import sys
@@ -64,6 +63,7 @@ from _support import (
     median,
     new_controller_id,
     pct,
+    proc_cpu_seconds,
     reproduce_line,
     serve,
     signed,
@@ -237,16 +237,15 @@ class Round:
 def thread_cpu() -> dict[str, float]:
     """CPU seconds per live thread of this process, by Python thread name (from /proc, user + system)."""
     names = {t.native_id: t.name for t in threading.enumerate()}
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for task in Path("/proc/self/task").iterdir():
         try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            cpu = proc_cpu_seconds(task / "stat")
         except OSError:
             continue
         name = names.get(int(task.name), "other")
         name = name.split("_")[0] if name.startswith(("asyncio_", "sqlite_", "docker_")) else name
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        out[name] = out.get(name, 0.0) + cpu
     return out
 
 

@@ -31,7 +31,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from _support import (
     SOURCE,
     TEST_IMAGE,
     check_no_leftovers,
+    free_port,
     job_spec,
     machine_line,
     median,
@@ -160,12 +160,6 @@ class ControllerProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(

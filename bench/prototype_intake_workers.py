@@ -18,9 +18,7 @@ import argparse
 import asyncio
 import itertools
 import multiprocessing
-import os
 import pickle
-import socket
 import sqlite3
 import sys
 import tempfile
@@ -37,10 +35,12 @@ from _support import (
     TEST_IMAGE,
     check_no_leftovers,
     configure_logging,
+    free_port,
     job_spec,
     machine_line,
     median,
     new_controller_id,
+    proc_cpu_seconds,
     reproduce_line,
     serve,
     signed,
@@ -63,7 +63,7 @@ def _frame(message: object) -> bytes:
     return len(payload).to_bytes(_HEADER, "big") + payload
 
 
-async def _frames(reader: asyncio.StreamReader) -> Any:
+async def _read_frame(reader: asyncio.StreamReader) -> Any:
     size = int.from_bytes(await reader.readexactly(_HEADER), "big")
     return pickle.loads(await reader.readexactly(size))
 
@@ -94,7 +94,7 @@ def _serve_workers(controller: Controller) -> Callable[[asyncio.StreamReader, as
         tasks: set[asyncio.Task[None]] = set()
         try:
             while True:
-                task = asyncio.create_task(one(*await _frames(reader)))
+                task = asyncio.create_task(one(*await _read_frame(reader)))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         except asyncio.IncompleteReadError:
@@ -120,7 +120,7 @@ async def _worker(port: int, sock_path: str, config: Config, sources: dict[str, 
 
     async def replies() -> None:
         while True:
-            rid, status, body = await _frames(reader)
+            rid, status, body = await _read_frame(reader)
             pending.pop(rid).set_result((status, body))
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -152,15 +152,8 @@ async def _worker(port: int, sock_path: str, config: Config, sources: dict[str, 
     await reading
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return proc_cpu_seconds(Path(f"/proc/{pid}/stat"))
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -195,7 +188,7 @@ async def run(args: argparse.Namespace) -> int:
             await wait_running(bc, blocker)
             sock_path = str(directory / "intake.sock")
             server = await asyncio.start_unix_server(_serve_workers(bc.controller), path=sock_path)
-            port = _free_port()
+            port = free_port()
             sources = {n: (s.scheme, s.secrets) for n, s in bc.controller.intake.sources.items()}
             workers = [
                 ctx.Process(target=worker_main, args=(port, sock_path, bc.controller.config, sources))
