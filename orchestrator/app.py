@@ -22,6 +22,7 @@ from orchestrator.config import Config, read_source_secrets
 from orchestrator.credentials.base import CredentialsBackend
 from orchestrator.credentials.claims import discovery_document
 from orchestrator.credentials.oidc import SigningKeys
+from orchestrator.intake.webhook_listener import WebhookListener
 from orchestrator.intake.webhooks import WebhookIntake, WebhookSource
 from orchestrator.jobs.states import Job
 from orchestrator.logs.store import LogStore
@@ -51,6 +52,7 @@ class Controller:
     audit_log: AuditLog | None = None
     auditor: Auditor = field(default_factory=lambda: Auditor(None))
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    webhook_listener: WebhookListener | None = None
 
 
 def finished_fields(job: Job) -> dict[str, object]:
@@ -150,7 +152,11 @@ def build_controller(config: Config, credentials: CredentialsBackend | None = No
         return stats
 
     metrics.watch(live)
-    return Controller(
+    listener = None
+    if config.server.webhook_port is not None:
+        listener = WebhookListener(config.server, intake, metrics)
+        api.readiness_checks.append(listener.readiness)
+    controller = Controller(
         config,
         store,
         engine,
@@ -164,7 +170,9 @@ def build_controller(config: Config, credentials: CredentialsBackend | None = No
         signing_keys,
         audit_log,
         auditor,
+        webhook_listener=listener,
     )
+    return controller
 
 
 def _oidc_routes(controller: Controller) -> list[web.RouteDef]:
@@ -207,7 +215,11 @@ async def drain(controller: Controller, drain_timeout_s: float) -> None:
     """Graceful stop: webhooks get 503 + Retry-After and /readyz turns 503 while running jobs may finish for
     `drain_timeout_s`; then the rest are cancelled (containers removed, credentials revoked)."""
     controller.intake.accepting = False
+    if controller.webhook_listener is not None:
+        controller.webhook_listener.stopping = True  # a worker that exits from now on is not started again
     await controller.scheduler.shutdown(drain_timeout_s)
+    if controller.webhook_listener is not None:
+        await controller.webhook_listener.stop()
 
 
 def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Application:
@@ -224,6 +236,8 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
         for warning in config.warnings():
             log.warning("unsafe pool option in use", extra={"warning": warning})
         await controller.scheduler.start()
+        if controller.webhook_listener is not None:
+            await controller.webhook_listener.start()
         if controller.signing_keys is not None:
             controller.background.append(asyncio.create_task(_rotate_keys_periodically(controller.signing_keys)))
         renew = getattr(controller.credentials, "renew_revoker", None)
@@ -240,6 +254,8 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
         await drain(controller, drain_timeout_s)
 
     async def cleanup(app: web.Application) -> None:
+        if controller.webhook_listener is not None:
+            await controller.webhook_listener.stop()  # also when startup failed half-way
         for task in controller.background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -252,9 +268,3 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
     app.on_shutdown.append(shutdown)
     app.on_cleanup.append(cleanup)
     return app
-
-
-def app_runner(app: web.Application, *, handle_signals: bool = False) -> web.AppRunner:
-    """How the controller is served. No lingering close: after a refusal that did not read the body (408, 413,
-    415) aiohttp would otherwise keep draining — and decompressing — what a hostile client sends for 10 s."""
-    return web.AppRunner(app, handle_signals=handle_signals, access_log=None, lingering_time=0)

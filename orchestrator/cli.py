@@ -34,7 +34,8 @@ def _fail(message: str, code: int = 1) -> int:
 
 async def _serve(config_path: Path, drain_timeout_s: float) -> int:
     from orchestrator import structured_logs
-    from orchestrator.app import app_runner, build_app, build_controller, drain
+    from orchestrator.app import build_app, build_controller, drain
+    from orchestrator.serving import app_runner
 
     structured_logs.configure(os.environ.get("ORCHESTRATOR_LOG_LEVEL", "info"))
     config = load_config(config_path)
@@ -44,11 +45,10 @@ async def _serve(config_path: Path, drain_timeout_s: float) -> int:
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port)
     await site.start()
-    print(
-        json.dumps({"event": "listening", "url": f"http://{config.server.host}:{config.server.port}"}),
-        file=sys.stderr,
-        flush=True,
-    )
+    listening = {"event": "listening", "url": f"http://{config.server.host}:{config.server.port}"}
+    if controller.webhook_listener is not None:
+        listening["webhook_url"] = controller.webhook_listener.url
+    print(json.dumps(listening), file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -53,6 +53,29 @@ class ServerConfig(_Strict):
     metrics_public: bool = Field(False, description="serve /metrics without a token (e.g. scrape on localhost)")
     # Standard-webhooks timestamp tolerance is fixed by its spec; this bounds the replay memory for the others.
     delivery_ttl_s: int = Field(7 * 86400, ge=60)
+    webhook_host: str | None = Field(None, description="address of the webhook listener; default: host")
+    webhook_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="a second listener serving only POST /webhooks/{source} and /healthz: the one to expose to "
+        "forges while the API stays on `port` (which serves webhooks too)",
+    )
+    intake_workers: int = Field(
+        0,
+        ge=0,
+        le=32,
+        description="processes serving webhook_port: each reads and verifies deliveries and hands them to the "
+        "controller, which stores, audits and answers them; 0: the controller process serves webhook_port itself",
+    )
+
+    @model_validator(mode="after")
+    def _webhook_listener(self) -> ServerConfig:
+        if self.intake_workers and self.webhook_port is None:
+            raise ValueError("intake_workers needs webhook_port: the workers serve that listener only")
+        if self.webhook_port is not None and self.webhook_port == self.port != 0:  # a wildcard address overlaps
+            raise ValueError(f"webhook_port must differ from port ({self.port})")
+        return self
 
 
 class DockerConfig(_Strict):

@@ -55,6 +55,11 @@ class Metrics:
         self.webhook_rejections = Counter(
             "orchestrator_webhook_rejections", "Webhooks refused, by reason", ["reason"], registry=self.registry
         )
+        self.intake_worker_restarts = Counter(
+            "orchestrator_intake_worker_restarts",
+            "Intake worker processes started again after one died",
+            registry=self.registry,
+        )
         self.start_latency = Histogram(
             "orchestrator_job_start_seconds",
             "Webhook accepted → container started",

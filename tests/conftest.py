@@ -18,11 +18,12 @@ import docker
 import pytest
 from aiohttp import web
 
-from orchestrator.app import Controller, app_runner, build_app, build_controller
+from orchestrator.app import Controller, build_app, build_controller
 from orchestrator.config import Config, hash_token
 from orchestrator.credentials.base import CredentialsBackend
 from orchestrator.intake.signatures import sign
 from orchestrator.runtime.container_spec import LABEL_CONTROLLER, LABEL_MANAGED
+from orchestrator.serving import app_runner
 
 TEST_IMAGE = os.environ.get("ORCHESTRATOR_TEST_IMAGE", "runner-orchestrator/test-runner:local")
 TEST_CONTROLLER_PREFIX = "test-"
@@ -104,7 +105,9 @@ class RunningController:
         source: str = "test",
         headers: dict[str, str] | None = None,
         timestamp: int | None = None,
+        url: str | None = None,
     ) -> tuple[int, dict[str, Any]]:
+        """`url`: another listener of this controller (the webhook port); default the main one."""
         body = spec if isinstance(spec, bytes) else json.dumps(spec).encode()
         if headers is None:
             headers = sign(
@@ -114,7 +117,7 @@ class RunningController:
                 msg_id=f"msg_{secrets.token_hex(6)}",
                 timestamp=timestamp or int(time.time()),
             )
-        async with self.session.post(f"{self.url}/webhooks/{source}", data=body, headers=headers) as resp:
+        async with self.session.post(f"{url or self.url}/webhooks/{source}", data=body, headers=headers) as resp:
             return resp.status, await resp.json(content_type=None)
 
     async def api(self, method: str, path: str, *, token: str | None = None) -> tuple[int, Any]:

@@ -562,3 +562,29 @@ def test_cli_token_new_rejects_unknown_role(capsys: pytest.CaptureFixture[str]) 
         main(["token", "new", "--name", "x", "--role", "root"])
     assert exc.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("server", "expected"),
+    [
+        (
+            "intake_workers = 2",
+            "server: Value error, intake_workers needs webhook_port: the workers serve that listener only",
+        ),
+        ("port = 8080\nwebhook_port = 8080", "server: Value error, webhook_port must differ from port (8080)"),
+        ("webhook_port = 9000\nintake_workers = 33", "server.intake_workers: Input should be less than or equal to 32"),
+        ("webhook_port = 70000", "server.webhook_port: Input should be less than or equal to 65535"),
+    ],
+)
+def test_webhook_listener_problems_are_named(tmp_path: Path, server: str, expected: str) -> None:
+    assert problems(write(tmp_path, MINIMAL + f"\n[server]\n{server}\n")) == [expected]
+
+
+def test_webhook_listener_settings(tmp_path: Path) -> None:
+    server = load_config(write(tmp_path, MINIMAL + "\n[server]\n")).server
+    assert (server.webhook_port, server.webhook_host, server.intake_workers) == (None, None, 0)
+    text = MINIMAL + '\n[server]\nport = 8080\nwebhook_port = 8443\nwebhook_host = "0.0.0.0"\nintake_workers = 2\n'
+    server = load_config(write(tmp_path, text)).server
+    assert (server.webhook_port, server.webhook_host, server.intake_workers) == (8443, "0.0.0.0", 2)
+    text = MINIMAL + '\n[server]\nport = 8080\nwebhook_port = 8080\nwebhook_host = "0.0.0.0"\n'
+    assert problems(write(tmp_path, text)) == ["server: Value error, webhook_port must differ from port (8080)"]

@@ -54,6 +54,7 @@ class Api:
         self.attestation_public_pem = attestation_public_pem
         self.audit_log = audit_log
         self.limiter = FailureLimiter()
+        self.readiness_checks: list[Callable[[], tuple[str, str]]] = []  # (name, "ok" or what is wrong)
         self.config = config
         self.store = store
         self.scheduler = scheduler
@@ -123,6 +124,9 @@ class Api:
             checks["store"] = "ok"
         except Exception as exc:
             checks["store"] = f"not writable: {type(exc).__name__}: {exc}"
+        for check in self.readiness_checks:
+            name, state = check()
+            checks[name] = state
         ready = all(v == "ok" for v in checks.values())
         return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 

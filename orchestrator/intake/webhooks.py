@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -163,6 +164,43 @@ def check_admissible(spec: JobSpec, config: Config, *, credentials_configured: b
     return timeout
 
 
+def find_source(sources: Mapping[str, WebhookSource], name: str) -> WebhookSource:
+    source = sources.get(name)
+    if source is None:
+        raise Rejected(404, "unknown_source", f"unknown webhook source {name!r}")
+    return source
+
+
+async def authenticate(
+    request: web.Request, source: WebhookSource, max_body_bytes: int, body_timeout_s: float
+) -> tuple[str | None, bytes]:
+    """The raw body, read within its size and time limits, and the delivery id its valid signature vouches for.
+    Shared by the controller's own listener and the intake worker processes. Raises Rejected."""
+    try:
+        if request.content.is_eof():  # the whole body has arrived (the usual case): no timer needed
+            body = await read_capped(request, max_body_bytes)
+        else:
+            async with asyncio.timeout(body_timeout_s):
+                body = await read_capped(request, max_body_bytes)
+    except TimeoutError:
+        raise Rejected(408, "body_timeout", f"body not received within {body_timeout_s:g} s") from None
+    try:
+        delivery = verify(source.scheme, source.secrets, request.headers, body, time.time())
+    except SignatureError as exc:
+        raise Rejected(401, exc.reason, exc.message) from None
+    return delivery, body
+
+
+def error_response(rej: Rejected) -> web.Response:
+    """A refusal as sent: JSON error, and the connection closed after a body that was not read (408, 413)."""
+    resp = _error(rej.status, rej.reason, rej.message, **rej.extra)
+    if rej.status in (408, 413):
+        resp.force_close()
+    if rej.status in (429, 503):
+        resp.headers["Retry-After"] = "30"
+    return resp
+
+
 class WebhookIntake:
     def __init__(
         self,
@@ -202,39 +240,22 @@ class WebhookIntake:
 
     def rejected(self, source: str, remote: str | None, rej: Rejected) -> web.Response:
         """The answer to a refused delivery, counted, audited and logged."""
+        self.record_rejection(source, remote, rej.status, rej.reason)
+        return error_response(rej)
+
+    def record_rejection(self, source: str, remote: str | None, status: int, reason: str) -> None:
+        """Counts, audits and logs a refusal, also one an intake worker answered itself."""
         if self.metrics is not None:
-            self.metrics.webhook_rejections.labels(rej.reason).inc()
-        self.auditor.webhook(source, None, remote, "rejected", reason=rej.reason, status=rej.status)
-        log.info(
-            "webhook rejected", extra={"source": source, "status": rej.status, "reason": rej.reason, "remote": remote}
-        )
-        resp = _error(rej.status, rej.reason, rej.message, **rej.extra)
-        if rej.status in (408, 413):
-            resp.force_close()
-        if rej.status in (429, 503):
-            resp.headers["Retry-After"] = "30"
-        return resp
+            self.metrics.webhook_rejections.labels(reason).inc()
+        self.auditor.webhook(source, None, remote, "rejected", reason=reason, status=status)
+        log.info("webhook rejected", extra={"source": source, "status": status, "reason": reason, "remote": remote})
 
     async def _handle(self, name: str, request: web.Request) -> web.StreamResponse:
-        source = self.sources.get(name)
-        if source is None:
-            raise Rejected(404, "unknown_source", f"unknown webhook source {name!r}")
+        source = find_source(self.sources, name)
         if not self.accepting:
             raise Rejected(503, "shutting_down", "controller is shutting down; retry later")
-        try:
-            if request.content.is_eof():  # the whole body has arrived (the usual case): no timer needed
-                body = await read_capped(request, self.config.server.max_body_bytes)
-            else:
-                async with asyncio.timeout(self.config.server.body_timeout_s):
-                    body = await read_capped(request, self.config.server.max_body_bytes)
-        except TimeoutError:
-            raise Rejected(
-                408, "body_timeout", f"body not received within {self.config.server.body_timeout_s:g} s"
-            ) from None
-        try:
-            delivery = verify(source.scheme, source.secrets, request.headers, body, time.time())
-        except SignatureError as exc:
-            raise Rejected(401, exc.reason, exc.message) from None
+        server = self.config.server
+        delivery, body = await authenticate(request, source, server.max_body_bytes, server.body_timeout_s)
         return await self.accept(name, delivery, request.remote, body)
 
     async def accept(self, name: str, delivery: str | None, remote: str | None, body: bytes) -> web.Response:

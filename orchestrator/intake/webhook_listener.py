@@ -1,0 +1,299 @@
+"""The webhook-only listener (`server.webhook_port`), served by the controller's own event loop or by intake
+worker processes (`server.intake_workers`).
+
+Why a second listener: it is the one to expose to forges, while the API, metrics and OIDC documents stay on
+`port`. Why workers: the controller's event loop is the intake's bottleneck, and most of its per-webhook work
+(HTTP, body limits, HMAC) needs no state. The controller binds the socket once and every worker inherits it, so
+a worker that dies or restarts loses no queued connection, and the port is never open to another process.
+Workers hand authenticated deliveries to the controller over a socket pair (`relay`); the controller runs the
+same `WebhookIntake.accept` as for its own listener, so a job is stored, audited and answered the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from orchestrator.config import ServerConfig
+from orchestrator.intake import relay
+from orchestrator.intake.webhooks import Rejected, WebhookIntake
+from orchestrator.metrics import Metrics
+from orchestrator.serving import app_runner
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0
+_BACKOFF_S = (0.5, 30.0)  # first and longest wait before a dead worker is started again
+_STABLE_S = 60.0  # a worker that ran this long starts its replacement's backoff from the beginning
+
+
+class WorkerStartError(Exception):
+    """An intake worker did not come up; the controller does not start without its webhook listener."""
+
+
+@dataclass
+class _Worker:
+    slot: int
+    process: asyncio.subprocess.Process
+    writer: asyncio.StreamWriter
+    started: float
+    link: asyncio.Task[None] | None = None
+    answering: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+def healthz_app() -> web.Application:
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+class WebhookListener:
+    def __init__(self, server: ServerConfig, intake: WebhookIntake, metrics: Metrics | None = None) -> None:
+        assert server.webhook_port is not None
+        self.host = server.webhook_host or server.host
+        self.requested_port = server.webhook_port
+        self.workers_wanted = server.intake_workers
+        self.intake = intake
+        self.metrics = metrics
+        self.port = 0
+        self.sock: socket.socket | None = None
+        self.runner: web.AppRunner | None = None
+        self.workers: dict[int, _Worker] = {}
+        self.supervisors: list[asyncio.Task[None]] = []
+        self.stopping = False
+        self.restarts = 0
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        self.sock = socket.create_server((self.host, self.requested_port), backlog=1024)
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        if not self.workers_wanted:
+            app = healthz_app()
+            app.router.add_post("/webhooks/{source}", self.intake.handle)
+            self.runner = app_runner(app)
+            await self.runner.setup()
+            await web.SockSite(self.runner, self.sock).start()
+            return
+        spawns = (self._spawn(slot) for slot in range(self.workers_wanted))
+        first = await asyncio.gather(*spawns, return_exceptions=True)
+        failed = [r for r in first if isinstance(r, BaseException)]
+        if failed:
+            await self.stop()
+            raise failed[0]
+        for worker in first:
+            assert isinstance(worker, _Worker)
+            self.supervisors.append(asyncio.create_task(self._supervise(worker)))
+        log.info("intake workers serving", extra={"url": self.url, "workers": self.workers_wanted})
+
+    def alive(self) -> int:
+        return sum(1 for w in self.workers.values() if w.process.returncode is None)
+
+    def readiness(self) -> tuple[str, str]:
+        if not self.workers_wanted:
+            return "webhook_listener", "ok"
+        alive = self.alive()
+        return "intake_workers", "ok" if alive else f"none of {self.workers_wanted} running"
+
+    # -- workers ---------------------------------------------------------------------------------------------------
+
+    def _hello(self) -> bytes:
+        server = self.intake.config.server
+        sources = {
+            name: {"scheme": src.scheme, "secrets": [base64.b64encode(s).decode() for s in src.secrets]}
+            for name, src in self.intake.sources.items()
+        }
+        return relay.encode(
+            {
+                "t": "hello",
+                "sources": sources,
+                "max_body_bytes": server.max_body_bytes,
+                "body_timeout_s": server.body_timeout_s,
+            }
+        )
+
+    async def _spawn(self, slot: int) -> _Worker:
+        assert self.sock is not None
+        ours, theirs = socket.socketpair()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "orchestrator.intake.worker",
+                str(self.sock.fileno()),
+                str(theirs.fileno()),
+                pass_fds=(self.sock.fileno(), theirs.fileno()),
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        worker = _Worker(slot, process, writer, time.monotonic())
+        writer.write(self._hello())
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                frame = await relay.read_frame(reader, 0)
+        except (TimeoutError, relay.RelayError, ConnectionError) as exc:
+            frame = None
+            log.error("intake worker did not start", extra={"slot": slot, "error": f"{type(exc).__name__}: {exc}"})
+        except BaseException:  # cancelled while it starts: it must not outlive us
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            writer.close()
+            raise
+        if frame is None or frame[0]["t"] != "ready":
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            writer.close()
+            raise WorkerStartError(
+                f"intake worker {slot} did not start (exit code {process.returncode}); its log lines are above"
+            )
+        self.workers[slot] = worker
+        worker.link = asyncio.create_task(self._serve_link(worker, reader))
+        log.info("intake worker started", extra={"slot": slot, "pid": process.pid})
+        return worker
+
+    async def _supervise(self, worker: _Worker) -> None:
+        """Starts a worker again when it dies, with a growing pause while it keeps dying young."""
+        backoff = _BACKOFF_S[0]
+        while True:
+            code = await worker.process.wait()
+            if worker.link is not None:
+                await worker.link
+            if self.stopping:
+                return
+            ran = time.monotonic() - worker.started
+            backoff = _BACKOFF_S[0] if ran >= _STABLE_S else backoff
+            self.restarts += 1
+            if self.metrics is not None:
+                self.metrics.intake_worker_restarts.inc()
+            log.error(
+                "intake worker exited; starting it again",
+                extra={"slot": worker.slot, "exit_code": code, "ran_s": round(ran, 1), "restart_in_s": backoff},
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _BACKOFF_S[1])
+            while not self.stopping:
+                try:
+                    worker = await self._spawn(worker.slot)
+                    break
+                except WorkerStartError as exc:
+                    log.error("intake worker restart failed", extra={"slot": worker.slot, "error": str(exc)})
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _BACKOFF_S[1])
+            else:
+                return
+
+    async def _serve_link(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
+        limit = self.intake.config.server.max_body_bytes
+        try:
+            while (frame := await relay.read_frame(reader, limit)) is not None:
+                header, body = frame
+                if header["t"] == "delivery":
+                    rid, source = relay.field(header, "id", int), relay.field(header, "source", str)
+                    delivery, remote = _optional_str(header, "delivery"), _optional_str(header, "remote")
+                    task = asyncio.create_task(self._answer(worker, rid, source, delivery, remote, body))
+                    worker.answering.add(task)
+                    task.add_done_callback(worker.answering.discard)
+                elif header["t"] == "rejected":
+                    self.intake.record_rejection(
+                        relay.field(header, "source", str),
+                        _optional_str(header, "remote"),
+                        relay.field(header, "status", int),
+                        relay.field(header, "reason", str),
+                    )
+                else:
+                    raise relay.RelayError(f"unexpected frame {header['t']!r} from a worker")
+        except (relay.RelayError, ConnectionError) as exc:
+            extra = {"slot": worker.slot, "error": str(exc)}
+            log.error("intake worker broke the relay protocol; stopping it", extra=extra)
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.kill()
+        if worker.answering:
+            await asyncio.wait(set(worker.answering))
+        worker.writer.close()
+
+    async def _answer(
+        self, worker: _Worker, rid: int, source: str, delivery: str | None, remote: str | None, body: bytes
+    ) -> None:
+        """The product's own accept path, answered over the link instead of HTTP."""
+        intake = self.intake
+        try:
+            if source not in intake.sources:
+                raise Rejected(404, "unknown_source", f"unknown webhook source {source!r}")
+            if not intake.accepting:
+                raise Rejected(503, "shutting_down", "controller is shutting down; retry later")
+            response = await intake.accept(source, delivery, remote, body)
+        except Rejected as rej:
+            response = intake.rejected(source, remote, rej)
+        except Exception:
+            log.exception("webhook from an intake worker failed", extra={"source": source, "delivery": delivery})
+            response = web.json_response({"error": "internal error", "reason": "internal_error"}, status=500)
+        answer = response.body
+        assert isinstance(answer, bytes)
+        if not worker.writer.is_closing():
+            out: dict[str, object] = {"t": "answer", "id": rid, "status": response.status}
+            if "Retry-After" in response.headers:
+                out["retry_after"] = response.headers["Retry-After"]
+            if response.keep_alive is False:
+                out["close"] = True
+            worker.writer.write(relay.encode(out, answer))
+
+    # -- stop ------------------------------------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Workers stop taking connections, get answers for what they relayed, and exit (killed after
+        STOP_TIMEOUT_S). Idempotent."""
+        self.stopping = True
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+        workers = list(self.workers.values())
+        for worker in workers:
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.terminate()
+        await asyncio.gather(*(_end(w.process) for w in workers))
+        await asyncio.gather(*(w.link for w in workers if w.link is not None))
+        for task in self.supervisors:
+            task.cancel()
+        await asyncio.gather(*self.supervisors, return_exceptions=True)
+        self.supervisors.clear()
+        self.workers.clear()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+async def _end(process: asyncio.subprocess.Process) -> None:
+    """Waits for a process told to stop, then kills it."""
+    try:
+        async with asyncio.timeout(STOP_TIMEOUT_S):
+            await process.wait()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+
+
+def _optional_str(header: dict[str, object], name: str) -> str | None:
+    value = header.get(name)
+    if value is not None and not isinstance(value, str):
+        raise relay.RelayError(f"frame field {name!r} is not a string")
+    return value

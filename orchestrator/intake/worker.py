@@ -1,0 +1,165 @@
+"""An intake worker process: serves the webhook listener it inherits from the controller, authenticates each
+delivery (size and time limits, signature on the raw body) and relays it to the controller, which parses,
+stores, audits and enqueues it and says what to answer. Why: one Python process spends most of a core on HTTP
+and HMAC alone; workers spread that over the host's cores while the controller stays the one writer of the
+store and the audit trail. A worker holds no job state: if it dies, what it had relayed is stored or not, and
+the sender's retry gets the same answer either way (202, or 200 for a duplicate).
+
+Started by the controller as `python -m orchestrator.intake.worker LISTEN_FD LINK_FD`. It ends when the link
+closes (the controller is gone) or on SIGTERM, after answering what it already relayed."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from orchestrator import structured_logs
+from orchestrator.intake import relay
+from orchestrator.intake.webhooks import Rejected, WebhookSource, authenticate, error_response, find_source
+from orchestrator.serving import app_runner
+
+log = logging.getLogger("orchestrator.intake.worker")  # not __main__: it runs with -m
+
+_UNAVAILABLE = Rejected(503, "controller_unavailable", "the controller is not reachable; retry later")
+
+
+class Relay:
+    """The worker's end of the link: numbered deliveries out, answers matched back to them."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_body_bytes: int) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.max_body_bytes = max_body_bytes
+        self.pending: dict[int, asyncio.Future[web.Response]] = {}
+        self.ids = itertools.count()
+        self.closed = asyncio.Event()
+
+    async def forward(self, source: str, delivery: str | None, remote: str | None, body: bytes) -> web.Response:
+        if self.closed.is_set():
+            return error_response(_UNAVAILABLE)
+        rid = next(self.ids)
+        answer: asyncio.Future[web.Response] = asyncio.get_running_loop().create_future()
+        self.pending[rid] = answer
+        header = {"t": "delivery", "id": rid, "source": source, "delivery": delivery, "remote": remote}
+        self.writer.write(relay.encode(header, body))
+        return await answer
+
+    def report(self, source: str, remote: str | None, rej: Rejected) -> None:
+        if not self.closed.is_set():
+            header = {"t": "rejected", "source": source, "remote": remote, "status": rej.status, "reason": rej.reason}
+            self.writer.write(relay.encode(header))
+
+    async def read_answers(self) -> None:
+        """Until the link ends; then every delivery still waiting is answered 503 (the sender retries)."""
+        try:
+            while (frame := await relay.read_frame(self.reader, self.max_body_bytes)) is not None:
+                header, body = frame
+                future = self.pending.pop(relay.field(header, "id", int), None)
+                if future is not None and not future.done():
+                    future.set_result(_response(header, body))
+        except (relay.RelayError, ConnectionError) as exc:
+            log.error("intake worker: link to the controller broken", extra={"error": str(exc)})
+        finally:
+            self.closed.set()
+            for future in self.pending.values():
+                if not future.done():
+                    future.set_result(error_response(_UNAVAILABLE))
+            self.pending.clear()
+
+
+def _response(header: dict[str, Any], body: bytes) -> web.Response:
+    resp = web.Response(
+        body=body, status=relay.field(header, "status", int), content_type="application/json", charset="utf-8"
+    )
+    retry_after = header.get("retry_after")
+    if isinstance(retry_after, str):
+        resp.headers["Retry-After"] = retry_after
+    if header.get("close") is True:
+        resp.force_close()
+    return resp
+
+
+def sources_from_hello(hello: dict[str, Any]) -> dict[str, WebhookSource]:
+    raw = relay.field(hello, "sources", dict)
+    return {
+        name: WebhookSource(name, spec["scheme"], tuple(base64.b64decode(s) for s in spec["secrets"]))
+        for name, spec in raw.items()
+    }
+
+
+def build_worker_app(relay_: Relay, sources: dict[str, WebhookSource], body_timeout_s: float) -> web.Application:
+    max_body = relay_.max_body_bytes
+
+    async def webhook(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["source"]
+        try:
+            delivery, body = await authenticate(request, find_source(sources, name), max_body, body_timeout_s)
+        except Rejected as rej:
+            relay_.report(name, request.remote, rej)
+            return error_response(rej)
+        return await relay_.forward(name, delivery, request.remote, body)
+
+    async def healthz(request: web.Request) -> web.Response:
+        if relay_.closed.is_set():
+            return web.json_response({"status": "controller unreachable"}, status=503)
+        return web.json_response({"status": "ok"})
+
+    app = web.Application(client_max_size=max_body)
+    app.router.add_post("/webhooks/{source}", webhook)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+async def serve(listen_fd: int, link_fd: int) -> int:
+    reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=link_fd))
+    frame = await relay.read_frame(reader, 0)
+    if frame is None or frame[0]["t"] != "hello":
+        log.error("intake worker: the controller sent no hello")
+        return 1
+    hello = frame[0]
+    link = Relay(reader, writer, relay.field(hello, "max_body_bytes", int))
+    app = build_worker_app(link, sources_from_hello(hello), float(relay.field(hello, "body_timeout_s", (int, float))))
+    runner = app_runner(app)
+    await runner.setup()
+    listener = socket.socket(fileno=listen_fd)
+    listener.setblocking(False)
+    await web.SockSite(runner, listener).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    answers = asyncio.create_task(link.read_answers())
+    writer.write(relay.encode({"t": "ready", "pid": os.getpid()}))
+    log.info("intake worker serving", extra={"pid": os.getpid()})
+    waiting = [asyncio.create_task(stop.wait()), asyncio.create_task(link.closed.wait())]
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    for task in waiting:
+        task.cancel()
+    # Stop taking connections, let the handlers in flight get their answers, then hang up.
+    await runner.cleanup()
+    writer.close()
+    answers.cancel()
+    return 0 if stop.is_set() else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or not all(a.isdigit() for a in args):
+        usage = "usage: python -m orchestrator.intake.worker LISTEN_FD LINK_FD (the controller starts it)"
+        print(usage, file=sys.stderr)
+        return 2
+    structured_logs.configure(os.environ.get("ORCHESTRATOR_LOG_LEVEL", "info"))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the controller stops us
+    return asyncio.run(serve(int(args[0]), int(args[1])))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
