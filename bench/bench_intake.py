@@ -258,15 +258,20 @@ async def measure(
     prefix: str,
     side: str,
     generator: str,
+    workers: list[int],
 ) -> Round:
+    """One batch of `count` signed webhooks; server CPU is this process plus the intake worker processes."""
     loop = asyncio.get_running_loop()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     threads0 = thread_cpu()
+    workers0 = _cpu_of(workers)
     res = await loop.run_in_executor(pool, run_load, url, key, count, concurrency, prefix, generator)
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     threads1 = thread_cpu()
     per_thread = {k: (v - threads0.get(k, 0.0)) * 1000 / count for k, v in threads1.items()}
-    server_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    if workers:
+        per_thread["intake workers (processes)"] = (_cpu_of(workers) - workers0) * 1000 / count
+    server_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime) + _cpu_of(workers) - workers0
     lat = res["latencies"]
     return Round(
         side=side,
@@ -281,6 +286,15 @@ async def measure(
     )
 
 
+def _cpu_of(pids: list[int]) -> float:
+    return sum(proc_cpu_seconds(Path(f"/proc/{pid}/stat")) for pid in pids)
+
+
+def _worker_pids(bc: BenchController) -> list[int]:
+    listener = bc.controller.webhook_listener
+    return [] if listener is None else [w.process.pid for w in listener.workers.values()]
+
+
 async def run(args: argparse.Namespace) -> int:
     controller_id = new_controller_id()
     client = docker.from_env()
@@ -290,14 +304,18 @@ async def run(args: argparse.Namespace) -> int:
     accepted = 0
     blocker_id = f"blocker-{controller_id}"
     rounds: list[Round] = []
+    sides = ["bare", "controller"] + (["workers"] if args.intake_workers else [])
     try:
         with tempfile.TemporaryDirectory(prefix="bench-intake-", dir=args.tmpdir) as tmp:
             directory = Path(tmp)
             configure_logging(args.log, directory)
             # Every measured request must be a 202: lift the queue caps (per pool, and the controller-wide one
             # where this version has it) above what the run sends.
-            total = 2 * args.warmup + args.rounds * len(args.concurrency) * args.requests + 1
-            top = {"max_queued_total": total + 1} if "max_queued_total" in Config.model_fields else {}
+            total = (2 * args.warmup + args.rounds * len(args.concurrency) * args.requests) * (len(sides) - 1) + 1
+            top: dict[str, Any] = {"max_queued_total": total + 1} if "max_queued_total" in Config.model_fields else {}
+            if args.intake_workers:
+                server = {"host": "127.0.0.1", "port": 0, "max_body_bytes": 64 * 1024, "webhook_port": 0}
+                top["server"] = {**server, "intake_workers": args.intake_workers}
             bc = await start_controller(
                 directory,
                 controller_id,
@@ -315,37 +333,39 @@ async def run(args: argparse.Namespace) -> int:
                         assert resp.status == 202, await resp.text()
                 await wait_running(bc, blocker_id)
                 skip_parts(bc, args.skip)
-
-                targets = {
-                    "bare": (f"{bare.url}/webhooks/{SOURCE}", bc.key),
-                    "controller": (f"{bc.url}/webhooks/{SOURCE}", bc.key),
-                }
+                workers = _worker_pids(bc)
+                targets = {"bare": f"{bare.url}/webhooks/{SOURCE}", "controller": f"{bc.url}/webhooks/{SOURCE}"}
+                if bc.controller.webhook_listener is not None:
+                    targets["workers"] = f"{bc.controller.webhook_listener.url}/webhooks/{SOURCE}"
                 ctx = multiprocessing.get_context("spawn")
                 with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-                    for side, (url, key) in targets.items():  # warm-up: imports, connections, SQLite pages
+                    for side in sides:  # warm-up: imports, connections, SQLite pages
                         for senders in (min(args.concurrency), max(args.concurrency)):
                             prefix = f"warm{senders}-{side}"
-                            warm = await measure(pool, url, key, args.warmup, senders, prefix, side, args.generator)
-                            if side == "controller":
+                            gen = args.generator
+                            warm = await measure(
+                                pool, targets[side], bc.key, args.warmup, senders, prefix, side, gen, workers
+                            )
+                            if side != "bare":
                                 accepted += warm.statuses.get(202, 0)
                     # Rounds outermost: every sender count is measured across the whole run, so a change in the
-                    # machine's speed during the run touches all of them alike.
+                    # machine's speed during the run touches all of them alike. The sides take turns going first.
                     for r in range(args.rounds):
                         for senders in args.concurrency:
-                            order = ["bare", "controller"] if r % 2 == 0 else ["controller", "bare"]
-                            for side in order:
-                                url, key = targets[side]
+                            for side in sides[r % len(sides) :] + sides[: r % len(sides)]:
                                 prefix = f"c{senders}-r{r}-{side}"
                                 n, gen = args.requests, args.generator
-                                res = await measure(pool, url, key, n, senders, prefix, side, gen)
+                                res = await measure(pool, targets[side], bc.key, n, senders, prefix, side, gen, workers)
                                 rounds.append(res)
-                                if side == "controller":
+                                if side != "bare":
                                     accepted += res.statuses.get(202, 0)
                 queued = bc.controller.scheduler.queue_depth()
                 blocker_alive = bc.controller.scheduler.is_running(blocker_id)
+                restarts = 0 if bc.controller.webhook_listener is None else bc.controller.webhook_listener.restarts
             finally:
                 await bare.runner.cleanup()
-                # The SIGTERM path: stop dispatching, cancel the blocker, remove its container, close the store.
+                # The SIGTERM path: stop dispatching, cancel the blocker, remove its container, stop the intake
+                # workers, close the store.
                 await bc.served.runner.cleanup()
             with sqlite3.connect(directory / "data" / "jobs.sqlite3") as db:
                 states = dict(db.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
@@ -361,6 +381,7 @@ async def run(args: argparse.Namespace) -> int:
     levels = ",".join(str(n) for n in args.concurrency)
     argv = ["--requests", str(args.requests), "--concurrency", levels, "--rounds", str(args.rounds)]
     argv += ["--warmup", str(args.warmup), "--log", args.log, "--generator", args.generator]
+    argv += ["--intake-workers", str(args.intake_workers)]
     if args.skip:
         argv += ["--skip", ",".join(args.skip)]
     if args.tmpdir:
@@ -374,83 +395,70 @@ async def run(args: argparse.Namespace) -> int:
     print(
         f"store check {'ok' if stored_ok else 'FAILED'}: {accepted} x 202 from the controller, {queued} queued in "
         f"memory, rows by state {states}, blocker {'running' if blocker_alive else 'NOT running'} until the "
-        f"end, then {blocker_state} ({blocker_reason})"
+        f"end, then {blocker_state} ({blocker_reason}); intake worker restarts: {restarts}"
     )
-    levels_rows = []
+    rows = []
     peak: dict[str, tuple[float, int]] = {}
-    same: dict[int, float] = {}
+    same: dict[str, dict[int, float]] = {side: {} for side in sides[1:]}
     for senders in args.concurrency:
-        level = [x for x in rounds if x.senders == senders]
-        bare_l = [x for x in level if x.side == "bare"]
-        ctl_l = [x for x in level if x.side == "controller"]
-        ratios = [b.rate / a.rate for a, b in _pairs(level)]
-        same[senders] = median(ratios)
-        for side, side_rounds in (("bare", bare_l), ("controller", ctl_l)):
+        by_side = {side: [x for x in rounds if x.senders == senders and x.side == side] for side in sides}
+        for side, side_rounds in by_side.items():
             rate = median([x.rate for x in side_rounds])
             if rate > peak.get(side, (0.0, 0))[0]:
                 peak[side] = (rate, senders)
-        levels_rows.append(
-            [
-                senders,
-                median([x.rate for x in bare_l]),
-                median([x.rate for x in ctl_l]),
-                same[senders],
-                " ".join(f"{r:.2f}" for r in ratios),
-                median([x.p50 for x in bare_l]),
-                median([x.p50 for x in ctl_l]),
-                median([x.p99 for x in bare_l]),
-                median([x.p99 for x in ctl_l]),
-                median([x.server_cpu_ms for x in bare_l]),
-                median([x.server_cpu_ms for x in ctl_l]),
-                median([x.client_cpu_ms for x in bare_l]),
-                median([x.client_cpu_ms for x in ctl_l]),
-            ]
-        )
+            ratios = [x.rate / b.rate for x, b in zip(side_rounds, by_side["bare"], strict=True)]
+            if side != "bare":
+                same[side][senders] = median(ratios)
+            rows.append(
+                [
+                    senders,
+                    side,
+                    rate,
+                    "" if side == "bare" else f"{median(ratios):.2f}",
+                    "" if side == "bare" else " ".join(f"{r:.2f}" for r in ratios),
+                    median([x.p50 for x in side_rounds]),
+                    median([x.p99 for x in side_rounds]),
+                    median([x.server_cpu_ms for x in side_rounds]),
+                    median([x.client_cpu_ms for x in side_rounds]),
+                ]
+            )
     print(
         f"{args.rounds} rounds x {len(args.concurrency)} sender counts x {args.requests} requests per side, "
-        f"generator={args.generator}, log={args.log}; medians per sender count; latencies in ms; CPU in ms per request"
+        f"generator={args.generator}, log={args.log}, intake_workers={args.intake_workers}; medians per sender "
+        "count; ratio = side / bare in the same round; latencies in ms; CPU in ms per request"
     )
+    headers = ["senders", "side", "req/s", "ratio", "ratio per round", "p50", "p99", "server cpu", "gen cpu"]
+    print(table(headers, rows))
     print(
-        table(
-            [
-                "senders",
-                "bare req/s",
-                "ctl req/s",
-                "ratio",
-                "ratio per round",
-                "bare p50",
-                "ctl p50",
-                "bare p99",
-                "ctl p99",
-                "bare cpu",
-                "ctl cpu",
-                "bare gen cpu",
-                "ctl gen cpu",
-            ],
-            levels_rows,
-        )
+        "(bare: the bare aiohttp handler; controller: POST /webhooks on the controller's port, served by its "
+        "event loop; workers: the same on webhook_port, served by the intake worker processes; server cpu: "
+        "this process, all threads, plus the intake workers; gen cpu: the load generator process)"
     )
-    print("(cpu: server process, all threads; gen cpu: the load generator process)")
-    ctl_rounds = [x for x in rounds if x.side == "controller"]
-    names = {n for x in ctl_rounds for n in x.threads}
-    by_thread = {n: median([x.threads.get(n, 0.0) for x in ctl_rounds]) for n in names}
-    print(
-        table(
-            ["controller CPU ms per request by thread (median)", "ms"],
-            [[n, ms] for n, ms in sorted(by_thread.items(), key=lambda item: -item[1])],
+    for side in sides[1:]:
+        side_rounds = [x for x in rounds if x.side == side]
+        names = {n for x in side_rounds for n in x.threads}
+        by_thread = {n: median([x.threads.get(n, 0.0) for x in side_rounds]) for n in names}
+        print(
+            table(
+                [f"{side}: CPU ms per request by thread (median)", "ms"],
+                [[n, ms] for n, ms in sorted(by_thread.items(), key=lambda item: -item[1])],
+            )
         )
-    )
-    (bare_rate, bare_at), (ctl_rate, ctl_at) = peak["bare"], peak["controller"]
-    ratio = ctl_rate / bare_rate
-    same_text = ", ".join(f"{n} senders {r:.2f}x" for n, r in same.items())
+    bare_rate, bare_at = peak["bare"]
+    results = {side: peak[side][0] / bare_rate for side in sides[1:]}
     if args.skip:
-        print(f"DIAGNOSTIC run without {', '.join(args.skip)}: controller/bare = {ratio:.2f}x -- not a result")
+        text = ", ".join(f"{side}/bare = {ratio:.2f}x" for side, ratio in results.items())
+        print(f"DIAGNOSTIC run without {', '.join(args.skip)}: {text} -- not a result")
         return 1 if bad or not stored_ok else 0
-    print(f"same number of senders: {same_text}")
-    print(
-        f"result: peak rates, controller {ctl_rate:.0f} req/s ({ctl_at} senders) / bare {bare_rate:.0f} req/s "
-        f"({bare_at} senders) = {ratio:.2f}x (goal >= 0.5x: {'met' if ratio >= 0.5 else 'NOT met'})"
-    )
+    for side in sides[1:]:
+        same_text = ", ".join(f"{n} senders {r:.2f}x" for n, r in same[side].items())
+        print(f"{side}, same number of senders: {same_text}")
+    for side, ratio in results.items():
+        rate, at = peak[side]
+        print(
+            f"result {side}: peak rates, {side} {rate:.0f} req/s ({at} senders) / bare {bare_rate:.0f} req/s "
+            f"({bare_at} senders) = {ratio:.2f}x (goal >= 0.5x: {'met' if ratio >= 0.5 else 'NOT met'})"
+        )
     if bad:
         print(f"WARNING: non-202 answers {bad}; the run is not valid")
         return 1
@@ -472,15 +480,6 @@ def skip_parts(bc: BenchController, parts: list[str]) -> None:
             return job, True
 
         controller.intake.store.create = create_nothing  # type: ignore[method-assign]
-
-
-def _pairs(rounds: list[Round]) -> list[tuple[Round, Round]]:
-    """(bare, controller) per round, whatever order they ran in."""
-    out = []
-    for i in range(0, len(rounds), 2):
-        first, second = rounds[i], rounds[i + 1]
-        out.append((first, second) if first.side == "bare" else (second, first))
-    return out
 
 
 def _non_202(rounds: list[Round]) -> dict[str, Counter[int]]:
@@ -513,6 +512,12 @@ def main() -> None:
         "--tmpdir", default=None, help="parent of the data dir (default: $TMPDIR); /dev/shm shows the no-fsync ceiling"
     )
     parser.add_argument("--image", default=TEST_IMAGE, help="runner image for the blocker job")
+    parser.add_argument(
+        "--intake-workers",
+        type=int,
+        default=2,
+        help="also measure webhook_port served by this many intake worker processes (0: only the main port)",
+    )
     parser.add_argument(
         "--skip",
         type=lambda text: [p for p in text.split(",") if p],

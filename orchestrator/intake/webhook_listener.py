@@ -19,6 +19,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -44,9 +45,10 @@ class WorkerStartError(Exception):
 class _Worker:
     slot: int
     process: asyncio.subprocess.Process
-    writer: asyncio.StreamWriter
     started: float
-    link: asyncio.Task[None] | None = None
+    link: relay.FrameLink | None = None
+    ready: asyncio.Future[None] | None = None
+    link_closed: asyncio.Event = field(default_factory=asyncio.Event)
     answering: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -113,20 +115,20 @@ class WebhookListener:
 
     # -- workers ---------------------------------------------------------------------------------------------------
 
-    def _hello(self) -> bytes:
+    def _hello(self) -> dict[str, Any]:
         server = self.intake.config.server
         sources = {
             name: {"scheme": src.scheme, "secrets": [base64.b64encode(s).decode() for s in src.secrets]}
             for name, src in self.intake.sources.items()
         }
-        return relay.encode(
-            {
-                "t": "hello",
-                "sources": sources,
-                "max_body_bytes": server.max_body_bytes,
-                "body_timeout_s": server.body_timeout_s,
-            }
-        )
+        hello = {
+            "t": "hello",
+            "sources": sources,
+            "max_body_bytes": server.max_body_bytes,
+            "body_timeout_s": server.body_timeout_s,
+        }
+        relay.encode(hello)  # raises here, not in the link's flush, if it cannot be sent
+        return hello
 
     async def _spawn(self, slot: int) -> _Worker:
         assert self.sock is not None
@@ -143,31 +145,37 @@ class WebhookListener:
             )
         finally:
             theirs.close()
-        reader, writer = await asyncio.open_unix_connection(sock=ours)
-        worker = _Worker(slot, process, writer, time.monotonic())
-        writer.write(self._hello())
+        worker = await self._connect(slot, process, ours)
+        assert worker.link is not None and worker.ready is not None
+        worker.link.send(self._hello())
         try:
             async with asyncio.timeout(READY_TIMEOUT_S):
-                frame = await relay.read_frame(reader, 0)
-        except (TimeoutError, relay.RelayError, ConnectionError) as exc:
-            frame = None
+                await worker.ready
+        except (TimeoutError, relay.RelayError) as exc:
             log.error("intake worker did not start", extra={"slot": slot, "error": f"{type(exc).__name__}: {exc}"})
-        except BaseException:  # cancelled while it starts: it must not outlive us
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            writer.close()
-            raise
-        if frame is None or frame[0]["t"] != "ready":
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
-            writer.close()
+            worker.link.close()
             raise WorkerStartError(
                 f"intake worker {slot} did not start (exit code {process.returncode}); its log lines are above"
-            )
+            ) from None
+        except BaseException:  # cancelled while it starts: it must not outlive us
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            worker.link.close()
+            raise
         self.workers[slot] = worker
-        worker.link = asyncio.create_task(self._serve_link(worker, reader))
         log.info("intake worker started", extra={"slot": slot, "pid": process.pid})
+        return worker
+
+    async def _connect(self, slot: int, process: asyncio.subprocess.Process, sock: socket.socket) -> _Worker:
+        loop = asyncio.get_running_loop()
+        worker = _Worker(slot, process, time.monotonic(), ready=loop.create_future())
+        max_body = self.intake.config.server.max_body_bytes
+        link = relay.FrameLink(max_body, lambda h, b: self._on_frame(worker, h, b), lambda e: self._closed(worker, e))
+        await loop.create_unix_connection(lambda: link, sock=sock)
+        worker.link = link
         return worker
 
     async def _supervise(self, worker: _Worker) -> None:
@@ -175,20 +183,21 @@ class WebhookListener:
         backoff = _BACKOFF_S[0]
         while True:
             code = await worker.process.wait()
-            if worker.link is not None:
-                await worker.link
-            if self.stopping:
-                return
+            await worker.link_closed.wait()
             ran = time.monotonic() - worker.started
             backoff = _BACKOFF_S[0] if ran >= _STABLE_S else backoff
+            # Waiting first also covers `systemctl stop`, which signals every process of the service at once:
+            # by the time a worker's exit is looked at, the controller knows it is stopping too.
+            await asyncio.sleep(backoff)
+            if self.stopping:
+                return
             self.restarts += 1
             if self.metrics is not None:
                 self.metrics.intake_worker_restarts.inc()
             log.error(
                 "intake worker exited; starting it again",
-                extra={"slot": worker.slot, "exit_code": code, "ran_s": round(ran, 1), "restart_in_s": backoff},
+                extra={"slot": worker.slot, "exit_code": code, "ran_s": round(ran, 1), "after_s": backoff},
             )
-            await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _BACKOFF_S[1])
             while not self.stopping:
                 try:
@@ -201,34 +210,38 @@ class WebhookListener:
             else:
                 return
 
-    async def _serve_link(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
-        limit = self.intake.config.server.max_body_bytes
+    def _on_frame(self, worker: _Worker, header: dict[str, Any], body: bytes) -> None:
+        assert worker.link is not None
         try:
-            while (frame := await relay.read_frame(reader, limit)) is not None:
-                header, body = frame
-                if header["t"] == "delivery":
-                    rid, source = relay.field(header, "id", int), relay.field(header, "source", str)
-                    delivery, remote = _optional_str(header, "delivery"), _optional_str(header, "remote")
-                    task = asyncio.create_task(self._answer(worker, rid, source, delivery, remote, body))
-                    worker.answering.add(task)
-                    task.add_done_callback(worker.answering.discard)
-                elif header["t"] == "rejected":
-                    self.intake.record_rejection(
-                        relay.field(header, "source", str),
-                        _optional_str(header, "remote"),
-                        relay.field(header, "status", int),
-                        relay.field(header, "reason", str),
-                    )
-                else:
-                    raise relay.RelayError(f"unexpected frame {header['t']!r} from a worker")
-        except (relay.RelayError, ConnectionError) as exc:
-            extra = {"slot": worker.slot, "error": str(exc)}
-            log.error("intake worker broke the relay protocol; stopping it", extra=extra)
+            if header["t"] == "delivery":
+                rid, source = relay.field(header, "id", int), relay.field(header, "source", str)
+                delivery, remote = _optional_str(header, "delivery"), _optional_str(header, "remote")
+                task = asyncio.create_task(self._answer(worker, rid, source, delivery, remote, body))
+                worker.answering.add(task)
+                task.add_done_callback(worker.answering.discard)
+            elif header["t"] == "rejected":
+                self.intake.record_rejection(
+                    relay.field(header, "source", str),
+                    _optional_str(header, "remote"),
+                    relay.field(header, "status", int),
+                    relay.field(header, "reason", str),
+                )
+            elif header["t"] == "ready" and worker.ready is not None and not worker.ready.done():
+                worker.ready.set_result(None)
+            else:
+                raise relay.RelayError(f"unexpected frame {header['t']!r} from a worker")
+        except relay.RelayError as exc:
+            worker.link.close(exc)
+
+    def _closed(self, worker: _Worker, exc: Exception | None) -> None:
+        """A link that broke the protocol takes its worker with it (the supervisor starts another one)."""
+        worker.link_closed.set()
+        if worker.ready is not None and not worker.ready.done():
+            worker.ready.set_exception(relay.RelayError("the worker closed the link before it was ready"))
+        if exc is not None and not self.stopping:
+            log.error("intake worker link broken; stopping the worker", extra={"slot": worker.slot, "error": str(exc)})
             with contextlib.suppress(ProcessLookupError):
                 worker.process.kill()
-        if worker.answering:
-            await asyncio.wait(set(worker.answering))
-        worker.writer.close()
 
     async def _answer(
         self, worker: _Worker, rid: int, source: str, delivery: str | None, remote: str | None, body: bytes
@@ -247,14 +260,13 @@ class WebhookListener:
             log.exception("webhook from an intake worker failed", extra={"source": source, "delivery": delivery})
             response = web.json_response({"error": "internal error", "reason": "internal_error"}, status=500)
         answer = response.body
-        assert isinstance(answer, bytes)
-        if not worker.writer.is_closing():
-            out: dict[str, object] = {"t": "answer", "id": rid, "status": response.status}
-            if "Retry-After" in response.headers:
-                out["retry_after"] = response.headers["Retry-After"]
-            if response.keep_alive is False:
-                out["close"] = True
-            worker.writer.write(relay.encode(out, answer))
+        assert isinstance(answer, bytes) and worker.link is not None
+        out: dict[str, object] = {"t": "answer", "id": rid, "status": response.status}
+        if "Retry-After" in response.headers:
+            out["retry_after"] = response.headers["Retry-After"]
+        if response.keep_alive is False:
+            out["close"] = True
+        worker.link.send(out, answer)
 
     # -- stop ------------------------------------------------------------------------------------------------------
 
@@ -270,7 +282,11 @@ class WebhookListener:
             with contextlib.suppress(ProcessLookupError):
                 worker.process.terminate()
         await asyncio.gather(*(_end(w.process) for w in workers))
-        await asyncio.gather(*(w.link for w in workers if w.link is not None))
+        for worker in workers:  # what they relayed last is stored before the store closes
+            if worker.link is not None:
+                worker.link.close()
+            if worker.answering:
+                await asyncio.wait(set(worker.answering))
         for task in self.supervisors:
             task.cancel()
         await asyncio.gather(*self.supervisors, return_exceptions=True)

@@ -35,13 +35,41 @@ _UNAVAILABLE = Rejected(503, "controller_unavailable", "the controller is not re
 class Relay:
     """The worker's end of the link: numbered deliveries out, answers matched back to them."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_body_bytes: int) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.max_body_bytes = max_body_bytes
+    def __init__(self) -> None:
+        self.link = relay.FrameLink(0, self._on_frame, self._on_close)  # 0 until the hello: it has no body
         self.pending: dict[int, asyncio.Future[web.Response]] = {}
         self.ids = itertools.count()
         self.closed = asyncio.Event()
+        self.hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+    def _on_frame(self, header: dict[str, Any], body: bytes) -> None:
+        if header["t"] == "answer":
+            try:
+                rid, response = relay.field(header, "id", int), _response(header, body)
+            except relay.RelayError as exc:
+                self.link.close(exc)
+                return
+            future = self.pending.pop(rid, None)
+            if future is not None and not future.done():
+                future.set_result(response)
+        elif header["t"] == "hello" and not self.hello.done():
+            max_body = relay.field(header, "max_body_bytes", int)
+            self.link.decoder.max_body_bytes = 2 * max_body + relay.MAX_HEADER_BYTES  # a duplicate's job view
+            self.hello.set_result(header)
+        else:
+            self.link.close(relay.RelayError(f"unexpected frame {header['t']!r} from the controller"))
+
+    def _on_close(self, exc: Exception | None) -> None:
+        """Every delivery still waiting is answered 503 (the sender retries; a stored job is then a duplicate)."""
+        if exc is not None:
+            log.error("intake worker: link to the controller broken", extra={"error": str(exc)})
+        self.closed.set()
+        if not self.hello.done():
+            self.hello.set_exception(relay.RelayError("the controller closed the link before its hello"))
+        for future in self.pending.values():
+            if not future.done():
+                future.set_result(error_response(_UNAVAILABLE))
+        self.pending.clear()
 
     async def forward(self, source: str, delivery: str | None, remote: str | None, body: bytes) -> web.Response:
         if self.closed.is_set():
@@ -49,31 +77,12 @@ class Relay:
         rid = next(self.ids)
         answer: asyncio.Future[web.Response] = asyncio.get_running_loop().create_future()
         self.pending[rid] = answer
-        header = {"t": "delivery", "id": rid, "source": source, "delivery": delivery, "remote": remote}
-        self.writer.write(relay.encode(header, body))
+        self.link.send({"t": "delivery", "id": rid, "source": source, "delivery": delivery, "remote": remote}, body)
         return await answer
 
     def report(self, source: str, remote: str | None, rej: Rejected) -> None:
-        if not self.closed.is_set():
-            header = {"t": "rejected", "source": source, "remote": remote, "status": rej.status, "reason": rej.reason}
-            self.writer.write(relay.encode(header))
-
-    async def read_answers(self) -> None:
-        """Until the link ends; then every delivery still waiting is answered 503 (the sender retries)."""
-        try:
-            while (frame := await relay.read_frame(self.reader, self.max_body_bytes)) is not None:
-                header, body = frame
-                future = self.pending.pop(relay.field(header, "id", int), None)
-                if future is not None and not future.done():
-                    future.set_result(_response(header, body))
-        except (relay.RelayError, ConnectionError) as exc:
-            log.error("intake worker: link to the controller broken", extra={"error": str(exc)})
-        finally:
-            self.closed.set()
-            for future in self.pending.values():
-                if not future.done():
-                    future.set_result(error_response(_UNAVAILABLE))
-            self.pending.clear()
+        header = {"t": "rejected", "source": source, "remote": remote, "status": rej.status, "reason": rej.reason}
+        self.link.send(header)
 
 
 def _response(header: dict[str, Any], body: bytes) -> web.Response:
@@ -96,8 +105,9 @@ def sources_from_hello(hello: dict[str, Any]) -> dict[str, WebhookSource]:
     }
 
 
-def build_worker_app(relay_: Relay, sources: dict[str, WebhookSource], body_timeout_s: float) -> web.Application:
-    max_body = relay_.max_body_bytes
+def build_worker_app(
+    relay_: Relay, sources: dict[str, WebhookSource], max_body: int, body_timeout_s: float
+) -> web.Application:
 
     async def webhook(request: web.Request) -> web.StreamResponse:
         name = request.match_info["source"]
@@ -120,24 +130,25 @@ def build_worker_app(relay_: Relay, sources: dict[str, WebhookSource], body_time
 
 
 async def serve(listen_fd: int, link_fd: int) -> int:
-    reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=link_fd))
-    frame = await relay.read_frame(reader, 0)
-    if frame is None or frame[0]["t"] != "hello":
-        log.error("intake worker: the controller sent no hello")
+    loop = asyncio.get_running_loop()
+    link = Relay()
+    await loop.create_unix_connection(lambda: link.link, sock=socket.socket(fileno=link_fd))
+    try:
+        hello = await link.hello
+        sources = sources_from_hello(hello)
+        max_body = relay.field(hello, "max_body_bytes", int)
+        body_timeout_s = float(relay.field(hello, "body_timeout_s", (int, float)))
+    except (relay.RelayError, KeyError, TypeError, ValueError) as exc:
+        log.error("intake worker: no usable hello from the controller", extra={"error": f"{type(exc).__name__}"})
         return 1
-    hello = frame[0]
-    link = Relay(reader, writer, relay.field(hello, "max_body_bytes", int))
-    app = build_worker_app(link, sources_from_hello(hello), float(relay.field(hello, "body_timeout_s", (int, float))))
-    runner = app_runner(app)
+    runner = app_runner(build_worker_app(link, sources, max_body, body_timeout_s))
     await runner.setup()
     listener = socket.socket(fileno=listen_fd)
     listener.setblocking(False)
     await web.SockSite(runner, listener).start()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    answers = asyncio.create_task(link.read_answers())
-    writer.write(relay.encode({"t": "ready", "pid": os.getpid()}))
+    link.link.send({"t": "ready", "pid": os.getpid()})
     log.info("intake worker serving", extra={"pid": os.getpid()})
     waiting = [asyncio.create_task(stop.wait()), asyncio.create_task(link.closed.wait())]
     await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -145,8 +156,7 @@ async def serve(listen_fd: int, link_fd: int) -> int:
         task.cancel()
     # Stop taking connections, let the handlers in flight get their answers, then hang up.
     await runner.cleanup()
-    writer.close()
-    answers.cancel()
+    link.link.close()
     return 0 if stop.is_set() else 1
 
 

@@ -7,7 +7,6 @@ import asyncio
 import socket
 import struct
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from hypothesis import given
@@ -15,15 +14,8 @@ from hypothesis import strategies as st
 
 from orchestrator.config import ServerConfig
 from orchestrator.intake import relay
-from orchestrator.intake.webhook_listener import WebhookListener, WorkerStartError, _Worker
+from orchestrator.intake.webhook_listener import WebhookListener, WorkerStartError
 from orchestrator.intake.worker import Relay
-
-
-def _reader(data: bytes) -> asyncio.StreamReader:
-    reader = asyncio.StreamReader()
-    reader.feed_data(data)
-    reader.feed_eof()
-    return reader
 
 
 @given(
@@ -31,39 +23,44 @@ def _reader(data: bytes) -> asyncio.StreamReader:
     source=st.text(min_size=1, max_size=40),
     remote=st.none() | st.text(max_size=40),
     body=st.binary(max_size=2048),
+    cuts=st.lists(st.integers(min_value=0, max_value=4096), max_size=6),
 )
-def test_frames_round_trip(rid: int, source: str, remote: str | None, body: bytes) -> None:
+def test_frames_survive_any_cut_of_the_stream(
+    rid: int, source: str, remote: str | None, body: bytes, cuts: list[int]
+) -> None:
     header = {"t": "delivery", "id": rid, "source": source, "delivery": None, "remote": remote}
-
-    async def read() -> Any:
-        return await relay.read_frame(_reader(relay.encode(header, body)), 4096)
-
-    assert asyncio.run(read()) == (header, body)
-
-
-async def test_several_frames_then_a_clean_end() -> None:
-    reader = _reader(relay.encode({"t": "ready"}) + relay.encode({"t": "answer", "id": 1, "status": 202}, b"{}"))
-    assert await relay.read_frame(reader, 10) == ({"t": "ready"}, b"")
-    assert await relay.read_frame(reader, 10) == ({"t": "answer", "id": 1, "status": 202}, b"{}")
-    assert await relay.read_frame(reader, 10) is None
+    stream = relay.encode(header, body) + relay.encode({"t": "ready"})
+    decoder = relay.FrameDecoder(4096)
+    frames = []
+    at = 0
+    for cut in [*sorted({min(c, len(stream)) for c in cuts}), len(stream)]:
+        frames += decoder.feed(stream[at:cut])
+        at = cut
+    assert frames == [(header, body), ({"t": "ready"}, b"")]
+    assert not decoder.inside_frame
 
 
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (struct.pack(">II", 10, 5_000), "exceeds the limit of 4096"),  # refused before the body is read
+        (struct.pack(">II", 10, 5_000), "exceeds the limit of 4096"),  # refused before the body arrives
         (struct.pack(">II", 0, 0), "outside 1.."),
         (struct.pack(">II", relay.MAX_HEADER_BYTES + 1, 0), "outside 1.."),
         (struct.pack(">II", 5, 0) + b"nope!", "not JSON"),
         (struct.pack(">II", 2, 0) + b"[]", "no known kind"),
         (struct.pack(">II", 12, 0) + b'{"t":"exec"}', "no known kind"),
-        (struct.pack(">II", 12, 3) + b'{"t":"ready"}', "inside a frame"),
-        (b"\x00\x00", "inside a frame prefix"),
     ],
 )
-async def test_broken_frames_are_refused(data: bytes, message: str) -> None:
+def test_broken_frames_are_refused(data: bytes, message: str) -> None:
     with pytest.raises(relay.RelayError, match=message):
-        await relay.read_frame(_reader(data), 4096)
+        relay.FrameDecoder(4096).feed(data)
+
+
+def test_a_partial_frame_is_kept_until_the_rest_arrives() -> None:
+    decoder = relay.FrameDecoder(4096)
+    frame = relay.encode({"t": "ready"})
+    assert decoder.feed(frame[:3]) == [] and decoder.inside_frame
+    assert decoder.feed(frame[3:]) == [({"t": "ready"}, b"")] and not decoder.inside_frame
 
 
 def test_field_checks_presence_and_type() -> None:
@@ -75,11 +72,17 @@ def test_field_checks_presence_and_type() -> None:
         relay.field(header, "source", str)
 
 
-async def test_worker_answers_503_for_what_it_relayed_when_the_controller_goes_away() -> None:
+async def _worker_relay() -> tuple[Relay, socket.socket]:
     ours, theirs = socket.socketpair()
-    reader, writer = await asyncio.open_unix_connection(sock=ours)
-    link = Relay(reader, writer, 4096)
-    answers = asyncio.create_task(link.read_answers())
+    link = Relay()
+    await asyncio.get_running_loop().create_unix_connection(lambda: link.link, sock=ours)
+    theirs.sendall(relay.encode({"t": "hello", "sources": {}, "max_body_bytes": 4096, "body_timeout_s": 1}))
+    await asyncio.wait_for(link.hello, 5)
+    return link, theirs
+
+
+async def test_worker_answers_503_for_what_it_relayed_when_the_controller_goes_away() -> None:
+    link, theirs = await _worker_relay()
     waiting = asyncio.create_task(link.forward("ci", "msg_1", "127.0.0.1", b"{}"))
     await asyncio.sleep(0.05)
     sent = theirs.recv(4096)
@@ -87,20 +90,18 @@ async def test_worker_answers_503_for_what_it_relayed_when_the_controller_goes_a
     theirs.close()  # the controller died
     response = await asyncio.wait_for(waiting, 5)
     assert response.status == 503 and response.headers["Retry-After"] == "30"
-    await answers
+    assert link.closed.is_set()
     late = await link.forward("ci", "msg_2", None, b"{}")  # and so does every later one, without waiting
     assert late.status == 503
-    writer.close()
 
 
-async def test_worker_matches_answers_to_deliveries() -> None:
-    ours, theirs = socket.socketpair()
-    reader, writer = await asyncio.open_unix_connection(sock=ours)
-    link = Relay(reader, writer, 4096)
-    answers = asyncio.create_task(link.read_answers())
+async def test_worker_matches_answers_to_deliveries_and_sends_a_burst_in_one_write() -> None:
+    link, theirs = await _worker_relay()
     first = asyncio.create_task(link.forward("ci", "a", None, b"1"))
     second = asyncio.create_task(link.forward("ci", "b", None, b"2"))
     await asyncio.sleep(0.05)
+    sent = relay.FrameDecoder(4096).feed(theirs.recv(65536))  # both deliveries, sent in the same loop turn
+    assert [(h["id"], h["delivery"], b) for h, b in sent] == [(0, "a", b"1"), (1, "b", b"2")]
     theirs.sendall(
         relay.encode({"t": "answer", "id": 1, "status": 200}, b'{"n": 2}')
         + relay.encode({"t": "answer", "id": 0, "status": 429, "retry_after": "30", "close": True}, b'{"n": 1}')
@@ -109,8 +110,16 @@ async def test_worker_matches_answers_to_deliveries() -> None:
     assert (one.status, one.body, one.headers["Retry-After"], one.keep_alive) == (429, b'{"n": 1}', "30", False)
     assert (two.status, two.body, "Retry-After" in two.headers) == (200, b'{"n": 2}', False)
     theirs.close()
-    await answers
-    writer.close()
+
+
+async def test_worker_hangs_up_on_a_controller_that_breaks_the_protocol() -> None:
+    link, theirs = await _worker_relay()
+    waiting = asyncio.create_task(link.forward("ci", "a", None, b"1"))
+    await asyncio.sleep(0.05)
+    theirs.sendall(relay.encode({"t": "delivery", "id": 0, "source": "x"}))  # the controller never delivers
+    assert (await asyncio.wait_for(waiting, 5)).status == 503
+    assert theirs.recv(65536) and theirs.recv(65536) == b""  # the delivery, then the hang-up
+    theirs.close()
 
 
 def test_a_header_too_large_for_the_peer_is_not_sent() -> None:
@@ -124,10 +133,10 @@ async def test_the_controller_kills_a_worker_that_breaks_the_protocol() -> None:
     listener = WebhookListener(server, intake)  # type: ignore[arg-type]
     process = await asyncio.create_subprocess_exec("sleep", "60")
     ours, theirs = socket.socketpair()
-    reader, writer = await asyncio.open_unix_connection(sock=ours)
+    worker = await listener._connect(0, process, ours)
     theirs.sendall(relay.encode({"t": "hello"}))  # only the controller says hello
-    await asyncio.wait_for(listener._serve_link(_Worker(0, process, writer, 0.0), reader), 5)
     assert await asyncio.wait_for(process.wait(), 5) == -9
+    assert worker.link_closed.is_set()
     theirs.close()
 
 

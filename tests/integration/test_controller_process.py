@@ -37,6 +37,7 @@ class ControllerProcess:
         max_concurrent: int = 4,
         vault_url: str | None = None,
         revoker_token: str | None = None,
+        intake_workers: int = 0,
     ) -> None:
         self.tmp = tmp_path
         self.controller_id = f"{TEST_CONTROLLER_PREFIX}{RUN_TAG}{secrets.token_hex(4)}"
@@ -47,6 +48,13 @@ class ControllerProcess:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        self.hook_url = self.url
+        listener = ""
+        if intake_workers:
+            with __import__("socket").socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.hook_url = f"http://127.0.0.1:{s.getsockname()[1]}"
+                listener = f"webhook_port = {s.getsockname()[1]}\nintake_workers = {intake_workers}\n"
         credentials = ""
         if vault_url:
             credentials = f'''
@@ -71,7 +79,7 @@ max_total_concurrent = 32
 host = "127.0.0.1"
 port = {self.port}
 public_url = "{self.url}"
-[docker]
+{listener}[docker]
 stop_grace_s = 1
 [sources.ci]
 scheme = "standard-webhooks"
@@ -99,6 +107,7 @@ retry_on_restart = {str(retry_on_restart).lower()}
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as under systemd (see the intake-worker test)
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -116,7 +125,12 @@ retry_on_restart = {str(retry_on_restart).lower()}
         headers = sign(
             "standard-webhooks", self.key, body, msg_id=f"m{secrets.token_hex(4)}", timestamp=int(time.time())
         )
-        return requests.post(f"{self.url}/webhooks/ci", data=body, headers=headers, timeout=10).status_code
+        return requests.post(f"{self.hook_url}/webhooks/ci", data=body, headers=headers, timeout=10).status_code
+
+    def children(self) -> list[int]:
+        assert self.proc is not None
+        text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        return [int(pid) for pid in text.split()]
 
     def job(self, job_id: str) -> dict[str, Any]:
         r = requests.get(f"{self.url}/api/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {self.token}"})
@@ -322,3 +336,50 @@ def test_cli_follow_reconnects_across_a_controller_restart(controller_process: A
     assert b"tick-0" in out
     assert cp.job(spec["id"])["status"] == "error"
     cp.kill(signal.SIGTERM)
+
+
+def _gone(pids: list[int], timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].splitlines()[0]
+    except (FileNotFoundError, IndexError):
+        return "zombie"
+
+
+def test_intake_workers_end_with_the_controller_sigkill_or_sigterm(controller_process: Any, docker_client: Any) -> None:
+    cp = controller_process(intake_workers=2)
+    cp.start()
+    assert cp.hook_url != cp.url
+    workers = cp.children()
+    assert len(workers) == 2
+    spec = job_spec(commands=["echo through-a-worker"])
+    assert cp.send(spec) == 202
+    assert cp.wait(spec["id"], FINAL)["status"] == "succeeded"
+    listening = next(
+        json.loads(line) for line in (cp.tmp / "controller.log").read_text().splitlines() if '"listening"' in line
+    )
+    assert listening["webhook_url"] == cp.hook_url
+    cp.kill(signal.SIGKILL)  # no goodbye: the workers see their link close and exit on their own
+    assert _gone(workers), "intake workers outlived a killed controller"
+    cp.start()
+    workers = cp.children()
+    assert len(workers) == 2
+    assert cp.send(spec) == 200  # the job survived the crash; the new workers dedupe against it
+    assert cp.kill(signal.SIGTERM) == 0
+    assert _gone(workers, timeout=1)
+    cp.start()
+    workers = cp.children()
+    assert cp.proc is not None
+    os.killpg(cp.proc.pid, signal.SIGTERM)  # what `systemctl stop` does: every process of the service at once
+    assert cp.proc.wait(timeout=60) == 0
+    assert _gone(workers, timeout=1)
+    log = (cp.tmp / "controller.log").read_text()
+    assert "starting it again" not in log and "Traceback" not in log
