@@ -33,8 +33,9 @@ import atheris
 # the editable install's custom loader defeats atheris' loader override: hook the plain import path instead
 with atheris.instrument_imports(include=["orchestrator"], enable_loader_override=False):
     from orchestrator.config import Config
+    from orchestrator.intake.receive import Rejected
     from orchestrator.intake.signatures import SCHEMES, TIMESTAMP_TOLERANCE_S, SignatureError, sign, verify
-    from orchestrator.intake.webhooks import Rejected, check_admissible, parse_spec
+    from orchestrator.intake.webhooks import check_admissible, parse_spec
     from orchestrator.logs.store import LogStore
 
 KEY = b"atheris-fuzz-key-0123456789abcdef"

@@ -22,8 +22,9 @@ from orchestrator.config import Config, read_source_secrets
 from orchestrator.credentials.base import CredentialsBackend
 from orchestrator.credentials.claims import discovery_document
 from orchestrator.credentials.oidc import SigningKeys
+from orchestrator.intake.receive import WebhookSource
 from orchestrator.intake.webhook_listener import WebhookListener
-from orchestrator.intake.webhooks import WebhookIntake, WebhookSource
+from orchestrator.intake.webhooks import WebhookIntake
 from orchestrator.jobs.states import Job
 from orchestrator.logs.store import LogStore
 from orchestrator.metrics import Metrics

@@ -25,7 +25,8 @@ from aiohttp import web
 
 from orchestrator.config import ServerConfig
 from orchestrator.intake import relay
-from orchestrator.intake.webhooks import Rejected, WebhookIntake
+from orchestrator.intake.receive import Rejected
+from orchestrator.intake.webhooks import WebhookIntake
 from orchestrator.metrics import Metrics
 from orchestrator.serving import app_runner
 
@@ -238,6 +239,7 @@ class WebhookListener:
         worker.link_closed.set()
         if worker.ready is not None and not worker.ready.done():
             worker.ready.set_exception(relay.RelayError("the worker closed the link before it was ready"))
+            worker.ready.exception()  # retrieved here: nobody may be waiting any more (a start that timed out)
         if exc is not None and not self.stopping:
             log.error("intake worker link broken; stopping the worker", extra={"slot": worker.slot, "error": str(exc)})
             with contextlib.suppress(ProcessLookupError):

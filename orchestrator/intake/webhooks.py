@@ -5,21 +5,17 @@ durably stored. Every refusal is a 4xx with a message the sender can act on."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import Counter
 from pydantic import ValidationError
 
 from orchestrator.audit_events import Auditor
 from orchestrator.config import Config
-from orchestrator.intake.signatures import SignatureError, verify
+from orchestrator.intake.receive import Rejected, WebhookSource, authenticate, error_response, find_source
 from orchestrator.jobs.spec import JobSpec
 from orchestrator.jobs.states import Job, new_job
 from orchestrator.jobs.views import job_view
@@ -30,67 +26,11 @@ from orchestrator.store.base import JobStore
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class WebhookSource:
-    name: str
-    scheme: str
-    secrets: tuple[bytes, ...]
-
-
-class Rejected(Exception):
-    def __init__(self, status: int, reason: str, message: str, **extra: object) -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
-        self.message = message
-        self.extra = extra
-
-
-def _error(status: int, reason: str, message: str, **extra: object) -> web.Response:
-    resp = web.json_response({"error": message, "reason": reason, **extra}, status=status)
-    return resp
-
-
 def _queued(job: Job) -> web.Response:
     """The 202, without a JSON encoder on the hot path: a job id matches [A-Za-z0-9._-]{1,128} and a state is a
     lowercase word, so neither needs escaping -- the bytes are what `json.dumps` would give."""
     body = b'{"job_id": "%s", "status": "%s"}' % (job.id.encode(), job.state.value.encode())
     return web.Response(body=body, status=202, content_type="application/json", charset="utf-8")
-
-
-async def read_capped(request: web.Request, cap: int) -> bytes:
-    """Reads at most `cap` bytes; a declared or actual larger body is refused without reading the rest.
-    Compressed bodies are refused: the signature covers the bytes as sent, and inflating them first would be
-    a decompression-bomb risk for no benefit."""
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise Rejected(
-            415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not accepted; send the body as is"
-        )
-    declared = request.content_length
-    if declared is not None and declared > cap:
-        raise Rejected(413, "body_too_large", f"body of {declared} bytes exceeds the limit of {cap} bytes")
-    if request.content.is_eof():  # all of it is already buffered (the usual case): take it in one piece
-        body = request.content.read_nowait()
-        if len(body) > cap:
-            raise Rejected(413, "body_too_large", f"body exceeds the limit of {cap} bytes")
-        return body
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        try:
-            chunk = await request.content.read(min(65536, cap + 1 - size))
-        except web.HTTPException:
-            raise
-        except (aiohttp.ClientPayloadError, web.RequestPayloadError, ConnectionError) as exc:
-            raise Rejected(400, "unreadable_body", f"body could not be read: {type(exc).__name__}") from None
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > cap:
-            raise Rejected(413, "body_too_large", f"body exceeds the limit of {cap} bytes")
-    return b"".join(chunks)
 
 
 def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
@@ -162,43 +102,6 @@ def check_admissible(spec: JobSpec, config: Config, *, credentials_configured: b
             f"timeout_s {timeout} exceeds pool {spec.pool!r} max_timeout_s {pool.max_timeout_s}",
         )
     return timeout
-
-
-def find_source(sources: Mapping[str, WebhookSource], name: str) -> WebhookSource:
-    source = sources.get(name)
-    if source is None:
-        raise Rejected(404, "unknown_source", f"unknown webhook source {name!r}")
-    return source
-
-
-async def authenticate(
-    request: web.Request, source: WebhookSource, max_body_bytes: int, body_timeout_s: float
-) -> tuple[str | None, bytes]:
-    """The raw body, read within its size and time limits, and the delivery id its valid signature vouches for.
-    Shared by the controller's own listener and the intake worker processes. Raises Rejected."""
-    try:
-        if request.content.is_eof():  # the whole body has arrived (the usual case): no timer needed
-            body = await read_capped(request, max_body_bytes)
-        else:
-            async with asyncio.timeout(body_timeout_s):
-                body = await read_capped(request, max_body_bytes)
-    except TimeoutError:
-        raise Rejected(408, "body_timeout", f"body not received within {body_timeout_s:g} s") from None
-    try:
-        delivery = verify(source.scheme, source.secrets, request.headers, body, time.time())
-    except SignatureError as exc:
-        raise Rejected(401, exc.reason, exc.message) from None
-    return delivery, body
-
-
-def error_response(rej: Rejected) -> web.Response:
-    """A refusal as sent: JSON error, and the connection closed after a body that was not read (408, 413)."""
-    resp = _error(rej.status, rej.reason, rej.message, **rej.extra)
-    if rej.status in (408, 413):
-        resp.force_close()
-    if rej.status in (429, 503):
-        resp.headers["Retry-After"] = "30"
-    return resp
 
 
 class WebhookIntake:

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from orchestrator import structured_logs
 from orchestrator.intake import relay
-from orchestrator.intake.webhooks import Rejected, WebhookSource, authenticate, error_response, find_source
+from orchestrator.intake.receive import Rejected, WebhookSource, authenticate, error_response, find_source
 from orchestrator.serving import app_runner
 
 log = logging.getLogger("orchestrator.intake.worker")  # not __main__: it runs with -m
@@ -66,6 +66,7 @@ class Relay:
         self.closed.set()
         if not self.hello.done():
             self.hello.set_exception(relay.RelayError("the controller closed the link before its hello"))
+            self.hello.exception()  # retrieved: serve() reads it if it is still waiting
         for future in self.pending.values():
             if not future.done():
                 future.set_result(error_response(_UNAVAILABLE))

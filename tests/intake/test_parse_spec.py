@@ -14,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_fuzz_webhooks import DEEP, SHAPES, make_hostile, nesting_depth
 
-from orchestrator.intake.webhooks import Rejected, _parse_spec_slowly, _queued, parse_spec
+from orchestrator.intake.receive import Rejected
+from orchestrator.intake.webhooks import _parse_spec_slowly, _queued, parse_spec
 from orchestrator.jobs.spec import JOB_ID_PATTERN, JobSpec
 from orchestrator.jobs.states import JobState, new_job
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -148,3 +150,11 @@ async def test_a_worker_that_cannot_start_stops_the_controller_start(monkeypatch
     with pytest.raises(WorkerStartError, match=r"intake worker \d did not start \(exit code 1\)"):
         await listener.start()
     assert listener.sock is None and listener.workers == {}
+
+
+def test_a_worker_imports_neither_the_store_nor_the_scheduler_nor_docker() -> None:
+    """A worker (re)starts in well under a second and holds no more than it needs (no Docker client, no store)."""
+    heavy = ("docker", "orchestrator.store", "orchestrator.scheduler", "orchestrator.credentials")
+    probe = f"import sys, orchestrator.intake.worker; print(sorted(m for m in sys.modules if m.startswith({heavy})))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,103 @@
+"""Receiving a webhook delivery up to and including its authentication: size, encoding and time limits on the
+body, then the signature on the raw bytes. Kept apart from the accept path (webhooks.py) because intake worker
+processes run exactly this and nothing else: importing it must not pull in the store, scheduler or Docker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from orchestrator.intake.signatures import SignatureError, verify
+
+
+@dataclass(frozen=True)
+class WebhookSource:
+    name: str
+    scheme: str
+    secrets: tuple[bytes, ...]
+
+
+class Rejected(Exception):
+    def __init__(self, status: int, reason: str, message: str, **extra: object) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.extra = extra
+
+
+async def read_capped(request: web.Request, cap: int) -> bytes:
+    """Reads at most `cap` bytes; a declared or actual larger body is refused without reading the rest.
+    Compressed bodies are refused: the signature covers the bytes as sent, and inflating them first would be
+    a decompression-bomb risk for no benefit."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise Rejected(
+            415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not accepted; send the body as is"
+        )
+    declared = request.content_length
+    if declared is not None and declared > cap:
+        raise Rejected(413, "body_too_large", f"body of {declared} bytes exceeds the limit of {cap} bytes")
+    if request.content.is_eof():  # all of it is already buffered (the usual case): take it in one piece
+        body = request.content.read_nowait()
+        if len(body) > cap:
+            raise Rejected(413, "body_too_large", f"body exceeds the limit of {cap} bytes")
+        return body
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            chunk = await request.content.read(min(65536, cap + 1 - size))
+        except web.HTTPException:
+            raise
+        except (aiohttp.ClientPayloadError, web.RequestPayloadError, ConnectionError) as exc:
+            raise Rejected(400, "unreadable_body", f"body could not be read: {type(exc).__name__}") from None
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            raise Rejected(413, "body_too_large", f"body exceeds the limit of {cap} bytes")
+    return b"".join(chunks)
+
+
+def find_source(sources: Mapping[str, WebhookSource], name: str) -> WebhookSource:
+    source = sources.get(name)
+    if source is None:
+        raise Rejected(404, "unknown_source", f"unknown webhook source {name!r}")
+    return source
+
+
+async def authenticate(
+    request: web.Request, source: WebhookSource, max_body_bytes: int, body_timeout_s: float
+) -> tuple[str | None, bytes]:
+    """The raw body, read within its size and time limits, and the delivery id its valid signature vouches for.
+    Shared by the controller's own listener and the intake worker processes. Raises Rejected."""
+    try:
+        if request.content.is_eof():  # the whole body has arrived (the usual case): no timer needed
+            body = await read_capped(request, max_body_bytes)
+        else:
+            async with asyncio.timeout(body_timeout_s):
+                body = await read_capped(request, max_body_bytes)
+    except TimeoutError:
+        raise Rejected(408, "body_timeout", f"body not received within {body_timeout_s:g} s") from None
+    try:
+        delivery = verify(source.scheme, source.secrets, request.headers, body, time.time())
+    except SignatureError as exc:
+        raise Rejected(401, exc.reason, exc.message) from None
+    return delivery, body
+
+
+def error_response(rej: Rejected) -> web.Response:
+    """A refusal as sent: JSON error, and the connection closed after a body that was not read (408, 413)."""
+    resp = web.json_response({"error": rej.message, "reason": rej.reason, **rej.extra}, status=rej.status)
+    if rej.status in (408, 413):
+        resp.force_close()
+    if rej.status in (429, 503):
+        resp.headers["Retry-After"] = "30"
+    return resp
