@@ -231,6 +231,8 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
     app.router.add_routes(_oidc_routes(controller))
 
     async def startup(app: web.Application) -> None:
+        if controller.webhook_listener is not None:  # a port in use or a broken worker: fail before any job runs
+            await controller.webhook_listener.start()
         await controller.store.open()
         config = controller.config
         controller.auditor.config_loaded(config.digest(), config.controller_id, config.warnings())
@@ -238,7 +240,7 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
             log.warning("unsafe pool option in use", extra={"warning": warning})
         await controller.scheduler.start()
         if controller.webhook_listener is not None:
-            await controller.webhook_listener.start()
+            await controller.webhook_listener.open()
         if controller.signing_keys is not None:
             controller.background.append(asyncio.create_task(_rotate_keys_periodically(controller.signing_keys)))
         renew = getattr(controller.credentials, "renew_revoker", None)

@@ -38,8 +38,9 @@ _BACKOFF_S = (0.5, 30.0)  # first and longest wait before a dead worker is start
 _STABLE_S = 60.0  # a worker that ran this long starts its replacement's backoff from the beginning
 
 
-class WorkerStartError(Exception):
-    """An intake worker did not come up; the controller does not start without its webhook listener."""
+class WorkerStartError(OSError):
+    """An intake worker did not come up; the controller does not start without its webhook listener. An OSError,
+    so `orchestrator serve` reports it in one line, like a port it cannot bind."""
 
 
 @dataclass
@@ -77,6 +78,7 @@ class WebhookListener:
         self.supervisors: list[asyncio.Task[None]] = []
         self.stopping = False
         self.restarts = 0
+        self.opened = asyncio.Event()
 
     @property
     def url(self) -> str:
@@ -84,15 +86,15 @@ class WebhookListener:
         return f"http://{host}:{self.port}"
 
     async def start(self) -> None:
-        self.sock = socket.create_server((self.host, self.requested_port), backlog=1024)
+        """Binds the port and starts the workers. What they relay waits for `open`."""
+        try:
+            self.sock = socket.create_server((self.host, self.requested_port), backlog=1024)
+        except OSError as exc:
+            where = f"{self.host}:{self.requested_port}"
+            raise OSError(exc.errno, f"server.webhook_port: cannot listen on {where}: {exc.strerror}") from None
         self.sock.setblocking(False)
         self.port = self.sock.getsockname()[1]
         if not self.workers_wanted:
-            app = healthz_app()
-            app.router.add_post("/webhooks/{source}", self.intake.handle)
-            self.runner = app_runner(app)
-            await self.runner.setup()
-            await web.SockSite(self.runner, self.sock).start()
             return
         spawns = (self._spawn(slot) for slot in range(self.workers_wanted))
         first = await asyncio.gather(*spawns, return_exceptions=True)
@@ -103,7 +105,19 @@ class WebhookListener:
         for worker in first:
             assert isinstance(worker, _Worker)
             self.supervisors.append(asyncio.create_task(self._supervise(worker)))
-        log.info("intake workers serving", extra={"url": self.url, "workers": self.workers_wanted})
+
+    async def open(self) -> None:
+        """Deliveries are taken from here on: after `start` (where a port in use or a worker that cannot start
+        ends the start-up before any job runs) and after the scheduler has reconciled the store."""
+        if not self.workers_wanted:
+            assert self.sock is not None
+            app = healthz_app()
+            app.router.add_post("/webhooks/{source}", self.intake.handle)
+            self.runner = app_runner(app)
+            await self.runner.setup()
+            await web.SockSite(self.runner, self.sock).start()
+        self.opened.set()
+        log.info("webhook listener serving", extra={"url": self.url, "intake_workers": self.workers_wanted})
 
     def alive(self) -> int:
         return sum(1 for w in self.workers.values() if w.process.returncode is None)
@@ -250,10 +264,12 @@ class WebhookListener:
     ) -> None:
         """The product's own accept path, answered over the link instead of HTTP."""
         intake = self.intake
+        if not self.opened.is_set():  # relayed before the scheduler was ready: held, not refused
+            await self.opened.wait()
         try:
             if source not in intake.sources:
                 raise Rejected(404, "unknown_source", f"unknown webhook source {source!r}")
-            if not intake.accepting:
+            if not intake.accepting or self.stopping:
                 raise Rejected(503, "shutting_down", "controller is shutting down; retry later")
             response = await intake.accept(source, delivery, remote, body)
         except Rejected as rej:
@@ -276,6 +292,7 @@ class WebhookListener:
         """Workers stop taking connections, get answers for what they relayed, and exit (killed after
         STOP_TIMEOUT_S). Idempotent."""
         self.stopping = True
+        self.opened.set()  # deliveries held for `open` are answered (503) instead of waiting forever
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None

@@ -383,3 +383,16 @@ def test_intake_workers_end_with_the_controller_sigkill_or_sigterm(controller_pr
     assert _gone(workers, timeout=1)
     log = (cp.tmp / "controller.log").read_text()
     assert "starting it again" not in log and "Traceback" not in log
+
+
+def test_a_webhook_port_in_use_stops_the_start_with_one_clear_line(controller_process: Any) -> None:
+    import socket
+
+    cp = controller_process(intake_workers=2)
+    port = int(cp.hook_url.rsplit(":", 1)[1])
+    with socket.create_server(("127.0.0.1", port)):
+        command = [sys.executable, "-m", "orchestrator.cli", "serve", "--config", str(cp.config)]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert f"server.webhook_port: cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
+    assert "Traceback" not in out.stderr
