@@ -31,7 +31,7 @@ from orchestrator.app import Controller, build_app, build_controller
 from orchestrator.config import Config, hash_token
 from orchestrator.intake.signatures import sign
 from orchestrator.runtime.container_spec import LABEL_CONTROLLER
-from orchestrator.serving import app_runner
+from orchestrator.serving import LISTEN_BACKLOG, app_runner
 
 TEST_IMAGE = os.environ.get("ORCHESTRATOR_TEST_IMAGE", "runner-orchestrator/test-runner:local")
 SOURCE = "bench"
@@ -135,7 +135,7 @@ async def serve(app: web.Application) -> Served:
     """Serve `app` on 127.0.0.1 with an ephemeral port, the way `orchestrator serve` does (no access log)."""
     runner = app_runner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=LISTEN_BACKLOG)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     return Served(f"http://127.0.0.1:{port}", runner)

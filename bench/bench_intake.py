@@ -3,31 +3,37 @@
 Why: the intake issue asks that authentication and durable storage cost at most half the throughput of the
 cheapest possible aiohttp endpoint on the same machine.
 
-Both servers run in this process on 127.0.0.1, built the way `orchestrator serve` builds them (AppRunner,
-no access log; `--log json`, the default, also writes the controller's JSON log lines at level info, to a file
-in the temp dir instead of journald):
+Three sides, served on 127.0.0.1 the way `orchestrator serve` serves them (AppRunner, no access log; `--log
+json`, the default, also writes the controller's JSON log lines at level info, to a file in the temp dir instead
+of journald):
 
-* controller: `build_controller` + `build_app`, standard-webhooks source, data dir (SQLite WAL, synchronous=FULL)
-  in a temp dir. Every request takes the full intake path: size cap, HMAC verify, JSON parse, pydantic
-  validation, dedupe lookup, durable insert, enqueue, 202.
-* bare: one aiohttp handler that reads the body and returns 202 JSON.
+* bare: one aiohttp handler in this process that reads the body and returns 202 JSON.
+* controller: `build_controller` + `build_app` in this process, standard-webhooks source, data dir (SQLite WAL,
+  synchronous=FULL) in a temp dir, webhooks posted to its main port, served by its event loop. Every request
+  takes the full intake path: size cap, HMAC verify, JSON parse, pydantic validation, dedupe, durable insert,
+  signed audit record, enqueue, 202.
+* workers (`--intake-workers N`, default 2; 0 leaves this side out): the same controller's `webhook_port`,
+  served by N intake worker processes (size cap and HMAC there; the rest in the controller, as above). Its
+  server CPU includes the workers'.
 
 Jobs must not actually run during the measurement, so the pool has `max_concurrent = 1` and one blocker job
 (`sleep 600`) is started first; every benchmark job then waits in the (large) queue. At the end the app is shut
-down the way SIGTERM does it (`on_shutdown` -> `scheduler.shutdown(0)`): dispatch stops, the blocker is cancelled
-and its container removed; queued jobs stay `queued` in the temporary store, which is deleted. The script then
-checks that every 202 was durably stored and that no container with this run's controller id is left.
+down the way SIGTERM does it (`on_shutdown` -> `scheduler.shutdown(0)`, then the workers): dispatch stops, the
+blocker is cancelled and its container removed; queued jobs stay `queued` in the temporary store, which is
+deleted. The script then checks that every 202 was durably stored and that no container with this run's
+controller id is left.
 
-The load generator is a separate process (multiprocessing, spawn) running an aiohttp client with N concurrent
-senders over keep-alive connections; requests are signed before the clock starts. Rounds alternate the order
-of the two servers, and ratios are taken per round, then the median, because the machine may be shared.
+The load generator is a separate process (multiprocessing, spawn): pre-built, pre-signed HTTP/1.1 requests on
+raw keep-alive sockets (`--generator raw`, ~0.05 ms CPU per request), or an aiohttp client (`--generator
+aiohttp`, 0.2-0.3 ms per request, which on a 2-core machine takes the bare server's core). Rounds rotate the
+order of the sides, and ratios are taken per round, then the median, because the machine may be shared.
 
 Throughput is what a server sustains when it is saturated, so each side is measured at several sender counts
-(default 32, 64, 128, interleaved within every round) and the result compares each side's best median rate. The
-two saturate differently: the bare handler keeps the CPU busy with a few dozen senders, while every controller
-202 waits for an fsync'ed group commit (~10 ms at 32 senders), so with few senders its event loop idles between
-commits and the figure measures that latency rather than its capacity; with more webhooks in flight the commits
-grow and overlap the loop's work. The ratio at each sender count is printed as well, next to the latencies.
+(default 32, 64, 128, 256, interleaved within every round) and the result compares each side's best median
+rate. The sides saturate differently: the bare handler keeps its core busy from a few dozen senders on, while
+every controller 202 waits for an fsync'ed group commit (~10 ms at 32 senders), so with few senders the
+controller idles between commits and the figure measures that latency rather than its capacity. The ratio at
+each sender count is printed as well, next to the latencies.
 """
 
 from __future__ import annotations
@@ -496,8 +502,8 @@ def main() -> None:
     parser.add_argument(
         "--concurrency",
         type=lambda text: sorted({int(n) for n in text.split(",") if n}),
-        default=[32, 64, 128],
-        help="comma list of sender counts; each side's peak rate over them is compared (default 32,64,128)",
+        default=[32, 64, 128, 256],
+        help="comma list of sender counts; each side's peak rate over them is compared (default 32,64,128,256)",
     )
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=300, help="requests per side before measuring")

@@ -35,7 +35,7 @@ def _fail(message: str, code: int = 1) -> int:
 async def _serve(config_path: Path, drain_timeout_s: float) -> int:
     from orchestrator import structured_logs
     from orchestrator.app import build_app, build_controller, drain
-    from orchestrator.serving import app_runner
+    from orchestrator.serving import LISTEN_BACKLOG, app_runner
 
     structured_logs.configure(os.environ.get("ORCHESTRATOR_LOG_LEVEL", "info"))
     config = load_config(config_path)
@@ -43,7 +43,7 @@ async def _serve(config_path: Path, drain_timeout_s: float) -> int:
     app = build_app(controller, drain_timeout_s=drain_timeout_s)
     runner = app_runner(app)
     await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port)
+    site = web.TCPSite(runner, config.server.host, config.server.port, backlog=LISTEN_BACKLOG)
     await site.start()
     listening = {"event": "listening", "url": f"http://{config.server.host}:{config.server.port}"}
     if controller.webhook_listener is not None:

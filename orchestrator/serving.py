@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+# Connections the kernel completes before the event loop accepts them. aiohttp's default (128) overflows when a
+# forge opens a burst of connections while the loop is busy; the kernel caps it at net.core.somaxconn anyway.
+LISTEN_BACKLOG = 1024
+
 
 def app_runner(app: web.Application, *, handle_signals: bool = False) -> web.AppRunner:
     """No access log (the audit trail and metrics cover requests). No lingering close: after a refusal that did

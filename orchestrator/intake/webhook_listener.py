@@ -28,7 +28,7 @@ from orchestrator.intake import relay
 from orchestrator.intake.receive import Rejected
 from orchestrator.intake.webhooks import WebhookIntake
 from orchestrator.metrics import Metrics
-from orchestrator.serving import app_runner
+from orchestrator.serving import LISTEN_BACKLOG, app_runner
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class WebhookListener:
     async def start(self) -> None:
         """Binds the port and starts the workers. What they relay waits for `open`."""
         try:
-            self.sock = socket.create_server((self.host, self.requested_port), backlog=1024)
+            self.sock = socket.create_server((self.host, self.requested_port), backlog=LISTEN_BACKLOG)
         except OSError as exc:
             where = f"{self.host}:{self.requested_port}"
             raise OSError(exc.errno, f"server.webhook_port: cannot listen on {where}: {exc.strerror}") from None

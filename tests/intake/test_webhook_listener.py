@@ -126,12 +126,13 @@ async def test_webhook_port_serves_webhooks_and_healthz_only(controller_factory:
     assert ready["checks"]["intake_workers" if mode == "workers" else "webhook_listener"] == "ok"
 
 
-async def test_a_dead_worker_is_started_again_and_the_port_keeps_serving(controller_factory: Any) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+async def test_a_dead_worker_is_started_again_and_the_port_keeps_serving(controller_factory: Any, sig: int) -> None:
     ctl: RunningController = await controller_factory(settings=WORKERS)
     listener = ctl.controller.webhook_listener
     assert listener is not None
     victim = _worker_pids(ctl)[0]
-    os.kill(victim, signal.SIGKILL)
+    os.kill(victim, sig)  # SIGTERM: the worker closes its copy of the shared socket, not the socket
     spec = job_spec(commands=["true"])
     assert (await ctl.post_webhook(spec, url=_hook_url(ctl)))[0] == 202  # the other worker, or the backlog
     deadline = time.monotonic() + 20
