@@ -15,9 +15,11 @@ import asyncio
 import base64
 import contextlib
 import logging
+import os
 import socket
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,6 +159,7 @@ class WebhookListener:
                 str(theirs.fileno()),
                 pass_fds=(self.sock.fileno(), theirs.fileno()),
                 stdin=asyncio.subprocess.DEVNULL,
+                env=worker_environment(os.environ),
             )
         finally:
             theirs.close()
@@ -314,6 +317,17 @@ class WebhookListener:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+
+
+_INHERITED = ("PATH", "LANG", "TZ", "ORCHESTRATOR_LOG_LEVEL")
+_INHERITED_PREFIXES = ("LC_", "PYTHON")
+
+
+def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """A worker faces the senders: it gets the socket and the webhook secrets it needs (over the link) and none of
+    the controller's other environment (a VAULT_TOKEN, a DSN, proxy credentials...), as it gets none of its
+    file descriptors but the two passed."""
+    return {k: v for k, v in environ.items() if k in _INHERITED or k.startswith(_INHERITED_PREFIXES)}
 
 
 async def _end(process: asyncio.subprocess.Process) -> None:

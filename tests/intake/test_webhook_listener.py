@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -171,3 +172,25 @@ async def test_while_draining_workers_answer_503_and_after_the_stop_none_is_left
             pass
     status, ready = await ctl.api("GET", "/readyz")
     assert status == 503 and ready["checks"]["intake_workers"] == "none of 2 running"
+
+
+async def test_workers_get_neither_the_controllers_environment_nor_its_files(
+    controller_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VAULT_TOKEN", "hvs.must-not-reach-a-worker")
+    monkeypatch.setenv("ORCHESTRATOR_LOG_LEVEL", "warning")
+    ctl: RunningController = await controller_factory(settings=WORKERS)
+    for pid in _worker_pids(ctl):
+        environ = dict(
+            item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item
+        )
+        assert "VAULT_TOKEN" not in environ and environ["ORCHESTRATOR_LOG_LEVEL"] == "warning"
+        assert environ["PATH"] == os.environ["PATH"]
+        targets = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        assert not any(str(ctl.config.data_dir) in target for target in targets), targets  # no store, audit, logs
+        sockets = [t for t in targets if t.startswith("socket:")]
+        # the shared listener, the link to the controller and asyncio's self-pipe pair: nothing else
+        assert len(sockets) == 4, targets
+        listener = ctl.controller.webhook_listener
+        assert listener is not None and listener.sock is not None
+        assert f"socket:[{os.fstat(listener.sock.fileno()).st_ino}]" in sockets
