@@ -220,16 +220,24 @@ async def exchange(port: int, parts: Sequence[Part], *, replies: int = 1, half_c
             await writer.wait_closed()
 
 
-async def start(controller_factory: Any) -> RunningController:
+# Every family runs twice: against the controller's own port, and against webhook_port served by intake worker
+# processes (limits and signature checked there, the rest relayed to the controller).
+VIA = ["controller", "workers"]
+
+
+async def start(controller_factory: Any, via: str = "controller") -> RunningController:
     """A controller whose pool image does not exist: an accepted job ends in error before any container."""
+    server = SERVER if via == "controller" else {**SERVER, "webhook_port": 0, "intake_workers": 2}
     ctl: RunningController = await controller_factory(
-        settings={"server": SERVER}, image=MISSING_IMAGE, max_concurrent=8
+        settings={"server": server}, image=MISSING_IMAGE, max_concurrent=8
     )
     return ctl
 
 
 def port_of(ctl: RunningController) -> int:
-    return int(ctl.url.rsplit(":", 1)[1])
+    """The port the fuzzer sends to: the workers' when the controller has them."""
+    listener = ctl.controller.webhook_listener
+    return listener.port if listener is not None else int(ctl.url.rsplit(":", 1)[1])
 
 
 class LoopBridge:
@@ -583,10 +591,15 @@ def build_forged(case: Forged, key: bytes, body: bytes) -> list[tuple[bytes, byt
 BATCH = 4  # cases per hypothesis example: the engine's per-example cost is larger than a case's
 
 
+@pytest.mark.parametrize("via", VIA)
 async def test_fuzz_forged_deliveries_never_create_a_job(
-    controller_factory: Any, docker_client: Any, caplog: pytest.LogCaptureFixture
+    controller_factory: Any,
+    docker_client: Any,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    via: str,
 ) -> None:
-    ctl = await start(controller_factory)
+    ctl = await start(controller_factory, via)
     bridge, port, tally = LoopBridge(asyncio.get_running_loop()), port_of(ctl), Tally()
 
     def check(case: Forged) -> None:
@@ -611,7 +624,7 @@ async def test_fuzz_forged_deliveries_never_create_a_job(
     await asyncio.to_thread(fuzz)
     assert tally.cases >= MIN_CASES["forged"], tally
     assert not tally.statuses.keys() & {200, 201, 202}
-    await aftermath(ctl, docker_client, caplog, tally, bridge)
+    await aftermath(ctl, docker_client, caplog, capfd, tally, bridge)
 
 
 # -- family 2: valid signatures over hostile JSON ------------------------------------------------------------------
@@ -893,10 +906,15 @@ def with_replayed_id(body: bytes, job_id: str) -> bytes | None:
         return None
 
 
+@pytest.mark.parametrize("via", VIA)
 async def test_fuzz_signed_hostile_json(
-    controller_factory: Any, docker_client: Any, caplog: pytest.LogCaptureFixture
+    controller_factory: Any,
+    docker_client: Any,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    via: str,
 ) -> None:
-    ctl = await start(controller_factory)
+    ctl = await start(controller_factory, via)
     bridge, port, tally = LoopBridge(asyncio.get_running_loop()), port_of(ctl), Tally()
     accepted_order: list[str] = []
 
@@ -946,7 +964,7 @@ async def test_fuzz_signed_hostile_json(
     await asyncio.to_thread(fuzz)
     assert tally.cases >= MIN_CASES["signed"], tally
     assert len(tally.accepted) >= 200, f"too few accepted jobs for the oracle to mean much: {tally}"
-    await aftermath(ctl, docker_client, caplog, tally, bridge)
+    await aftermath(ctl, docker_client, caplog, capfd, tally, bridge)
 
 
 # -- family 3: raw framing -----------------------------------------------------------------------------------------
@@ -1161,8 +1179,15 @@ def check_raw(case: RawCase, replies: list[Reply]) -> None:
         assert [r.status for r in replies] == case.expect, context
 
 
-async def test_fuzz_raw_framing(controller_factory: Any, docker_client: Any, caplog: pytest.LogCaptureFixture) -> None:
-    ctl = await start(controller_factory)
+@pytest.mark.parametrize("via", VIA)
+async def test_fuzz_raw_framing(
+    controller_factory: Any,
+    docker_client: Any,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    via: str,
+) -> None:
+    ctl = await start(controller_factory, via)
     bridge, port, tally = LoopBridge(asyncio.get_running_loop()), port_of(ctl), Tally()
 
     def run_batch(batch: list[RawCase]) -> None:
@@ -1191,7 +1216,7 @@ async def test_fuzz_raw_framing(controller_factory: Any, docker_client: Any, cap
     await asyncio.to_thread(fuzz_fast)
     await asyncio.to_thread(fuzz_slow)
     assert tally.cases >= MIN_CASES["raw"], tally
-    await aftermath(ctl, docker_client, caplog, tally, bridge)
+    await aftermath(ctl, docker_client, caplog, capfd, tally, bridge)
 
 
 # -- family 4: paths and methods ---------------------------------------------------------------------------------
@@ -1289,10 +1314,15 @@ def path_cases(draw: st.DrawFn) -> PathCase:
     return PathCase(b"/webhooks/" + segment, b"POST", signed, source_status(segment, signed=signed))
 
 
+@pytest.mark.parametrize("via", VIA)
 async def test_fuzz_sources_and_paths(
-    controller_factory: Any, docker_client: Any, caplog: pytest.LogCaptureFixture
+    controller_factory: Any,
+    docker_client: Any,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    via: str,
 ) -> None:
-    ctl = await start(controller_factory)
+    ctl = await start(controller_factory, via)
     bridge, port, tally = LoopBridge(asyncio.get_running_loop()), port_of(ctl), Tally()
 
     def check(case: PathCase) -> None:
@@ -1316,7 +1346,7 @@ async def test_fuzz_sources_and_paths(
     await asyncio.to_thread(fuzz)
     assert tally.cases >= MIN_CASES["paths"], tally
     assert tally.statuses[404] >= MIN_CASES["paths"] // 3, tally
-    await aftermath(ctl, docker_client, caplog, tally, bridge)
+    await aftermath(ctl, docker_client, caplog, capfd, tally, bridge)
 
 
 # -- after each family ----------------------------------------------------------------------------------------------
@@ -1336,8 +1366,33 @@ def controller_tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
     return found
 
 
+def worker_problems(stderr: str) -> list[str]:
+    """The workers' JSON log lines with a traceback or at ERROR, with the same exception as above."""
+    found = []
+    for line in stderr.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if "Traceback" in line:
+                found.append(line)
+            continue
+        if not isinstance(record, dict):
+            continue
+        exc = str(record.get("exc", ""))
+        if record.get("logger") == "aiohttp.server" and "aiohttp.http_exceptions." in exc:
+            continue
+        if exc or record.get("level") in ("error", "critical"):
+            found.append(line[:500])
+    return found
+
+
 async def aftermath(
-    ctl: RunningController, docker_client: Any, caplog: pytest.LogCaptureFixture, tally: Tally, bridge: LoopBridge
+    ctl: RunningController,
+    docker_client: Any,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    tally: Tally,
+    bridge: LoopBridge,
 ) -> None:
     # the controller still takes a normal signed job
     sanity = unique_id("sanity")
@@ -1366,6 +1421,13 @@ async def aftermath(
     assert managed_containers(docker_client, ctl.controller_id) == []
     problems = controller_tracebacks(caplog)
     assert not problems, problems[:5]
+    if ctl.controller.webhook_listener is not None:  # the workers log to the stderr they inherited
+        listener = ctl.controller.webhook_listener
+        assert listener.alive() == 2 and listener.restarts == 0
+        err = capfd.readouterr().err
+        assert '"msg": "intake worker serving"' in err
+        problems = worker_problems(err)
+        assert not problems, problems[:5]
     took = time.monotonic() - tally.started
     print(
         f"\n{tally.cases} cases in {took:.1f} s ({bridge.waited_s:.1f} s waiting for the controller); "
