@@ -8,14 +8,20 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
+from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.config import ServerConfig
 from orchestrator.intake import relay
+from orchestrator.intake.receive import Rejected, WebhookSource, error_response
+from orchestrator.intake.signatures import sign
 from orchestrator.intake.webhook_listener import WebhookListener, WorkerStartError
 from orchestrator.intake.worker import Relay
 
@@ -158,3 +164,67 @@ def test_a_worker_imports_neither_the_store_nor_the_scheduler_nor_docker() -> No
     probe = f"import sys, orchestrator.intake.worker; print(sorted(m for m in sys.modules if m.startswith({heavy})))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+class _StubIntake:
+    """What the listener uses of WebhookIntake: its config and sources, and the accept path (here: recorded)."""
+
+    def __init__(self, server: ServerConfig, key: bytes) -> None:
+        self.config = SimpleNamespace(server=server)
+        self.sources = {"ci": WebhookSource("ci", "standard-webhooks", (key,))}
+        self.accepting = True
+        self.accepted: list[tuple[str, str | None, bytes]] = []
+        self.refused: list[tuple[str, int, str]] = []
+
+    async def accept(self, name: str, delivery: str | None, remote: str | None, body: bytes) -> web.Response:
+        self.accepted.append((name, delivery, body))
+        return web.json_response({"job_id": "j", "status": "queued"}, status=202)
+
+    def rejected(self, source: str, remote: str | None, rej: Rejected) -> web.Response:
+        self.record_rejection(source, remote, rej.status, rej.reason)
+        return error_response(rej)
+
+    def record_rejection(self, source: str, remote: str | None, status: int, reason: str) -> None:
+        self.refused.append((source, status, reason))
+
+
+async def _post(port: int, key: bytes, body: bytes) -> tuple[int, Any]:
+    headers = sign("standard-webhooks", key, body, msg_id="msg_held", timestamp=int(time.time()))
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"http://127.0.0.1:{port}/webhooks/ci", data=body, headers=headers) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+async def test_deliveries_relayed_before_open_wait_for_it_and_a_stop_answers_them() -> None:
+    key = b"k" * 32
+    server = ServerConfig(webhook_port=0, intake_workers=1, max_body_bytes=4096)
+    intake = _StubIntake(server, key)
+    listener = WebhookListener(server, intake)  # type: ignore[arg-type]
+    await listener.start()
+    try:
+        held = asyncio.create_task(_post(listener.port, key, b'{"id": "first"}'))
+        await asyncio.sleep(1.0)
+        assert not held.done() and intake.accepted == []  # relayed, and held until the scheduler is ready
+        await listener.open()
+        assert await asyncio.wait_for(held, 10) == (202, {"job_id": "j", "status": "queued"})
+        assert intake.accepted == [("ci", "msg_held", b'{"id": "first"}')]
+        assert (await _post(listener.port, b"wrong" * 8, b"{}"))[0] == 401
+        assert intake.refused == [("ci", 401, "bad_signature")]
+    finally:
+        await listener.stop()
+    assert listener.alive() == 0 and listener.sock is None
+
+
+async def test_a_stop_before_open_answers_held_deliveries_503() -> None:
+    key = b"k" * 32
+    server = ServerConfig(webhook_port=0, intake_workers=1, max_body_bytes=4096)
+    intake = _StubIntake(server, key)
+    listener = WebhookListener(server, intake)  # type: ignore[arg-type]
+    await listener.start()
+    held = asyncio.create_task(_post(listener.port, key, b'{"id": "never"}'))
+    await asyncio.sleep(1.0)
+    await asyncio.wait_for(listener.stop(), 30)
+    status, answer = await asyncio.wait_for(held, 10)
+    assert (status, answer["reason"]) == (503, "shutting_down") and intake.accepted == []
