@@ -63,10 +63,15 @@ class JobLog:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
-    async def changed(self, within_s: float) -> None:
-        """Returns when the log grows or closes, or after `within_s`."""
+    def next_change(self) -> asyncio.Event:
+        """The event the next change sets. Taken before looking, so a change in between is not missed."""
+        return self._changed
+
+    async def changed(self, within_s: float, event: asyncio.Event | None = None) -> None:
+        """Returns when the log grows, closes or is forgotten (or `event`, from `next_change`, was set), or after
+        `within_s`."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), within_s)
+            await asyncio.wait_for((event or self._changed).wait(), within_s)
 
     async def close(self) -> None:
         if self.done:
@@ -93,9 +98,17 @@ class LogStore:
         return log
 
     async def close(self, job_id: str) -> None:
-        log = self._live.pop(job_id, None)
+        """No more output: the file is synced and closed. The job stays live here until `forget`, so its followers
+        wait for the final state to be stored instead of polling for it."""
+        log = self._live.get(job_id)
         if log is not None:
             await log.close()
+
+    def forget(self, job_id: str) -> None:
+        """Called once the job's final state is stored: followers of its closed log wake up and end."""
+        log = self._live.pop(job_id, None)
+        if log is not None:
+            log._signal()
 
     def live(self, job_id: str) -> JobLog | None:
         return self._live.get(job_id)
@@ -128,6 +141,7 @@ class LogStore:
         """Yields the log from `offset` on until the job has finished and everything written was sent."""
         while True:
             log = self._live.get(job_id)
+            woken = log.next_change() if log is not None else None
             data = await asyncio.to_thread(self.read, job_id, offset)
             if data:
                 offset += len(data)
@@ -143,8 +157,9 @@ class LogStore:
                     yield data
                     continue
                 await asyncio.sleep(poll_s)
-            elif log.done:
-                if offset >= log.size:
+            elif not log.done:
+                await log.changed(poll_s, woken)
+            elif offset >= log.size:  # all of it sent: what is left is the final state, which `forget` announces
+                if await is_finished():
                     return
-            else:
-                await log.changed(poll_s)
+                await log.changed(poll_s, woken)

@@ -286,11 +286,14 @@ class JobRunner:
         # final state can fetch both.
         ended = transition(job, final, now=self.clock(), reason=reason, exit_code=exit_code)
         await self.logs.close(job.id)
-        if self.attestations is not None:
-            await self._attest(ended, at.image_id)
-        if await self.store.update(ended, expected=job.state):
-            self.on_change(ended)
-            return ended
+        try:
+            if self.attestations is not None:
+                await self._attest(ended, at.image_id)
+            if await self.store.update(ended, expected=job.state):
+                self.on_change(ended)
+                return ended
+        finally:
+            self.logs.forget(job.id)  # its followers end now, seeing the final state
         log.warning("job moved by another writer before it could finish", extra={"job_id": job.id})
         return job
 
