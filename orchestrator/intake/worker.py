@@ -32,11 +32,11 @@ log = logging.getLogger("orchestrator.intake.worker")  # not __main__: it runs w
 _UNAVAILABLE = Rejected(503, "controller_unavailable", "the controller is not reachable; retry later")
 
 
-class Relay:
-    """The worker's end of the link: numbered deliveries out, answers matched back to them."""
+class ControllerLink:
+    """The worker's end of the link to the controller: numbered deliveries out, answers matched back to them."""
 
     def __init__(self) -> None:
-        self.link = relay.FrameLink(0, self._on_frame, self._on_close)  # 0 until the hello: it has no body
+        self.frames = relay.FrameLink(0, self._on_frame, self._on_close)  # 0 until the hello: it has no body
         self.pending: dict[int, asyncio.Future[web.Response]] = {}
         self.ids = itertools.count()
         self.closed = asyncio.Event()
@@ -47,17 +47,17 @@ class Relay:
             try:
                 rid, response = relay.field(header, "id", int), _response(header, body)
             except relay.RelayError as exc:
-                self.link.close(exc)
+                self.frames.close(exc)
                 return
             future = self.pending.pop(rid, None)
             if future is not None and not future.done():
                 future.set_result(response)
         elif header["t"] == "hello" and not self.hello.done():
             max_body = relay.field(header, "max_body_bytes", int)
-            self.link.decoder.max_body_bytes = 2 * max_body + relay.MAX_HEADER_BYTES  # a duplicate's job view
+            self.frames.decoder.max_body_bytes = 2 * max_body + relay.MAX_HEADER_BYTES  # a duplicate's job view
             self.hello.set_result(header)
         else:
-            self.link.close(relay.RelayError(f"unexpected frame {header['t']!r} from the controller"))
+            self.frames.close(relay.RelayError(f"unexpected frame {header['t']!r} from the controller"))
 
     def _on_close(self, exc: Exception | None) -> None:
         """Every delivery still waiting is answered 503 (the sender retries; a stored job is then a duplicate)."""
@@ -78,12 +78,12 @@ class Relay:
         rid = next(self.ids)
         answer: asyncio.Future[web.Response] = asyncio.get_running_loop().create_future()
         self.pending[rid] = answer
-        self.link.send({"t": "delivery", "id": rid, "source": source, "delivery": delivery, "remote": remote}, body)
+        self.frames.send({"t": "delivery", "id": rid, "source": source, "delivery": delivery, "remote": remote}, body)
         return await answer
 
     def report(self, source: str, remote: str | None, rej: Rejected) -> None:
         header = {"t": "rejected", "source": source, "remote": remote, "status": rej.status, "reason": rej.reason}
-        self.link.send(header)
+        self.frames.send(header)
 
 
 def _response(header: dict[str, Any], body: bytes) -> web.Response:
@@ -107,20 +107,19 @@ def sources_from_hello(hello: dict[str, Any]) -> dict[str, WebhookSource]:
 
 
 def build_worker_app(
-    relay_: Relay, sources: dict[str, WebhookSource], max_body: int, body_timeout_s: float
+    link: ControllerLink, sources: dict[str, WebhookSource], max_body: int, body_timeout_s: float
 ) -> web.Application:
-
     async def webhook(request: web.Request) -> web.StreamResponse:
         name = request.match_info["source"]
         try:
             delivery, body = await authenticate(request, find_source(sources, name), max_body, body_timeout_s)
         except Rejected as rej:
-            relay_.report(name, request.remote, rej)
+            link.report(name, request.remote, rej)
             return error_response(rej)
-        return await relay_.forward(name, delivery, request.remote, body)
+        return await link.forward(name, delivery, request.remote, body)
 
     async def healthz(request: web.Request) -> web.Response:
-        if relay_.closed.is_set():
+        if link.closed.is_set():
             return web.json_response({"status": "controller unreachable"}, status=503)
         return web.json_response({"status": "ok"})
 
@@ -132,8 +131,8 @@ def build_worker_app(
 
 async def serve(listen_fd: int, link_fd: int) -> int:
     loop = asyncio.get_running_loop()
-    link = Relay()
-    await loop.create_unix_connection(lambda: link.link, sock=socket.socket(fileno=link_fd))
+    link = ControllerLink()
+    await loop.create_unix_connection(lambda: link.frames, sock=socket.socket(fileno=link_fd))
     try:
         hello = await link.hello
         sources = sources_from_hello(hello)
@@ -149,7 +148,7 @@ async def serve(listen_fd: int, link_fd: int) -> int:
     await web.SockSite(runner, listener).start()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    link.link.send({"t": "ready", "pid": os.getpid()})
+    link.frames.send({"t": "ready", "pid": os.getpid()})
     log.info("intake worker serving", extra={"pid": os.getpid()})
     waiting = [asyncio.create_task(stop.wait()), asyncio.create_task(link.closed.wait())]
     await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -157,7 +156,7 @@ async def serve(listen_fd: int, link_fd: int) -> int:
         task.cancel()
     # Stop taking connections, let the handlers in flight get their answers, then hang up.
     await runner.cleanup()
-    link.link.close()
+    link.frames.close()
     return 0 if stop.is_set() else 1
 
 

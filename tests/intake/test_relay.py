@@ -23,7 +23,7 @@ from orchestrator.intake import relay
 from orchestrator.intake.receive import Rejected, WebhookSource, error_response
 from orchestrator.intake.signatures import sign
 from orchestrator.intake.webhook_listener import WebhookListener, WorkerStartError
-from orchestrator.intake.worker import Relay
+from orchestrator.intake.worker import ControllerLink
 
 
 @given(
@@ -80,10 +80,10 @@ def test_field_checks_presence_and_type() -> None:
         relay.field(header, "source", str)
 
 
-async def _worker_relay() -> tuple[Relay, socket.socket]:
+async def _worker_relay() -> tuple[ControllerLink, socket.socket]:
     ours, theirs = socket.socketpair()
-    link = Relay()
-    await asyncio.get_running_loop().create_unix_connection(lambda: link.link, sock=ours)
+    link = ControllerLink()
+    await asyncio.get_running_loop().create_unix_connection(lambda: link.frames, sock=ours)
     theirs.sendall(relay.encode({"t": "hello", "sources": {}, "max_body_bytes": 4096, "body_timeout_s": 1}))
     await asyncio.wait_for(link.hello, 5)
     return link, theirs
