@@ -157,7 +157,7 @@ def build_controller(config: Config, credentials: CredentialsBackend | None = No
     if config.server.webhook_port is not None:
         listener = WebhookListener(config.server, intake, metrics)
         api.readiness_checks.append(listener.readiness)
-    controller = Controller(
+    return Controller(
         config,
         store,
         engine,
@@ -173,7 +173,6 @@ def build_controller(config: Config, credentials: CredentialsBackend | None = No
         auditor,
         webhook_listener=listener,
     )
-    return controller
 
 
 def _oidc_routes(controller: Controller) -> list[web.RouteDef]:
