@@ -66,18 +66,15 @@ async def read_capped(request: web.Request, cap: int) -> bytes:
     return b"".join(chunks)
 
 
-def find_source(sources: Mapping[str, WebhookSource], name: str) -> WebhookSource:
-    source = sources.get(name)
-    if source is None:
-        raise Rejected(404, "unknown_source", f"unknown webhook source {name!r}")
-    return source
-
-
 async def authenticate(
-    request: web.Request, source: WebhookSource, max_body_bytes: int, body_timeout_s: float
+    request: web.Request, sources: Mapping[str, WebhookSource], name: str, max_body_bytes: int, body_timeout_s: float
 ) -> tuple[str | None, bytes]:
-    """The raw body, read within its size and time limits, and the delivery id its valid signature vouches for.
-    Shared by the controller's own listener and the intake worker processes. Raises Rejected."""
+    """The raw body, read within its size and time limits, and the delivery id its valid signature for source
+    `name` vouches for. Shared by the controller's own listener and the intake worker processes. Raises Rejected.
+
+    The body is read before the source is looked up: a refusal that leaves the body unread closes the connection
+    (or not, depending on whether the body had fully arrived), and an unknown source is no reason to lose the
+    requests a client pipelined behind it. Reading costs no more than a wrong signature on a known source."""
     try:
         if request.content.is_eof():  # the whole body has arrived (the usual case): no timer needed
             body = await read_capped(request, max_body_bytes)
@@ -86,6 +83,9 @@ async def authenticate(
                 body = await read_capped(request, max_body_bytes)
     except TimeoutError:
         raise Rejected(408, "body_timeout", f"body not received within {body_timeout_s:g} s") from None
+    source = sources.get(name)
+    if source is None:
+        raise Rejected(404, "unknown_source", f"unknown webhook source {name!r}")
     try:
         delivery = verify(source.scheme, source.secrets, request.headers, body, time.time())
     except SignatureError as exc:
@@ -94,9 +94,10 @@ async def authenticate(
 
 
 def error_response(rej: Rejected) -> web.Response:
-    """A refusal as sent: JSON error, and the connection closed after a body that was not read (408, 413)."""
+    """A refusal as sent: JSON error, and the connection closed after a body that was not read (408, 413, 415),
+    always rather than only when the rest of the body happens to arrive late."""
     resp = web.json_response({"error": rej.message, "reason": rej.reason, **rej.extra}, status=rej.status)
-    if rej.status in (408, 413):
+    if rej.status in (408, 413, 415):
         resp.force_close()
     if rej.status in (429, 503):
         resp.headers["Retry-After"] = "30"

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from orchestrator.audit_events import Auditor
 from orchestrator.config import Config
-from orchestrator.intake.receive import Rejected, WebhookSource, authenticate, error_response, find_source
+from orchestrator.intake.receive import Rejected, WebhookSource, authenticate, error_response
 from orchestrator.jobs.spec import JobSpec
 from orchestrator.jobs.states import Job, new_job
 from orchestrator.jobs.views import job_view
@@ -154,11 +154,10 @@ class WebhookIntake:
         log.info("webhook rejected", extra={"source": source, "status": status, "reason": reason, "remote": remote})
 
     async def _handle(self, name: str, request: web.Request) -> web.StreamResponse:
-        source = find_source(self.sources, name)
-        if not self.accepting:
-            raise Rejected(503, "shutting_down", "controller is shutting down; retry later")
         server = self.config.server
-        delivery, body = await authenticate(request, source, server.max_body_bytes, server.body_timeout_s)
+        delivery, body = await authenticate(request, self.sources, name, server.max_body_bytes, server.body_timeout_s)
+        if not self.accepting:  # after authentication, as for a delivery an intake worker relays
+            raise Rejected(503, "shutting_down", "controller is shutting down; retry later")
         return await self.accept(name, delivery, request.remote, body)
 
     async def accept(self, name: str, delivery: str | None, remote: str | None, body: bytes) -> web.Response:

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from orchestrator import structured_logs
 from orchestrator.intake import relay
-from orchestrator.intake.receive import Rejected, WebhookSource, authenticate, error_response, find_source
+from orchestrator.intake.receive import Rejected, WebhookSource, authenticate, error_response
 from orchestrator.serving import app_runner
 
 log = logging.getLogger("orchestrator.intake.worker")  # not __main__: it runs with -m
@@ -112,7 +112,7 @@ def build_worker_app(
     async def webhook(request: web.Request) -> web.StreamResponse:
         name = request.match_info["source"]
         try:
-            delivery, body = await authenticate(request, find_source(sources, name), max_body, body_timeout_s)
+            delivery, body = await authenticate(request, sources, name, max_body, body_timeout_s)
         except Rejected as rej:
             link.report(name, request.remote, rej)
             return error_response(rej)

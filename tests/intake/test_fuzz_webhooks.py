@@ -105,7 +105,9 @@ TOKEN_SHAPED = ["s." + "A" * 24, "hvs." + "B" * 24, "eyJhbGciOi.eyJzdWIi.c2ln", 
 
 
 def unique_id(prefix: str) -> str:
-    return f"{prefix}-{RUN}-{next(_serial)}"
+    """Fixed width: strategies draw bounds from request lengths, and an id that grows a digit between two
+    examples with the same choices makes hypothesis fail them as an inconsistent strategy."""
+    return f"{prefix}-{RUN}-{next(_serial):09d}"
 
 
 def settings_for(n: int) -> settings:
@@ -1537,3 +1539,17 @@ async def test_refused_body_closes_the_connection(controller_factory: Any, decla
         await asyncio.wait_for(reader.read(), 2)  # EOF: the connection is closed; today it stays open 10 s
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("via", VIA)
+async def test_requests_pipelined_behind_an_unknown_source_are_answered(controller_factory: Any, via: str) -> None:
+    """Found by the workers' run of the raw-framing family: a 404 for an unknown source was answered before its
+    body was read, and when the rest of that body arrived after the answer aiohttp closed the connection,
+    dropping what the client had pipelined behind it. The body is now read (within its limits) first."""
+    ctl = await start(controller_factory, via)
+    body = spec_bytes(unique_id("pipe"))
+    unknown = http_request(b"/webhooks/nope", [(b"Content-Type", b"application/json")], body, close=False)
+    behind = http_request(b"/webhooks/test", [(b"Content-Type", b"application/json")], body, close=True)
+    cut = len(unknown) - 10  # the end of the first body comes 0.2 s later, after a 404 would have been sent
+    replies = await exchange(port_of(ctl), [unknown[:cut], 0.2, unknown[cut:] + behind], replies=2)
+    assert [r.status for r in replies] == [404, 401], replies

@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -188,6 +189,13 @@ class _StubIntake:
         self.refused.append((source, status, reason))
 
 
+async def _eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
 async def _post(port: int, key: bytes, body: bytes) -> tuple[int, Any]:
     headers = sign("standard-webhooks", key, body, msg_id="msg_held", timestamp=int(time.time()))
     async with (
@@ -211,7 +219,7 @@ async def test_deliveries_relayed_before_open_wait_for_it_and_a_stop_answers_the
         assert await asyncio.wait_for(held, 10) == (202, {"job_id": "j", "status": "queued"})
         assert intake.accepted == [("ci", "msg_held", b'{"id": "first"}')]
         assert (await _post(listener.port, b"wrong" * 8, b"{}"))[0] == 401
-        assert intake.refused == [("ci", 401, "bad_signature")]
+        await _eventually(lambda: intake.refused == [("ci", 401, "bad_signature")])  # reported after the answer
     finally:
         await listener.stop()
     assert listener.alive() == 0 and listener.sock is None

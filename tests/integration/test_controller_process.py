@@ -356,33 +356,34 @@ def _state(pid: int) -> str:
 
 def test_intake_workers_end_with_the_controller_sigkill_or_sigterm(controller_process: Any, docker_client: Any) -> None:
     cp = controller_process(intake_workers=2)
+
+    def log() -> str:
+        return str((cp.tmp / "controller.log").read_text())
+
     cp.start()
     assert cp.hook_url != cp.url
     workers = cp.children()
-    assert len(workers) == 2
+    assert len(workers) == 2, (workers, log())
     spec = job_spec(commands=["echo through-a-worker"])
-    assert cp.send(spec) == 202
-    assert cp.wait(spec["id"], FINAL)["status"] == "succeeded"
-    listening = next(
-        json.loads(line) for line in (cp.tmp / "controller.log").read_text().splitlines() if '"listening"' in line
-    )
+    assert cp.send(spec) == 202, log()
+    assert cp.wait(spec["id"], FINAL)["status"] == "succeeded", log()
+    listening = next(json.loads(line) for line in log().splitlines() if '"listening"' in line)
     assert listening["webhook_url"] == cp.hook_url
     cp.kill(signal.SIGKILL)  # no goodbye: the workers see their link close and exit on their own
-    assert _gone(workers), "intake workers outlived a killed controller"
+    assert _gone(workers), ("intake workers outlived a killed controller", log())
     cp.start()
     workers = cp.children()
-    assert len(workers) == 2
-    assert cp.send(spec) == 200  # the job survived the crash; the new workers dedupe against it
-    assert cp.kill(signal.SIGTERM) == 0
-    assert _gone(workers, timeout=1)
+    assert len(workers) == 2, (workers, log())
+    assert cp.send(spec) == 200, log()  # the job survived the crash; the new workers dedupe against it
+    assert cp.kill(signal.SIGTERM) == 0, log()
+    assert _gone(workers, timeout=1), log()
     cp.start()
     workers = cp.children()
     assert cp.proc is not None
     os.killpg(cp.proc.pid, signal.SIGTERM)  # what `systemctl stop` does: every process of the service at once
-    assert cp.proc.wait(timeout=60) == 0
-    assert _gone(workers, timeout=1)
-    log = (cp.tmp / "controller.log").read_text()
-    assert "starting it again" not in log and "Traceback" not in log
+    assert cp.proc.wait(timeout=60) == 0, log()
+    assert _gone(workers, timeout=1), log()
+    assert "starting it again" not in log() and "Traceback" not in log(), log()
 
 
 def test_a_webhook_port_in_use_stops_the_start_with_one_clear_line(controller_process: Any) -> None:
