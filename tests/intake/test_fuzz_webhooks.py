@@ -590,19 +590,40 @@ def build_forged(case: Forged, key: bytes, body: bytes) -> list[tuple[bytes, byt
     return headers
 
 
-BATCH = 4  # cases per hypothesis example: the engine's per-example cost is larger than a case's
+@dataclass
+class Family:
+    """What a fuzz family works with: its controller, where it sends, what it saw, and what checks it after."""
+
+    ctl: RunningController
+    bridge: LoopBridge
+    port: int
+    tally: Tally
+    docker_client: Any
+    caplog: pytest.LogCaptureFixture
+    capfd: pytest.CaptureFixture[str]
+
+    async def aftermath(self) -> None:
+        await aftermath(self.ctl, self.docker_client, self.caplog, self.capfd, self.tally, self.bridge)
 
 
-@pytest.mark.parametrize("via", VIA)
-async def test_fuzz_forged_deliveries_never_create_a_job(
+@pytest.fixture(params=VIA)
+async def family(
+    request: pytest.FixtureRequest,
     controller_factory: Any,
     docker_client: Any,
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
-    via: str,
-) -> None:
-    ctl = await start(controller_factory, via)
-    bridge, port, tally = LoopBridge(asyncio.get_running_loop()), port_of(ctl), Tally()
+) -> Family:
+    ctl = await start(controller_factory, request.param)
+    bridge = LoopBridge(asyncio.get_running_loop())
+    return Family(ctl, bridge, port_of(ctl), Tally(), docker_client, caplog, capfd)
+
+
+BATCH = 4  # cases per hypothesis example: the engine's per-example cost is larger than a case's
+
+
+async def test_fuzz_forged_deliveries_never_create_a_job(family: Family) -> None:
+    ctl, bridge, port, tally = family.ctl, family.bridge, family.port, family.tally
 
     def check(case: Forged) -> None:
         body = spec_bytes(unique_id("forged")) if case.body is None else case.body
@@ -626,7 +647,7 @@ async def test_fuzz_forged_deliveries_never_create_a_job(
     await asyncio.to_thread(fuzz)
     assert tally.cases >= MIN_CASES["forged"], tally
     assert not tally.statuses.keys() & {200, 201, 202}
-    await aftermath(ctl, docker_client, caplog, capfd, tally, bridge)
+    await family.aftermath()
 
 
 # -- family 2: valid signatures over hostile JSON ------------------------------------------------------------------
@@ -908,16 +929,8 @@ def with_replayed_id(body: bytes, job_id: str) -> bytes | None:
         return None
 
 
-@pytest.mark.parametrize("via", VIA)
-async def test_fuzz_signed_hostile_json(
-    controller_factory: Any,
-    docker_client: Any,
-    caplog: pytest.LogCaptureFixture,
-    capfd: pytest.CaptureFixture[str],
-    via: str,
-) -> None:
-    ctl = await start(controller_factory, via)
-    bridge, port, tally = LoopBridge(asyncio.get_running_loop()), port_of(ctl), Tally()
+async def test_fuzz_signed_hostile_json(family: Family) -> None:
+    ctl, bridge, port, tally = family.ctl, family.bridge, family.port, family.tally
     accepted_order: list[str] = []
 
     def check(case: Hostile) -> None:
@@ -966,7 +979,7 @@ async def test_fuzz_signed_hostile_json(
     await asyncio.to_thread(fuzz)
     assert tally.cases >= MIN_CASES["signed"], tally
     assert len(tally.accepted) >= 200, f"too few accepted jobs for the oracle to mean much: {tally}"
-    await aftermath(ctl, docker_client, caplog, capfd, tally, bridge)
+    await family.aftermath()
 
 
 # -- family 3: raw framing -----------------------------------------------------------------------------------------
@@ -1181,16 +1194,8 @@ def check_raw(case: RawCase, replies: list[Reply]) -> None:
         assert [r.status for r in replies] == case.expect, context
 
 
-@pytest.mark.parametrize("via", VIA)
-async def test_fuzz_raw_framing(
-    controller_factory: Any,
-    docker_client: Any,
-    caplog: pytest.LogCaptureFixture,
-    capfd: pytest.CaptureFixture[str],
-    via: str,
-) -> None:
-    ctl = await start(controller_factory, via)
-    bridge, port, tally = LoopBridge(asyncio.get_running_loop()), port_of(ctl), Tally()
+async def test_fuzz_raw_framing(family: Family) -> None:
+    bridge, port, tally = family.bridge, family.port, family.tally
 
     def run_batch(batch: list[RawCase]) -> None:
         async def all_of() -> list[list[Reply]]:
@@ -1218,7 +1223,7 @@ async def test_fuzz_raw_framing(
     await asyncio.to_thread(fuzz_fast)
     await asyncio.to_thread(fuzz_slow)
     assert tally.cases >= MIN_CASES["raw"], tally
-    await aftermath(ctl, docker_client, caplog, capfd, tally, bridge)
+    await family.aftermath()
 
 
 # -- family 4: paths and methods ---------------------------------------------------------------------------------
@@ -1316,16 +1321,8 @@ def path_cases(draw: st.DrawFn) -> PathCase:
     return PathCase(b"/webhooks/" + segment, b"POST", signed, source_status(segment, signed=signed))
 
 
-@pytest.mark.parametrize("via", VIA)
-async def test_fuzz_sources_and_paths(
-    controller_factory: Any,
-    docker_client: Any,
-    caplog: pytest.LogCaptureFixture,
-    capfd: pytest.CaptureFixture[str],
-    via: str,
-) -> None:
-    ctl = await start(controller_factory, via)
-    bridge, port, tally = LoopBridge(asyncio.get_running_loop()), port_of(ctl), Tally()
+async def test_fuzz_sources_and_paths(family: Family) -> None:
+    ctl, bridge, port, tally = family.ctl, family.bridge, family.port, family.tally
 
     def check(case: PathCase) -> None:
         job_id = unique_id("path")
@@ -1348,7 +1345,7 @@ async def test_fuzz_sources_and_paths(
     await asyncio.to_thread(fuzz)
     assert tally.cases >= MIN_CASES["paths"], tally
     assert tally.statuses[404] >= MIN_CASES["paths"] // 3, tally
-    await aftermath(ctl, docker_client, caplog, capfd, tally, bridge)
+    await family.aftermath()
 
 
 # -- after each family ----------------------------------------------------------------------------------------------

@@ -205,12 +205,18 @@ async def _post(port: int, key: bytes, body: bytes) -> tuple[int, Any]:
         return resp.status, await resp.json()
 
 
-async def test_deliveries_relayed_before_open_wait_for_it_and_a_stop_answers_them() -> None:
-    key = b"k" * 32
+async def _stub_listener(key: bytes) -> tuple[WebhookListener, _StubIntake]:
+    """A real listener with one real worker process, in front of a stub accept path."""
     server = ServerConfig(webhook_port=0, intake_workers=1, max_body_bytes=4096)
     intake = _StubIntake(server, key)
     listener = WebhookListener(server, intake)  # type: ignore[arg-type]
     await listener.start()
+    return listener, intake
+
+
+async def test_deliveries_relayed_before_open_wait_for_it_and_a_stop_answers_them() -> None:
+    key = b"k" * 32
+    listener, intake = await _stub_listener(key)
     try:
         held = asyncio.create_task(_post(listener.port, key, b'{"id": "first"}'))
         await asyncio.sleep(1.0)
@@ -227,10 +233,7 @@ async def test_deliveries_relayed_before_open_wait_for_it_and_a_stop_answers_the
 
 async def test_a_stop_before_open_answers_held_deliveries_503() -> None:
     key = b"k" * 32
-    server = ServerConfig(webhook_port=0, intake_workers=1, max_body_bytes=4096)
-    intake = _StubIntake(server, key)
-    listener = WebhookListener(server, intake)  # type: ignore[arg-type]
-    await listener.start()
+    listener, intake = await _stub_listener(key)
     held = asyncio.create_task(_post(listener.port, key, b'{"id": "never"}'))
     await asyncio.sleep(1.0)
     await asyncio.wait_for(listener.stop(), 30)
