@@ -50,8 +50,8 @@ class _Worker:
     slot: int
     process: asyncio.subprocess.Process
     started: float
+    ready: asyncio.Future[None]  # set by the worker's "ready" frame
     link: relay.FrameLink | None = None
-    ready: asyncio.Future[None] | None = None
     link_closed: asyncio.Event = field(default_factory=asyncio.Event)
     answering: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -164,7 +164,7 @@ class WebhookListener:
         finally:
             theirs.close()
         worker = await self._connect(slot, process, ours)
-        assert worker.link is not None and worker.ready is not None
+        assert worker.link is not None
         worker.link.send(self._hello())
         try:
             async with asyncio.timeout(READY_TIMEOUT_S):
@@ -189,7 +189,7 @@ class WebhookListener:
 
     async def _connect(self, slot: int, process: asyncio.subprocess.Process, sock: socket.socket) -> _Worker:
         loop = asyncio.get_running_loop()
-        worker = _Worker(slot, process, time.monotonic(), ready=loop.create_future())
+        worker = _Worker(slot, process, time.monotonic(), loop.create_future())
         max_body = self.intake.config.server.max_body_bytes
         link = relay.FrameLink(max_body, lambda h, b: self._on_frame(worker, h, b), lambda e: self._closed(worker, e))
         await loop.create_unix_connection(lambda: link, sock=sock)
@@ -244,7 +244,7 @@ class WebhookListener:
                     relay.field(header, "status", int),
                     relay.field(header, "reason", str),
                 )
-            elif header["t"] == "ready" and worker.ready is not None and not worker.ready.done():
+            elif header["t"] == "ready" and not worker.ready.done():
                 worker.ready.set_result(None)
             else:
                 raise relay.RelayError(f"unexpected frame {header['t']!r} from a worker")
@@ -254,7 +254,7 @@ class WebhookListener:
     def _closed(self, worker: _Worker, exc: Exception | None) -> None:
         """A link that broke the protocol takes its worker with it (the supervisor starts another one)."""
         worker.link_closed.set()
-        if worker.ready is not None and not worker.ready.done():
+        if not worker.ready.done():
             worker.ready.set_exception(relay.RelayError("the worker closed the link before it was ready"))
             worker.ready.exception()  # retrieved here: nobody may be waiting any more (a start that timed out)
         if exc is not None and not self.stopping:

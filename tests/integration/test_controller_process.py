@@ -22,7 +22,7 @@ import requests
 from orchestrator.config import hash_token
 from orchestrator.intake.signatures import sign
 
-from conftest import RUN_TAG, TEST_CONTROLLER_PREFIX, TEST_IMAGE, job_spec, managed_containers
+from conftest import RUN_TAG, TEST_CONTROLLER_PREFIX, TEST_IMAGE, free_port, job_spec, managed_containers
 
 pytestmark = pytest.mark.docker
 
@@ -44,17 +44,14 @@ class ControllerProcess:
         self.token = secrets.token_urlsafe(16)
         self.key = secrets.token_bytes(24)
         self.drain_s = drain_s
-        with __import__("socket").socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.hook_url = self.url
         listener = ""
         if intake_workers:
-            with __import__("socket").socket() as s:
-                s.bind(("127.0.0.1", 0))
-                self.hook_url = f"http://127.0.0.1:{s.getsockname()[1]}"
-                listener = f"webhook_port = {s.getsockname()[1]}\nintake_workers = {intake_workers}\n"
+            hook_port = free_port()
+            self.hook_url = f"http://127.0.0.1:{hook_port}"
+            listener = f"webhook_port = {hook_port}\nintake_workers = {intake_workers}\n"
         credentials = ""
         if vault_url:
             credentials = f'''
