@@ -154,6 +154,11 @@ async def serve(listen_fd: int, link_fd: int) -> int:
     await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     for task in waiting:
         task.cancel()
+    # Stopping already: a second SIGTERM (`systemctl stop` signals the whole group, then the controller signals
+    # each worker) is ignored. Left to asyncio it could land while the loop closes, after its wake-up pipe is gone
+    # and before its handler is removed, and Python prints a BrokenPipeError traceback.
+    loop.remove_signal_handler(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Stop taking connections, let the handlers in flight get their answers, then hang up.
     await runner.cleanup()
     link.frames.close()
