@@ -237,6 +237,8 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
         controller.auditor.config_loaded(config.digest(), config.controller_id, config.warnings())
         for warning in config.warnings():
             log.warning("unsafe pool option in use", extra={"warning": warning})
+        for note in config.deprecations():
+            log.warning("deprecated option in the config", extra={"note": note})
         await controller.scheduler.start()
         if controller.webhook_listener is not None:
             await controller.webhook_listener.open()

@@ -7,6 +7,8 @@ as SHA-256 hashes. Loading reads the file(s) and nothing else.
 from __future__ import annotations
 
 import hashlib
+import os
+import posixpath
 import re
 import tomllib
 from pathlib import Path
@@ -51,8 +53,7 @@ class ServerConfig(_Strict):
     max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     body_timeout_s: float = Field(10.0, gt=0, le=300, description="a slower webhook body gets 408")
     metrics_public: bool = Field(False, description="serve /metrics without a token (e.g. scrape on localhost)")
-    # Standard-webhooks timestamp tolerance is fixed by its spec; this bounds the replay memory for the others.
-    delivery_ttl_s: int = Field(7 * 86400, ge=60)
+    delivery_ttl_s: int | None = Field(None, description="deprecated: never had an effect (see Config.deprecations)")
     webhook_host: str | None = Field(None, description="address of the webhook listener; default: host")
     webhook_port: int | None = Field(
         None,
@@ -128,8 +129,61 @@ class SourceConfig(_Strict):
         return data
 
 
-_CAPABILITY = re.compile(r"^(CAP_)?[A-Z_]{2,32}$")
-_DOCKER_SOCKETS = ("docker.sock", "containerd.sock", "podman.sock")
+# Every Linux capability (capabilities(7), Linux 6.x), without the CAP_ prefix. Naming one Docker does not know
+# would only fail when a job starts; a name outside this list is refused when the config is loaded.
+LINUX_CAPABILITIES = frozenset(
+    {
+        "AUDIT_CONTROL", "AUDIT_READ", "AUDIT_WRITE", "BLOCK_SUSPEND", "BPF", "CHECKPOINT_RESTORE", "CHOWN",
+        "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "IPC_LOCK", "IPC_OWNER", "KILL", "LEASE",
+        "LINUX_IMMUTABLE", "MAC_ADMIN", "MAC_OVERRIDE", "MKNOD", "NET_ADMIN", "NET_BIND_SERVICE", "NET_BROADCAST",
+        "NET_RAW", "PERFMON", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_ADMIN", "SYS_BOOT", "SYS_CHROOT",
+        "SYS_MODULE", "SYS_NICE", "SYS_PACCT", "SYS_PTRACE", "SYS_RAWIO", "SYS_RESOURCE", "SYS_TIME",
+        "SYS_TTY_CONFIG", "SYSLOG", "WAKE_ALARM",
+    }
+)  # fmt: skip
+
+# Where container runtimes keep their control sockets: dockerd (/run/docker.sock, /run/docker/), containerd,
+# podman, cri-o, buildkitd, k3s, and the rootless variants in /run/user/UID -- all under /run, which /var/run
+# points to. A job given one of these sockets can start a privileged container: it owns the host.
+RUNTIME_SOCKET_DIRS = ("/run", "/var/run")
+RUNTIME_SOCKET_NAMES = ("docker.sock", "containerd.sock", "podman.sock", "crio.sock", "buildkitd.sock")
+
+
+def normalize_capability(cap: str) -> str:
+    """' cap_net_admin' -> 'NET_ADMIN': Docker accepts any case, with or without the prefix."""
+    return cap.strip().upper().removeprefix("CAP_")
+
+
+def normalize_host_path(path: str) -> str:
+    """Lexically: '//run', '/run/.', '/run/', '/run/../run' and '/./run' are all '/run'. (POSIX lets a path start
+    with exactly two slashes mean something else; Linux does not, and `normpath` would keep them.)"""
+    return posixpath.normpath("/" + path.lstrip("/"))
+
+
+def _nested(a: str, b: str) -> bool:
+    """Whether one of two normalized absolute paths is the other or lies inside it."""
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+
+def runtime_socket_exposure(source: str, socket_dirs: tuple[str, ...] = ()) -> str | None:
+    """What a bind mount of host path `source` would expose, or None. Refused: a source that contains a runtime
+    socket directory (`/`, `/var`), is one, or lies inside one, and any path naming a runtime socket.
+    `socket_dirs` adds the directory of the socket this controller's engine listens on."""
+    path = normalize_host_path(source)
+    for directory in (*RUNTIME_SOCKET_DIRS, *socket_dirs):
+        if _nested(path, normalize_host_path(directory)):
+            return f"{path} and {directory} (where container runtime sockets live) contain one another"
+    if any(name in path for name in RUNTIME_SOCKET_NAMES):
+        return f"{path} names a container runtime socket"
+    return None
+
+
+def engine_socket_dirs(base_url: str | None) -> tuple[str, ...]:
+    """The directory of the engine's own socket when it is a unix socket outside the usual places."""
+    if base_url and base_url.startswith(("unix://", "unix:")):
+        path = base_url.removeprefix("unix://").removeprefix("unix:")
+        return (posixpath.dirname(normalize_host_path(path)),)
+    return ()
 
 
 class UnsafeOptIns(_Strict):
@@ -146,23 +200,37 @@ class UnsafeOptIns(_Strict):
     @field_validator("add_capabilities")
     @classmethod
     def _caps(cls, caps: list[str]) -> list[str]:
+        """Normalized before it is checked: 'CAP_ALL', 'all' and ' ALL' all mean Docker's ALL."""
+        found: list[str] = []
         for cap in caps:
-            if not _CAPABILITY.match(cap) or cap.upper() == "ALL":
-                raise ValueError(f"{cap!r} is not a single capability name (ALL is never allowed)")
-        return [c.removeprefix("CAP_") for c in caps]
+            name = normalize_capability(cap)
+            if name == "ALL":
+                raise ValueError(f"{cap!r} means every capability; ALL is never allowed, name single capabilities")
+            if name not in LINUX_CAPABILITIES:
+                raise ValueError(f"{cap!r} is not a Linux capability name (such as NET_ADMIN or SYS_PTRACE)")
+            if name not in found:
+                found.append(name)
+        return found
 
     @field_validator("host_mounts")
     @classmethod
     def _mounts(cls, mounts: list[str]) -> list[str]:
+        """Sources are normalized before they are checked, and kept normalized (what Docker is given is what was
+        checked). Symlinks are resolved by `load_config`, which may look at the host."""
+        normalized = []
         for mount in mounts:
             parts = mount.split(":")
             if len(parts) not in (2, 3) or not parts[0].startswith("/") or not parts[1].startswith("/"):
                 raise ValueError(f"host mount {mount!r} must look like /host/path:/container/path[:ro]")
             if len(parts) == 3 and parts[2] not in ("ro", "rw"):
                 raise ValueError(f"host mount {mount!r}: the mode must be ro or rw")
-            if any(sock in mount for sock in _DOCKER_SOCKETS) or parts[0].rstrip("/") in ("", "/run", "/var/run"):
-                raise ValueError(f"host mount {mount!r} would expose a container runtime socket; never allowed")
-        return mounts
+            exposure = runtime_socket_exposure(parts[0])
+            if exposure is not None:
+                raise ValueError(
+                    f"host mount {mount!r} would expose a container runtime socket ({exposure}); never allowed"
+                )
+            normalized.append(":".join([normalize_host_path(parts[0]), *parts[1:]]))
+        return normalized
 
     def warnings(self, pool: str) -> list[str]:
         found = []
@@ -273,7 +341,7 @@ class CredentialsConfig(_Strict):
 class LogsConfig(_Strict):
     max_bytes: int = Field(100 * 1024**2, ge=4096, description="per job; the rest is cut with a visible notice")
     timestamps: bool = Field(False, description="prefix every stored line with its UTC arrival time")
-    idle_flush_s: float = Field(1.0, gt=0, le=30, description="longest a quiet job's last bytes are held back")
+    idle_flush_s: float | None = Field(None, description="deprecated: no effect any more (see Config.deprecations)")
     min_secret_length: int = Field(6, ge=3, le=64, description="shorter secrets are refused: masking them ruins logs")
     mask: str = Field("[MASKED]", min_length=1, max_length=64)
 
@@ -357,9 +425,51 @@ class Config(_Strict):
             raise ValueError("server.public_url is required with [credentials]: it is the OIDC issuer Vault trusts")
         return self
 
+    @model_validator(mode="after")
+    def _mounts_keep_off_the_engine_socket(self) -> Config:
+        """The engine's own socket may live outside /run (`docker.base_url = "unix:///srv/docker/docker.sock"`)."""
+        dirs = engine_socket_dirs(self.docker.base_url)
+        problems = [
+            f"pools.{name}.unsafe.host_mounts: {mount!r} would expose the Docker engine's socket ({exposure})"
+            for name, pool in self.pools.items()
+            for mount in pool.unsafe.host_mounts
+            if (exposure := runtime_socket_exposure(mount.split(":")[0], dirs)) is not None
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     def warnings(self) -> list[str]:
         """Every way this config weakens job isolation, for `config check` and the audit trail."""
-        return [w for name, pool in self.pools.items() for w in pool.unsafe.warnings(name)]
+        found = []
+        for name, pool in self.pools.items():
+            if pool.network == "bridge":
+                found.append(
+                    f'pool {name!r} puts jobs on Docker\'s default bridge network (network = "bridge"): they can '
+                    "reach the internet, the host's published ports and every other container on that bridge; "
+                    "give the pool a dedicated network with egress rules instead"
+                )
+            elif pool.network != "none":
+                found.append(f"pool {name!r} gives jobs network access (network = {pool.network!r})")
+            found += pool.unsafe.warnings(name)
+        return found
+
+    def deprecations(self) -> list[str]:
+        """Options still accepted so existing configs load, which do nothing any more: say so, once."""
+        notes = []
+        if "delivery_ttl_s" in self.server.model_fields_set:
+            notes.append(
+                "server.delivery_ttl_s has no effect and never had one: a redelivery is answered as a duplicate by "
+                "its job id for as long as the job is stored, and standard-webhooks timestamps allow 5 minutes; "
+                "remove the line"
+            )
+        if "idle_flush_s" in self.logs.model_fields_set:
+            notes.append(
+                "logs.idle_flush_s has no effect any more: bytes the redactor holds back are the possible beginning "
+                "of a secret, so they are never shown raw on a pause, only once later output settles them; "
+                "remove the line"
+            )
+        return notes
 
     def vault_role(self, pool: str) -> str:
         return self.pools[pool].vault_role or f"ci-{pool}"
@@ -400,9 +510,29 @@ def load_config(path: Path) -> Config:
         for name, secret in pool.secrets.items()
         for p in _check_pool_secret(f"pools.{pool_name}.secrets.{name}", secret.file, config.logs.min_secret_length)
     ]
+    problems += _check_mount_symlinks(config, os.environ.get("DOCKER_HOST"))
     if problems:
         raise ConfigError(str(path), problems)
     return config
+
+
+def _check_mount_symlinks(config: Config, docker_host: str | None) -> list[str]:
+    """Host mount sources with their symlinks resolved on this host (`/var/run` -> `/run`, a link to `/run`), and
+    the engine's socket directory as DOCKER_HOST names it when the config does not. A link created after this
+    check is not seen: host mounts are an admin's opt-in, and this guards against mistakes, not against root."""
+    dirs = engine_socket_dirs(config.docker.base_url or docker_host)
+    problems = []
+    for name, pool in config.pools.items():
+        for mount in pool.unsafe.host_mounts:
+            source = mount.split(":")[0]
+            real = os.path.realpath(source)
+            exposure = runtime_socket_exposure(real, dirs)
+            if exposure is not None:
+                problems.append(
+                    f"pools.{name}.unsafe.host_mounts: {mount!r} resolves to {real}, which would expose a container "
+                    f"runtime socket ({exposure}); never allowed"
+                )
+    return problems
 
 
 def _resolve_paths(raw: dict[str, object], base: Path) -> None:

@@ -104,3 +104,135 @@ def test_config_check_prints_a_warning_per_opt_in(tmp_path: Path, capsys: pytest
     err = capsys.readouterr().err
     assert err.count("WARNING:") == 2
     assert "PRIVILEGED" in err and "/srv/cache:/cache" in err and "'safe'" not in err
+
+
+@pytest.mark.parametrize("cap", ["ALL", "all", "CAP_ALL", "cap_all", " ALL", "ALL ", "Cap_All", "\tCAP_ALL"])
+def test_every_spelling_of_all_capabilities_is_refused(cap: str) -> None:
+    with pytest.raises(ValidationError, match="ALL is never allowed"):
+        PoolConfig(image="img", unsafe={"add_capabilities": ["NET_RAW", cap]})
+
+
+@pytest.mark.parametrize("cap", ["CAP_FOO", "NET_ADMINX", "SYS ADMIN", "", "CAP_"])
+def test_unknown_capability_names_are_refused(cap: str) -> None:
+    with pytest.raises(ValidationError, match="not a Linux capability name"):
+        PoolConfig(image="img", unsafe={"add_capabilities": [cap]})
+
+
+def test_capabilities_are_normalized_before_docker_sees_them() -> None:
+    pool = PoolConfig(image="img", unsafe={"add_capabilities": ["cap_net_admin", " SYS_PTRACE", "CAP_NET_ADMIN"]})
+    assert pool.unsafe.add_capabilities == ["NET_ADMIN", "SYS_PTRACE"]
+    assert build_container_spec(SPEC, pool, controller_id="c").create_kwargs["cap_add"] == ["NET_ADMIN", "SYS_PTRACE"]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "/run/.",
+        "//run",
+        "///run",
+        "/run/../run",
+        "/./run",
+        "/run/",
+        "/var/run",
+        "/var/run/.",
+        "//var//run",
+        "/var/../run",
+        "/tmp/../run/docker",
+        "/run/containerd",
+        "/run/podman",
+        "/run/crio",
+        "/run/buildkit",
+        "/run/user/1000",
+        "/run/docker",
+        "/",
+        "//",
+        "/var",
+        "/srv/x/docker.sock",
+        "/srv/podman.sock",
+    ],
+)
+def test_runtime_socket_directories_are_refused_however_spelled(source: str) -> None:
+    with pytest.raises(ValidationError, match="container runtime socket"):
+        PoolConfig(image="img", unsafe={"host_mounts": [f"{source}:/hostrun:ro"]})
+
+
+def test_host_mount_sources_are_kept_normalized() -> None:
+    pool = PoolConfig(image="img", unsafe={"host_mounts": ["//srv//cache/./:/cache", "/srv/a/../out:/out:rw"]})
+    assert pool.unsafe.host_mounts == ["/srv/cache:/cache", "/srv/out:/out:rw"]
+
+
+def _config(tmp_path: Path, pool_extra: str, top: str = "") -> Path:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'controller_id = "c"\ndata_dir = "d"\n{top}[pools.p]\nimage = "img"\n{pool_extra}')
+    return cfg
+
+
+def test_config_check_resolves_symlinks_to_a_runtime_socket_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    link = tmp_path / "innocent"
+    link.symlink_to("/run")
+    cfg = _config(tmp_path, f'[pools.p.unsafe]\nhost_mounts = ["{link}:/cache:ro"]\n')
+    assert main(["config", "check", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "pools.p.unsafe.host_mounts" in err and "resolves to /run" in err and "runtime socket" in err
+
+
+def test_config_check_refuses_the_configured_engine_socket_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = _config(
+        tmp_path,
+        '[pools.p.unsafe]\nhost_mounts = ["/srv/engine:/e:ro"]\n',
+        top='[docker]\nbase_url = "unix:///srv/engine/dockerd.sock"\n',
+    )
+    assert main(["config", "check", str(cfg)]) == 2
+    assert "Docker engine's socket" in capsys.readouterr().err
+
+
+def test_config_check_uses_docker_host_when_the_config_names_no_engine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///srv/engine/dockerd.sock")
+    cfg = _config(tmp_path, '[pools.p.unsafe]\nhost_mounts = ["/srv:/e:ro"]\n')
+    assert main(["config", "check", str(cfg)]) == 2
+    assert "runtime socket" in capsys.readouterr().err
+
+
+def test_an_ordinary_host_mount_still_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "cache").mkdir()
+    cfg = _config(tmp_path, f'[pools.p.unsafe]\nhost_mounts = ["{tmp_path}/cache:/cache"]\n')
+    assert main(["config", "check", str(cfg)]) == 0
+    assert "MOUNTS A HOST PATH" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("network", "expected"),
+    [("bridge", "default bridge network"), ("ci-egress", "gives jobs network access (network = 'ci-egress')")],
+)
+def test_config_check_warns_about_networked_pools(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], network: str, expected: str
+) -> None:
+    cfg = _config(tmp_path, f'network = "{network}"\n')
+    assert main(["config", "check", str(cfg)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("WARNING:") == 1 and expected in err
+
+
+def test_a_pool_without_network_draws_no_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "check", str(_config(tmp_path, 'network = "none"\n'))]) == 0
+    assert "WARNING" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "name"),
+    [("server", "delivery_ttl_s = 3600", "server.delivery_ttl_s"), ("logs", "idle_flush_s = 1.0", "logs.idle_flush_s")],
+)
+def test_options_without_effect_still_load_and_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], section: str, line: str, name: str
+) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'controller_id = "c"\ndata_dir = "d"\n[{section}]\n{line}\n[pools.p]\nimage = "img"\n')
+    assert main(["config", "check", str(cfg)]) == 0
+    err = capsys.readouterr().err
+    assert f"NOTE: {name} has no effect" in err and "WARNING" not in err
