@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from orchestrator import ed25519_keys
 from orchestrator.files import write_atomic
+from orchestrator.strict_json import unique_keys
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -262,23 +263,13 @@ def verify_dsse(envelope: object, public_key: Ed25519PublicKey, *, payload_type:
     raise AttestationError(f"no valid signature by key {expected_id} (envelope keyids: {', '.join(seen_ids)})")
 
 
-def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Two parsers picking different duplicates would read different statements from one signed document.
-    result: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            raise ValueError(f"duplicate key {name!r}")
-        result[name] = value
-    return result
-
-
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
 def strict_json(data: bytes) -> Any:
     """Parses JSON refusing duplicate keys and NaN/Infinity; ValueError otherwise."""
-    return json.loads(data.decode("utf-8"), object_pairs_hook=_strict_object, parse_constant=_no_constant)
+    return json.loads(data.decode("utf-8"), object_pairs_hook=unique_keys, parse_constant=_no_constant)
 
 
 def parse_statement(payload: bytes) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from orchestrator.jobs.views import job_view
 from orchestrator.metrics import Metrics
 from orchestrator.scheduler import QueueFullError, Scheduler
 from orchestrator.store.base import JobStore
+from orchestrator.strict_json import DuplicateKeyError, unique_keys
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +38,50 @@ def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
     return [{"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"]} for err in exc.errors()]
 
 
+# One decoder, made once: `json.loads(..., object_pairs_hook=...)` builds a new one per call, which costs more
+# than the parse of a small body.
+_NO_DUPLICATES = json.JSONDecoder(object_pairs_hook=unique_keys)
+
+
+def _duplicate_key(key: str) -> Rejected:
+    shown = key if len(key) <= 64 else key[:64] + "…"
+    return Rejected(
+        400,
+        "duplicate_key",
+        f"body has the key {shown!r} twice in one object: a signed body must mean the same to every parser, "
+        "so it is refused rather than read as last-one-wins",
+    )
+
+
+def check_no_duplicate_keys(body: bytes) -> None:
+    """Refuses a JSON text in which some object names a key twice. Parsers disagree on what that means (first
+    wins, last wins, error), so the job one of them would run could differ from what another showed, e.g. a
+    reviewer's tool or the sender's own log. Text that is not valid JSON is left to the real parse to report."""
+    try:
+        text = body.decode(json.detect_encoding(body), "surrogatepass")
+        _NO_DUPLICATES.decode(text)
+    except DuplicateKeyError as exc:
+        try:  # the decoder stops at the first repeat; text that is not JSON at all is reported as that
+            json.loads(text)
+        except (ValueError, RecursionError):
+            return
+        raise _duplicate_key(exc.key) from None
+    except (ValueError, RecursionError):
+        return
+
+
 def parse_spec(body: bytes) -> JobSpec:
-    """Parses and validates in one pass with pydantic's JSON parser (UTF-8 only, refuses lone surrogates). What
-    that parser refuses goes through the standard library's parser instead, which also reads UTF-16/32 bodies and
-    names the field holding a lone surrogate escape: the answers stay those of `_parse_spec_slowly`."""
+    """Refuses duplicate keys, then parses and validates in one pass with pydantic's JSON parser (UTF-8 only,
+    refuses lone surrogates). What that parser refuses goes through the standard library's parser instead, which
+    also reads UTF-16/32 bodies and names the field holding a lone surrogate escape: the answers stay those of
+    `_parse_spec_slowly`."""
+    check_no_duplicate_keys(body)
     try:
         return JobSpec.model_validate_json(body)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         if errors and errors[0]["type"] == "json_invalid":
-            return _parse_spec_slowly(body)
+            return _parse_checked_slowly(body)
         if errors and errors[0]["type"] == "model_type" and not errors[0]["loc"]:
             raise Rejected(422, "invalid_spec", "body must be a JSON object (a job spec)") from None
         raise _invalid_spec(exc) from None
@@ -61,6 +96,12 @@ def _invalid_spec(exc: ValidationError) -> Rejected:
 
 
 def _parse_spec_slowly(body: bytes) -> JobSpec:
+    """The standard library's parser alone: what `parse_spec` answers, the long way."""
+    check_no_duplicate_keys(body)
+    return _parse_checked_slowly(body)
+
+
+def _parse_checked_slowly(body: bytes) -> JobSpec:
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as exc:

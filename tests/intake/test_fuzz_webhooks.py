@@ -905,8 +905,19 @@ def nesting_depth(body: bytes) -> int:
     return max(itertools.accumulate(steps), default=0)
 
 
+class _Twice(Exception):
+    pass
+
+
+def _pairs_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len({k for k, _ in pairs}) != len(pairs):
+        raise _Twice
+    return dict(pairs)
+
+
 def local_parse(body: bytes) -> tuple[str, Any]:
-    """The stdlib's verdict, independent of the controller: 'invalid', 'deep' or ('object' | 'other', value)."""
+    """The stdlib's verdict, independent of the controller: 'invalid', 'deep', 'duplicate' (some object names a key
+    twice) or ('object' | 'other', value)."""
     try:
         value = json.loads(body)
     except RecursionError:
@@ -915,6 +926,10 @@ def local_parse(body: bytes) -> tuple[str, Any]:
         return "invalid", None
     if nesting_depth(body) >= DEEP:
         return "deep", value
+    try:
+        json.loads(body, object_pairs_hook=_pairs_once)
+    except _Twice:
+        return "duplicate", value
     return ("object" if isinstance(value, dict) else "other"), value
 
 
@@ -950,9 +965,12 @@ async def test_fuzz_signed_hostile_json(family: Family) -> None:
             assert reply.status == 413, context
         elif verdict == "invalid":
             assert reply.status == 400 and answer["reason"] == "invalid_json", context
-        elif verdict == "deep":  # refused as nested too deeply, or parsed and then refused as a spec
+        elif verdict == "deep":  # refused as nested too deeply (or for a key twice), or refused as a spec
             assert reply.status in (400, 422), context
-            assert answer["reason"] == ("invalid_json" if reply.status == 400 else "invalid_spec"), context
+            expected = {"invalid_json", "duplicate_key"} if reply.status == 400 else {"invalid_spec"}
+            assert answer["reason"] in expected, context
+        elif verdict == "duplicate":
+            assert reply.status == 400 and answer["reason"] == "duplicate_key", context
         elif verdict == "other":
             assert reply.status == 422, context
         elif reply.status == 422:

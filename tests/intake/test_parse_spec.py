@@ -79,3 +79,61 @@ def test_queued_body_is_exactly_what_json_dumps_gives(job_id: str, state: JobSta
     assert response.status == 202
     assert response.content_type == "application/json" and response.charset == "utf-8"
     assert response.body == json.dumps({"job_id": job_id, "status": state.value}).encode()
+
+
+# --- duplicate keys: a signed body must not mean different things to different parsers ----------------------
+
+SPEC_TEXT = '"version": 1, "id": "a", "pool": "default", "repository": "r", "ref": "main", "sha": "abcdef0"'
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('{"id": "a", ' + SPEC_TEXT + ', "commands": ["true"]}', "id"),
+        ("{" + SPEC_TEXT + ', "commands": ["true"], "pool": "gpu"}', "pool"),
+        ("{" + SPEC_TEXT + ', "commands": ["true"], "env": {"A": "1", "B": "2", "A": "3"}}', "A"),
+        (
+            "{"
+            + SPEC_TEXT
+            + ', "commands": ["true"], "secrets": [{"path": "p", "key": "k", "name": "N", "key": "x"}]}',
+            "key",
+        ),
+        ("{" + SPEC_TEXT + ', "commands": ["true"], "x": [{"deep": {"z": 1, "z": 2}}]}', "z"),
+        ('[{"a": 1, "a": 2}]', "a"),
+        ('{"\\u0069d": "b", ' + SPEC_TEXT + ', "commands": ["true"]}', "id"),  # the same key, escaped
+    ],
+)
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-8-sig"])
+def test_a_key_twice_in_one_object_is_refused_on_both_paths(text: str, key: str, encoding: str) -> None:
+    body = text.encode(encoding)
+    for parse in (parse_spec, _parse_spec_slowly):
+        with pytest.raises(Rejected) as caught:
+            parse(body)
+        assert (caught.value.status, caught.value.reason) == (400, "duplicate_key")
+        assert f"{key!r} twice" in caught.value.message
+
+
+def test_the_same_key_in_different_objects_is_fine() -> None:
+    body = (
+        "{" + SPEC_TEXT + ', "commands": ["true"], "secrets": ['
+        '{"path": "p", "key": "k", "name": "A"}, {"path": "p", "key": "k", "name": "B"}]}'
+    ).encode()
+    assert [s.name for s in parse_spec(body).secrets] == ["A", "B"]
+
+
+@given(st.dictionaries(st.text(max_size=8), st.integers(), min_size=1, max_size=6), st.data())
+def test_any_repeated_key_is_found(obj: dict[str, int], data: st.DataObject) -> None:
+    key = data.draw(st.sampled_from(sorted(obj)))
+    pairs = [json.dumps(k) + ": " + json.dumps(v) for k, v in obj.items()]
+    pairs.insert(data.draw(st.integers(0, len(pairs))), json.dumps(key) + ": 0")
+    with pytest.raises(Rejected) as caught:
+        parse_spec(("{" + ", ".join(pairs) + "}").encode())
+    assert caught.value.reason == "duplicate_key"
+
+
+@pytest.mark.parametrize("text", ['{"a": 1, "a": 2} x', '{"a": 1, "a": 2, "b": }', '[{"a": 1, "a": 2}, NaX]'])
+def test_text_that_is_not_json_is_reported_as_that_even_with_a_key_twice(text: str) -> None:
+    for parse in (parse_spec, _parse_spec_slowly):
+        with pytest.raises(Rejected) as caught:
+            parse(text.encode())
+        assert (caught.value.status, caught.value.reason) == (400, "invalid_json")

@@ -199,3 +199,15 @@ async def test_compressed_bodies_are_refused_with_415(controller_factory: Any, d
     status, resp = await ctl.post_webhook(body, headers={**headers, "Content-Encoding": "gzip"})
     assert status == 415 and resp["reason"] == "unsupported_encoding"
     await _no_trace(ctl, docker_client, "none")
+
+
+async def test_a_key_twice_is_400_and_creates_nothing(controller_factory: Any, docker_client: Any) -> None:
+    """Python's json keeps the last "commands", another parser the first: whichever the controller picked, a
+    reviewer's tool could show the other one. Refused instead."""
+    ctl = await controller_factory()
+    spec = job_spec(commands=["echo shown"])
+    body = json.dumps(spec).encode()[:-1] + b', "commands": ["echo hidden"]}'
+    status, resp = await ctl.post_webhook(body)
+    assert status == 400 and resp["reason"] == "duplicate_key"
+    assert "'commands' twice" in resp["error"]
+    await _no_trace(ctl, docker_client, spec["id"])
