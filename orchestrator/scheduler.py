@@ -27,6 +27,11 @@ class QueueFullError(Exception):
     pass
 
 
+def overdue(job: Job, now: float) -> bool:
+    """Whether a job has been running longer than its timeout (it starts counting once the job is running)."""
+    return job.started_at is not None and now - job.started_at >= job.timeout_s
+
+
 class NotCancellableError(Exception):
     pass
 
@@ -104,6 +109,8 @@ class Scheduler:
         except EngineError as exc:
             log.error("reconciliation could not list containers", extra={"error": str(exc)})
             containers = []
+        still_running = {c.job_id for c in containers if c.status == "running"}
+        now = self.clock()
         for c in containers:
             if c.job_id in self._running:
                 continue
@@ -121,14 +128,22 @@ class Scheduler:
                 continue
             if job.credentials_accessor:
                 await self._revoke_leftover_credentials(job)
+            end = self.runner.end_interrupted
             if job.pool not in self.config.pools:
-                await self._settle(job, JobState.ERROR, f"pool {job.pool!r} is no longer configured")
+                await end(job, JobState.ERROR, f"pool {job.pool!r} is no longer configured")
+            elif job.id in still_running and overdue(job, now):
+                # Nothing enforced its timeout while no controller ran: it has had its time, so no retry either.
+                reason = (
+                    f"timed out after {job.timeout_s} s: its container was still running past the timeout when the "
+                    "controller restarted (no controller was there to stop it)"
+                )
+                await end(job, JobState.TIMED_OUT, reason)
             elif self.config.pools[job.pool].retry_on_restart:
                 requeued = await self._settle(job, JobState.QUEUED, "re-queued after controller restart")
                 if requeued is not None:
                     self._queues[job.pool].append(requeued)
             else:
-                await self._settle(job, JobState.ERROR, "controller restarted while the job was running")
+                await end(job, JobState.ERROR, "controller restarted while the job was running")
 
     async def sweep(self) -> int:
         """Removes containers with our labels whose job is not running here: what a Docker outage or a failed

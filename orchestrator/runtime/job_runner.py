@@ -286,18 +286,42 @@ class JobRunner:
         # final state can fetch both.
         ended = transition(job, final, now=self.clock(), reason=reason, exit_code=exit_code)
         await self.logs.close(job.id)
+        stored = await self._conclude(job, ended, at.image_id)
+        if stored is None:
+            log.warning("job moved by another writer before it could finish", extra={"job_id": job.id})
+            return job
+        return stored
+
+    async def _conclude(self, job: Job, ended: Job, image_id: str) -> Job | None:
+        """Once the job's log is closed: the attestation is signed, then the final state stored, so whoever sees
+        the final state can fetch both. None when another writer moved the job first."""
         try:
-            if self.attestations is not None:
-                await self._attest(ended, at.image_id)
+            await self.attest(ended, image_id)
             if await self.store.update(ended, expected=job.state):
                 self.on_change(ended)
                 return ended
+            return None
         finally:
             self.logs.forget(job.id)  # its followers end now, seeing the final state
-        log.warning("job moved by another writer before it could finish", extra={"job_id": job.id})
-        return job
 
-    async def _attest(self, job: Job, image_id: str) -> None:
+    async def end_interrupted(self, job: Job, final: JobState, reason: str) -> Job | None:
+        """Ends a job that a previous controller process left starting or running, once reconciliation has removed
+        its container: its log says why, its attestation is signed, then the final state is stored -- the order
+        of a job that ends under this runner. None when another writer moved the job first."""
+        ended = transition(job, final, now=self.clock(), reason=reason)
+        try:
+            self.logs.open(job.id).append(f"\n[orchestrator] job ended ({final.value}): {reason}\n".encode())
+            await self.logs.close(job.id)
+        except (OSError, ValueError) as exc:
+            log.error("could not write to the job's log", extra={"job_id": job.id, "error": type(exc).__name__})
+        return await self._conclude(job, ended, "")
+
+    async def attest(self, job: Job, image_id: str = "") -> None:
+        """Signs the job's attestation. `image_id` is empty when the job ended before its image was resolved (or
+        in an earlier controller process): then the image's name is all that is attested."""
+        if self.attestations is None:
+            return
+        pool = self.config.pools.get(job.pool)  # None: a job of a pool removed from the config since
         try:
             log_sha256 = await asyncio.to_thread(sha256_file, self.logs.path(job.id))
             facts = JobFacts(
@@ -310,7 +334,7 @@ class JobRunner:
                 env=dict(job.spec.env),
                 secrets=[{"name": s.name, "path": s.path} for s in job.spec.secrets],
                 spec_json=canonical_json(job.spec.model_dump(mode="json")),
-                image=self.config.pools[job.pool].image,
+                image=pool.image if pool is not None else "",
                 image_id=image_id,
                 controller_id=self.config.controller_id,
                 started_at=job.started_at,
@@ -319,9 +343,8 @@ class JobRunner:
                 exit_code=job.exit_code,
                 reason=job.reason,
                 log_sha256=log_sha256,
-                pool_config_digest=hashlib.sha256(self.config.pools[job.pool].model_dump_json().encode()).hexdigest(),
+                pool_config_digest=hashlib.sha256(pool.model_dump_json().encode()).hexdigest() if pool else None,
             )
-            assert self.attestations is not None
             await self.attestations.attest(facts)
         except Exception:
             log.exception("could not sign the job's attestation", extra={"job_id": job.id})

@@ -19,7 +19,9 @@ import docker
 import pytest
 import requests
 
+from orchestrator.attestation import AttestedJob, read_job, verify_envelope
 from orchestrator.config import hash_token
+from orchestrator.ed25519_keys import load_public
 from orchestrator.intake.signatures import sign
 
 from conftest import RUN_TAG, TEST_CONTROLLER_PREFIX, TEST_IMAGE, free_port, job_spec, managed_containers
@@ -142,6 +144,18 @@ retry_on_restart = {str(retry_on_restart).lower()}
                 return job
             time.sleep(0.1)
 
+    def attested(self, job_id: str) -> AttestedJob:
+        """The job's attestation, verified against the controller's attestation key."""
+        auth = {"Authorization": f"Bearer {self.token}"}
+        envelope = requests.get(f"{self.url}/api/v1/jobs/{job_id}/attestation", headers=auth, timeout=10)
+        assert envelope.status_code == 200, envelope.text
+        pem = requests.get(f"{self.url}/api/v1/attestation-key", headers=auth, timeout=10).content
+        return read_job(verify_envelope(envelope.json(), load_public(pem)))
+
+    def log_text(self, job_id: str) -> str:
+        auth = {"Authorization": f"Bearer {self.token}"}
+        return requests.get(f"{self.url}/api/v1/jobs/{job_id}/logs", headers=auth, timeout=10).text
+
     def kill(self, sig: int) -> int:
         assert self.proc is not None
         self.proc.send_signal(sig)
@@ -185,6 +199,41 @@ def test_sigkill_then_restart_leaves_nothing_running(controller_process: Any, do
         job = cp.wait(s["id"], FINAL, timeout=10)
         assert job["status"] == "error"
         assert job["reason"] == "controller restarted while the job was running"
+        attested = cp.attested(s["id"])  # signed like any other ending, so a deploy gate sees why
+        assert (attested.state, attested.reason, attested.sha) == ("error", job["reason"], s["sha"])
+        assert "[orchestrator] job ended (error): controller restarted while the job was running" in cp.log_text(
+            s["id"]
+        )
+    assert managed_containers(docker_client, cp.controller_id) == []
+    assert cp.kill(signal.SIGTERM) == 0
+
+
+@pytest.mark.parametrize("retry_on_restart", [True, False])
+def test_a_job_found_running_past_its_timeout_after_a_restart_times_out(
+    controller_process: Any, docker_client: Any, retry_on_restart: bool
+) -> None:
+    """While the controller is down nothing enforces timeouts; the restart does, and does not retry a job that
+    has had its time even where the pool retries interrupted jobs. A job still within its time is treated as
+    before (re-queued or error)."""
+    cp = controller_process(retry_on_restart=retry_on_restart)
+    cp.start()
+    late = job_spec(commands=["sleep 600"], timeout_s=2)
+    in_time = job_spec(commands=["sleep 1", "echo in-time"], timeout_s=300)
+    for spec in (late, in_time):
+        assert cp.send(spec) == 202
+        cp.wait(spec["id"], {"running"})
+    cp.kill(signal.SIGKILL)
+    time.sleep(2.5)
+    cp.start()
+    job = cp.wait(late["id"], FINAL, timeout=10)
+    assert job["status"] == "timed_out" and job["attempt"] == 1, job
+    assert job["reason"].startswith("timed out after 2 s") and "restarted" in job["reason"]
+    assert cp.attested(late["id"]).state == "timed_out"
+    other = cp.wait(in_time["id"], FINAL, timeout=60)
+    if retry_on_restart:
+        assert (other["status"], other["attempt"]) == ("succeeded", 2), other
+    else:
+        assert other["status"] == "error" and other["reason"] == "controller restarted while the job was running"
     assert managed_containers(docker_client, cp.controller_id) == []
     assert cp.kill(signal.SIGTERM) == 0
 
