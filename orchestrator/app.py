@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.runtime.docker_engine import DockerEngine
 from orchestrator.runtime.job_runner import JobRunner
 from orchestrator.scheduler import Scheduler
+from orchestrator.serving import proxy_middlewares
 from orchestrator.store.base import JobStore
 from orchestrator.store.sqlite import SQLiteJobStore
 
@@ -222,8 +224,26 @@ async def drain(controller: Controller, drain_timeout_s: float) -> None:
         await controller.webhook_listener.stop()
 
 
+def summarise_refusals(controller: Controller, *, final: bool = False) -> None:
+    """Writes the summary of each refusal window that has ended (all of them when `final`)."""
+    now = time.time()
+    for throttle in (controller.intake.refusals, controller.api.refusals):
+        summary = throttle.due(now, final=final)
+        if summary is not None:
+            controller.auditor.refusals_summarised(summary)
+
+
+async def _summarise_refusals_periodically(controller: Controller, every_s: float = 5.0) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        summarise_refusals(controller)
+
+
 def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Application:
-    app = web.Application(client_max_size=controller.config.server.max_body_bytes)
+    app = web.Application(
+        client_max_size=controller.config.server.max_body_bytes,
+        middlewares=proxy_middlewares(controller.config.server.trusted_networks),
+    )
     app[CONTROLLER] = controller
     app.router.add_post("/webhooks/{source}", controller.intake.handle)
     app.router.add_routes(controller.api.routes())
@@ -249,6 +269,7 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
             controller.background.append(asyncio.create_task(_every(3600.0, renew)))
         sweep = controller.scheduler.sweep_forever(controller.config.docker.sweep_interval_s)
         controller.background.append(asyncio.create_task(sweep))
+        controller.background.append(asyncio.create_task(_summarise_refusals_periodically(controller)))
         log.info(
             "controller started",
             extra={"controller_id": controller.config.controller_id, "config_digest": controller.config.digest()},
@@ -264,6 +285,7 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        summarise_refusals(controller, final=True)  # before the audit trail closes
         await controller.store.close()
         await controller.engine.close()
         await asyncio.to_thread(controller.auditor.close)

@@ -18,6 +18,7 @@ from typing import Any
 
 from orchestrator.audit import AuditLog, Entry, accessor_digest, looks_like_secret, prepare
 from orchestrator.jobs.states import Job
+from orchestrator.refusal_summaries import Summary
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,14 @@ class Auditor:
     def auth_failed(self, remote: str | None, route: str, reason: str) -> None:
         actor = {"type": "api", "token_name": None, "role": None}
         self._record(actor, "auth.failed", route, "denied", remote=remote, details={"reason": reason})
+
+    def refusals_summarised(self, summary: Summary) -> None:
+        """Refusals past their allowance (see refusal_summaries): one record and one log line for a window's
+        worth of them."""
+        action = {"webhook": "webhook.rejected_summary", "auth": "auth.failed_summary"}[summary.kind]
+        details = summary.details()
+        self._record(CONTROLLER, action, None, "summary", details=details)
+        log.warning("refusals summarised", extra={"action": action, **details})
 
     def reconcile(self, action: str, target: str | None, details: dict[str, Any]) -> None:
         self._record(CONTROLLER, f"reconcile.{action}", target, "ok", details=details)

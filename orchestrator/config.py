@@ -7,6 +7,7 @@ as SHA-256 hashes. Loading reads the file(s) and nothing else.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import posixpath
 import re
@@ -69,6 +70,26 @@ class ServerConfig(_Strict):
         description="processes serving webhook_port: each reads and verifies deliveries and hands them to the "
         "controller, which stores, audits and answers them; 0: the controller process serves webhook_port itself",
     )
+
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses or networks of reverse proxies whose X-Forwarded-For is believed: requests they "
+        "forward are audited, limited and summarised under the client's address; nobody else's header counts",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network (like 10.0.0.0/8)") from None
+        return [e.strip() for e in entries]
+
+    @property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(entry, strict=False) for entry in self.trusted_proxies)
 
     @model_validator(mode="after")
     def _webhook_listener(self) -> ServerConfig:

@@ -55,6 +55,12 @@ class Metrics:
         self.webhook_rejections = Counter(
             "orchestrator_webhook_rejections", "Webhooks refused, by reason", ["reason"], registry=self.registry
         )
+        self.auth_failures = Counter(
+            "orchestrator_api_auth_failures",
+            "API requests refused for a missing or invalid token, or while their address was limited, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
         self.intake_worker_restarts = Counter(
             "orchestrator_intake_worker_restarts",
             "Intake worker processes started again after one died",

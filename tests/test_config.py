@@ -588,3 +588,12 @@ def test_webhook_listener_settings(tmp_path: Path) -> None:
     assert (server.webhook_port, server.webhook_host, server.intake_workers) == (8443, "0.0.0.0", 2)
     text = MINIMAL + '\n[server]\nport = 8080\nwebhook_port = 8080\nwebhook_host = "0.0.0.0"\n'
     assert problems(write(tmp_path, text)) == ["server: Value error, webhook_port must differ from port (8080)"]
+
+
+def test_trusted_proxies_are_networks(tmp_path: Path) -> None:
+    from orchestrator.config import ServerConfig
+
+    server = ServerConfig(trusted_proxies=["10.0.0.0/8", " 192.0.2.7", "2001:db8::/32", "10.1.2.3/8"])
+    assert [str(n) for n in server.trusted_networks] == ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32", "10.0.0.0/8"]
+    with pytest.raises(ValueError, match="'proxy.example' is not an IP address or network"):
+        ServerConfig(trusted_proxies=["proxy.example"])

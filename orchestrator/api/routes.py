@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from orchestrator.jobs.views import job_view
 from orchestrator.logs.sse import SseEncoder, parse_last_event_id
 from orchestrator.logs.store import LogStore
 from orchestrator.metrics import CONTENT_TYPE, Metrics
+from orchestrator.refusal_summaries import RefusalThrottle, address_key
 from orchestrator.runtime.docker_engine import DockerEngine, EngineError
 from orchestrator.scheduler import NotCancellableError, Scheduler
 from orchestrator.store.base import JobStore
@@ -54,6 +56,7 @@ class Api:
         self.attestation_public_pem = attestation_public_pem
         self.audit_log = audit_log
         self.limiter = FailureLimiter()
+        self.refusals = RefusalThrottle("auth")
         self.readiness_checks: list[Callable[[], tuple[str, str]]] = []  # (name, "ok" or what is wrong)
         self.config = config
         self.store = store
@@ -80,20 +83,10 @@ class Api:
 
     def _auth(self, role: Role, handler: Handler) -> Handler:
         async def wrapped(request: web.Request) -> web.StreamResponse:
-            remote = request.remote or "unknown"
-            wait = self.limiter.retry_after(remote)
-            if wait:
-                resp = _err(429, "too many failed authentications from this address; try again later")
-                resp.headers["Retry-After"] = str(int(wait) + 1)
-                return resp
-            principal = authenticate(request.headers.get("Authorization"), self.config.api.tokens)
+            header = request.headers.get("Authorization")
+            principal = authenticate(header, self.config.api.tokens)
             if principal is None:
-                self.limiter.failed(remote)
-                reason = "missing token" if not request.headers.get("Authorization") else "invalid token"
-                self.auditor.auth_failed(request.remote, request.path, reason)
-                resp = _err(401, "missing or invalid bearer token")
-                resp.headers["WWW-Authenticate"] = 'Bearer realm="runner-orchestrator"'
-                return resp
+                return self._unauthenticated(request, header)
             if not principal.allows(role):
                 self.auditor.api(
                     principal.name, principal.role, "auth.forbidden", request.path, request.remote, "denied"
@@ -103,6 +96,32 @@ class Api:
             return await handler(request)
 
         return wrapped
+
+    def _unauthenticated(self, request: web.Request, header: str | None) -> web.Response:
+        """A valid token is always served, whatever its address did before: the limiter bounds what failures cost
+        (guessing speed, audit records), not what an address may do, so one guesser behind a shared proxy locks
+        out nobody. A scraper polling /metrics without a token is not guessing and is not counted as failing."""
+        scrape = header is None and request.path == "/metrics"
+        key = address_key(request.remote)
+        if not scrape and (wait := self.limiter.retry_after(key)):
+            self._auth_refused(request, "rate_limited")
+            resp = _err(429, "too many failed authentications from this address; try again later")
+            resp.headers["Retry-After"] = str(int(wait) + 1)
+            return resp
+        if not scrape:
+            self.limiter.failed(key)
+            self._auth_refused(request, "missing_token" if not header else "invalid_token")
+        else:
+            self.metrics.auth_failures.labels("metrics_scrape_without_token").inc()
+        resp = _err(401, "missing or invalid bearer token")
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="runner-orchestrator"'
+        return resp
+
+    def _auth_refused(self, request: web.Request, reason: str) -> None:
+        """Counted always; audited on its own within the address's allowance, else in the window's summary."""
+        self.metrics.auth_failures.labels(reason).inc()
+        if self.refusals.refused(request.remote, reason, time.time()):
+            self.auditor.auth_failed(request.remote, request.path, reason)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -30,7 +30,7 @@ from orchestrator.intake import relay
 from orchestrator.intake.receive import Rejected
 from orchestrator.intake.webhooks import WebhookIntake
 from orchestrator.metrics import Metrics
-from orchestrator.serving import LISTEN_BACKLOG, app_runner
+from orchestrator.serving import LISTEN_BACKLOG, Network, app_runner, proxy_middlewares
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,11 @@ class _Worker:
     answering: set[asyncio.Task[None]] = field(default_factory=set)
 
 
-def healthz_app() -> web.Application:
+def healthz_app(trusted: tuple[Network, ...] = ()) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    app = web.Application()
+    app = web.Application(middlewares=proxy_middlewares(trusted))
     app.router.add_get("/healthz", healthz)
     return app
 
@@ -113,7 +113,7 @@ class WebhookListener:
         ends the start-up before any job runs) and after the scheduler has reconciled the store."""
         if not self.workers_wanted:
             assert self.sock is not None
-            app = healthz_app()
+            app = healthz_app(self.intake.config.server.trusted_networks)
             app.router.add_post("/webhooks/{source}", self.intake.handle)
             self.runner = app_runner(app)
             await self.runner.setup()
@@ -143,6 +143,7 @@ class WebhookListener:
             "sources": sources,
             "max_body_bytes": server.max_body_bytes,
             "body_timeout_s": server.body_timeout_s,
+            "trusted_proxies": [str(n) for n in server.trusted_networks],
         }
         relay.encode(hello)  # raises here, not in the link's flush, if it cannot be sent
         return hello

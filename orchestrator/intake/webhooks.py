@@ -20,6 +20,7 @@ from orchestrator.jobs.spec import JobSpec
 from orchestrator.jobs.states import Job, new_job
 from orchestrator.jobs.views import job_view
 from orchestrator.metrics import Metrics
+from orchestrator.refusal_summaries import RefusalThrottle
 from orchestrator.scheduler import QueueFullError, Scheduler
 from orchestrator.store.base import JobStore
 from orchestrator.strict_json import DuplicateKeyError, unique_keys
@@ -165,6 +166,7 @@ class WebhookIntake:
         self.scheduler = scheduler
         self.credentials_configured = credentials_configured
         self.accepting = True
+        self.refusals = RefusalThrottle("webhook")
         self._accepted: dict[str, Counter] = {}
 
     def _accepted_counter(self, source: str) -> Counter:
@@ -188,11 +190,14 @@ class WebhookIntake:
         return error_response(rej)
 
     def record_rejection(self, source: str, remote: str | None, status: int, reason: str) -> None:
-        """Counts, audits and logs a refusal, also one an intake worker answered itself."""
+        """Counts a refusal, also one an intake worker answered itself, and audits and logs it on its own while
+        its address is within its allowance (else it is in the window's summary: see refusal_summaries)."""
         if self.metrics is not None:
             self.metrics.webhook_rejections.labels(reason).inc()
-        self.auditor.webhook(source, None, remote, "rejected", reason=reason, status=status)
-        log.info("webhook rejected", extra={"source": source, "status": status, "reason": reason, "remote": remote})
+        if self.refusals.refused(remote, reason, time.time()):
+            self.auditor.webhook(source, None, remote, "rejected", reason=reason, status=status)
+            extra = {"source": source, "status": status, "reason": reason, "remote": remote}
+            log.info("webhook rejected", extra=extra)
 
     async def _handle(self, name: str, request: web.Request) -> web.StreamResponse:
         server = self.config.server

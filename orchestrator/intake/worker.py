@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import itertools
 import logging
 import os
@@ -25,7 +26,7 @@ from aiohttp import web
 from orchestrator import structured_logs
 from orchestrator.intake import relay
 from orchestrator.intake.receive import Rejected, WebhookSource, authenticate, error_response
-from orchestrator.serving import app_runner
+from orchestrator.serving import Network, app_runner, proxy_middlewares
 
 log = logging.getLogger("orchestrator.intake.worker")  # not __main__: it runs with -m
 
@@ -107,7 +108,11 @@ def sources_from_hello(hello: dict[str, Any]) -> dict[str, WebhookSource]:
 
 
 def build_worker_app(
-    link: ControllerLink, sources: dict[str, WebhookSource], max_body: int, body_timeout_s: float
+    link: ControllerLink,
+    sources: dict[str, WebhookSource],
+    max_body: int,
+    body_timeout_s: float,
+    trusted: tuple[Network, ...] = (),
 ) -> web.Application:
     async def webhook(request: web.Request) -> web.StreamResponse:
         name = request.match_info["source"]
@@ -123,7 +128,7 @@ def build_worker_app(
             return web.json_response({"status": "controller unreachable"}, status=503)
         return web.json_response({"status": "ok"})
 
-    app = web.Application(client_max_size=max_body)
+    app = web.Application(client_max_size=max_body, middlewares=proxy_middlewares(trusted))
     app.router.add_post("/webhooks/{source}", webhook)
     app.router.add_get("/healthz", healthz)
     return app
@@ -138,10 +143,11 @@ async def serve(listen_fd: int, link_fd: int) -> int:
         sources = sources_from_hello(hello)
         max_body = relay.field(hello, "max_body_bytes", int)
         body_timeout_s = float(relay.field(hello, "body_timeout_s", (int, float)))
+        trusted = tuple(ipaddress.ip_network(n) for n in relay.field(hello, "trusted_proxies", list))
     except (relay.RelayError, KeyError, TypeError, ValueError) as exc:
         log.error("intake worker: no usable hello from the controller", extra={"error": f"{type(exc).__name__}"})
         return 1
-    runner = app_runner(build_worker_app(link, sources, max_body, body_timeout_s))
+    runner = app_runner(build_worker_app(link, sources, max_body, body_timeout_s, trusted))
     await runner.setup()
     listener = socket.socket(fileno=listen_fd)
     listener.setblocking(False)

@@ -201,3 +201,23 @@ async def test_workers_get_neither_the_controllers_environment_nor_its_files(
         listener = ctl.controller.webhook_listener
         assert listener is not None and listener.sock is not None
         assert f"socket:[{os.fstat(listener.sock.fileno()).st_ino}]" in sockets
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["trusted-proxy", "untrusted-peer"])
+@pytest.mark.parametrize("settings", [IN_PROCESS, WORKERS], ids=["in-process", "workers"])
+async def test_the_webhook_port_believes_only_trusted_proxies(
+    controller_factory: Any, settings: Any, trusted: bool
+) -> None:
+    """Behind a trusted proxy, audit records and refusal summaries name the sender the proxy saw, also when a
+    worker answered; a sender that is no proxy cannot choose the address it is recorded under."""
+    proxies = ["127.0.0.0/8"] if trusted else []
+    ctl: RunningController = await controller_factory(
+        settings={"server": {**settings["server"], "trusted_proxies": proxies}}
+    )
+    bad = {"webhook-id": "m", "webhook-timestamp": "1", "webhook-signature": "v1,AAAA", "X-Forwarded-For": "192.0.2.9"}
+    assert (await ctl.post_webhook(job_spec(), headers=bad, url=_hook_url(ctl)))[0] == 401
+    deadline = time.monotonic() + 10
+    while not (rejected := [r for r in _audit(ctl) if r["action"] == "webhook.rejected"]):
+        assert time.monotonic() < deadline, "the refusal was never audited"
+        await asyncio.sleep(0.05)  # a worker reports its refusal to the controller after answering
+    assert [r["remote"] for r in rejected] == ["192.0.2.9" if trusted else "127.0.0.1"]

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.app import summarise_refusals
 from orchestrator.attestation import verify_envelope
 from orchestrator.audit import verify_file
 from orchestrator.config import hash_token
@@ -18,6 +19,8 @@ from orchestrator.ed25519_keys import load_public
 from conftest import RunningController, job_spec
 
 pytestmark = pytest.mark.docker
+
+SERVER = {"host": "127.0.0.1", "port": 0, "max_body_bytes": 64 * 1024}
 
 
 def _records(ctl: RunningController) -> list[dict[str, Any]]:
@@ -141,11 +144,80 @@ async def test_every_route_refuses_roles_below_it(controller_factory: Any) -> No
     await ctl.api("POST", f"/api/v1/jobs/{spec['id']}/cancel")
 
 
-async def test_failed_authentications_are_rate_limited(controller_factory: Any) -> None:
+async def test_failed_authentications_are_rate_limited_but_a_valid_token_is_served(controller_factory: Any) -> None:
     ctl: RunningController = await controller_factory()
     for _ in range(10):
         assert (await ctl.api("GET", "/api/v1/jobs", token="guess"))[0] == 401
-    async with ctl.session.get(f"{ctl.url}/api/v1/jobs", headers={"Authorization": f"Bearer {ctl.token}"}) as r:
+    async with ctl.session.get(f"{ctl.url}/api/v1/jobs", headers={"Authorization": "Bearer guess-11"}) as r:
         assert r.status == 429 and int(r.headers["Retry-After"]) >= 1
+    for token in (ctl.token, ctl.viewer_token):  # a guesser at the same address locks nobody out
+        assert (await ctl.api("GET", "/api/v1/jobs", token=token))[0] == 200
     records = _records(ctl)
     assert sum(1 for r in records if r["action"] == "auth.failed") == 10
+    page = (await ctl.api("GET", "/metrics"))[1].decode()
+    assert 'orchestrator_api_auth_failures_total{reason="invalid_token"} 10.0' in page
+    assert 'orchestrator_api_auth_failures_total{reason="rate_limited"} 1.0' in page
+
+
+async def test_metrics_scrapes_without_a_token_are_not_failures(controller_factory: Any) -> None:
+    ctl: RunningController = await controller_factory()
+    for _ in range(30):
+        async with ctl.session.get(f"{ctl.url}/metrics") as r:
+            assert r.status == 401
+    assert (await ctl.api("GET", "/api/v1/jobs", token="guess"))[0] == 401  # not 429: nothing counted so far
+    assert not any(r["action"] == "auth.failed" and r["target"] == "/metrics" for r in _records(ctl))
+    page = (await ctl.api("GET", "/metrics"))[1].decode()
+    assert 'orchestrator_api_auth_failures_total{reason="metrics_scrape_without_token"} 30.0' in page
+
+
+async def _get(ctl: RunningController, path: str, token: str, forwarded: str | None) -> int:
+    headers = {"Authorization": f"Bearer {token}"}
+    if forwarded is not None:
+        headers["X-Forwarded-For"] = forwarded
+    async with ctl.session.get(f"{ctl.url}{path}", headers=headers) as r:
+        return r.status
+
+
+async def test_behind_a_trusted_proxy_limits_follow_the_forwarded_address(controller_factory: Any) -> None:
+    ctl: RunningController = await controller_factory(settings={"server": {**SERVER, "trusted_proxies": ["127.0.0.1"]}})
+    for _ in range(10):
+        assert await _get(ctl, "/api/v1/jobs", "guess", "203.0.113.9") == 401
+    assert await _get(ctl, "/api/v1/jobs", "guess", "203.0.113.9") == 429
+    assert await _get(ctl, "/api/v1/jobs", "guess", "198.51.100.4") == 401  # another client of the same proxy
+    assert await _get(ctl, "/api/v1/jobs", "guess", "spoofed, 203.0.113.9") == 429  # left of the proxy: the client
+    failed = [r for r in _records(ctl) if r["action"] == "auth.failed"]
+    assert {r["remote"] for r in failed} == {"203.0.113.9", "198.51.100.4"}
+
+
+async def test_forwarded_for_from_an_untrusted_peer_is_ignored(controller_factory: Any) -> None:
+    ctl: RunningController = await controller_factory()  # no trusted proxies
+    for n in range(10):
+        assert await _get(ctl, "/api/v1/jobs", "guess", f"203.0.113.{n}") == 401
+    assert await _get(ctl, "/api/v1/jobs", "guess", "198.51.100.77") == 429  # its own address is what counts
+    assert {r["remote"] for r in _records(ctl) if r["action"] == "auth.failed"} == {"127.0.0.1"}
+
+
+async def test_rejected_webhooks_beyond_an_address_allowance_become_one_summary(controller_factory: Any) -> None:
+    """One client sending refused deliveries writes a bounded number of records, however many it sends; the
+    metrics still count each one."""
+    ctl: RunningController = await controller_factory()
+    spec = job_spec()
+    headers = {"webhook-id": "msg_x", "webhook-timestamp": "1", "webhook-signature": "v1,AAAA"}
+    for _ in range(300):
+        status, _ = await ctl.post_webhook(spec, headers=headers)
+        assert status == 401
+    records = _records(ctl)
+    assert sum(1 for r in records if r["action"] == "webhook.rejected") == 10
+    summarise_refusals(ctl.controller, final=True)
+    (summary,) = [r for r in _records(ctl) if r["action"] == "webhook.rejected_summary"]
+    details = summary["details"]
+    assert details["suppressed"] == 290 and details["addresses"] == 1
+    assert details["top"] == [{"remote": "127.0.0.1", "count": 290, "reasons": {"stale_timestamp": 290}}]
+    assert details["first"] <= details["last"]
+    page = (await ctl.api("GET", "/metrics"))[1].decode()
+    assert 'orchestrator_webhook_rejections_total{reason="stale_timestamp"} 300.0' in page
+    ctl.controller.auditor.flush()
+    result = verify_file(
+        ctl.config.data_dir / "audit.jsonl", load_public((ctl.config.data_dir / "audit.pub").read_bytes())
+    )
+    assert result.ok, result.problem
