@@ -1,4 +1,4 @@
-"""Streaming secret redaction for job logs.
+r"""Streaming secret redaction for job logs.
 
 Job output is shown to users while the job runs, so secrets have to be masked
 on the fly: in whatever chunks the container happens to write, without ever
@@ -9,14 +9,58 @@ Pure code: no I/O, no asyncio.  Matching uses Hyperscan (thousands of literals
 at GB/s) and falls back to the Rust ``aho-corasick`` crate where Hyperscan has
 no wheel (e.g. linux/aarch64); both report every, also overlapping, match.
 
+Recognised forms (:func:`secret_forms`), of the whole value and, for a
+multi-line value (PEM keys), of each of its lines:
+
+* the raw bytes;
+* base64, standard and URL-safe, padded or not; inside a longer base64 stream
+  at any of the three alignments (the characters made purely of the value's
+  bits); wrapped at 76 columns (GNU ``base64``, ``basenc``) and 64 columns
+  (``openssl base64``, PEM) when the value is encoded alone, including the
+  wrapped alignment-0 form, so that ``echo "$S" | base64`` (the value and a
+  newline) is masked up to its last 1-3 characters, which mix in the
+  newline's bits;
+* URL encoding: ``quote`` (nothing safe) and ``quote_plus``, each with upper-
+  and lower-case ``%xx``, and ``quote``'s default that leaves ``/`` alone;
+* JSON string contents: ``\uXXXX``-escaped, UTF-8, Go's (HTML characters
+  escaped), each also with an escaped solidus ``\/`` (PHP ``json_encode``);
+* shell quoting as shells print variables: ``'\''`` (bash ``set``,
+  ``${S@Q}``), ``'"'"'`` (dash and busybox ``set``/``export -p``,
+  ``shlex.quote``), and ``"..."`` with a backslash before ``"``, ``\``,
+  ``$`` and backquote (bash ``declare -p``/``export -p``);
+* hex: contiguous lower- and upper-case (``hexdump -ve '1/1 "%02x"'``,
+  ``xxd -p`` of up to 30 bytes), ``xxd -p [-u]`` wrapped at 60 digits a line
+  from the value's start, and ``od -An -tx1`` (``" 73 33 ..."``, 16 bytes a
+  line, from the first digit).
+
+End of stream: bytes still held back are the beginning of a secret that never
+completed, so :meth:`StreamRedactor.flush` masks them.  They are never shown
+raw, not even while the job is quiet: there is no flush on a pause.
+
 Known limits (documented rather than silently assumed):
 
 * A secret that shares bytes with the mask can be re-assembled from the mask
   and its neighbours (e.g. a secret containing ``"ED]"``); choose a mask that
   cannot occur in secrets if that matters.  A mask that *contains* a
   registered form is rejected outright.
-* Encodings other than the ones listed in :func:`secret_forms` (hex, line-
-  wrapped base64, lower-case ``%xx`` …) are not recognised.
+* Line-wrapped encodings are recognised only where the line breaks fall as
+  when the value is encoded alone: a secret inside a longer wrapped base64
+  stream (a file, a certificate bundle) is missed if a line break falls
+  inside its encoding at another column; so is hex of a secret at another
+  offset of a longer ``xxd -p`` or ``od`` dump.  Other wrap widths and CRLF
+  line ends (MIME) are not covered.
+* Other dump layouts are not recognised: ``od -x`` (16-bit words, byte-
+  swapped on little-endian machines), ``od`` with addresses for values of
+  more than 16 bytes, ``od``'s ``*`` for repeated lines, ``xxd`` and
+  ``hexdump -C`` canonical dumps (whose ASCII column shows the value 16 bytes
+  a line).  Nor are bash's ``$'...'`` quoting of values with control
+  characters, ``printf %q``, base32 or other encodings not listed above.
+* Deliberate exfiltration -- the value reversed, compressed, encrypted, or
+  printed one character per line -- cannot be masked by this or any log
+  filter.  The defence against a hostile job is not giving it the secret.
+* A stream that ends inside a possible secret prefix ends with a mask, and a
+  quiet job's partial last line stays held back while it could still become a
+  secret: the price of never showing a secret's beginning.
 """
 
 from __future__ import annotations
@@ -24,6 +68,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import re
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final, Protocol
@@ -59,9 +104,11 @@ def secret_forms(value: str | bytes) -> set[bytes]:
     """Every byte string under which ``value`` may show up in a job log.
 
     Jobs rarely print a secret verbatim only: tools base64 it into headers,
-    URL-encode it into query strings, JSON-escape it into API payloads, or
-    print a PEM key line by line.  Includes forms of any length (empty ones
-    excepted); :class:`SecretSet` drops those below its minimum length.
+    URL-encode it into query strings, JSON-escape it into API payloads, hex-
+    dump it, shells quote it when they list variables, or a PEM key is
+    printed line by line.  The module docstring lists the forms and what is
+    not covered.  Includes forms of any length (empty ones excepted);
+    :class:`SecretSet` drops those below its minimum length.
     """
     text = value if isinstance(value, str) else _utf8_or_none(value)
     raw = value.encode() if isinstance(value, str) else bytes(value)
@@ -99,33 +146,107 @@ _GO_JSON_ESCAPES: Final = (
 )
 
 
+# Columns at which tools wrap base64 of a value they encode alone: GNU ``base64``
+# and ``basenc`` (76), ``openssl base64`` and PEM bodies (64).
+_BASE64_COLUMNS: Final = (64, 76)
+# ``xxd -p`` writes 30 bytes (60 hex digits) per line; ``od -An -tx1`` 16 bytes.
+_XXD_PLAIN_COLUMNS: Final = 60
+_OD_BYTES_PER_LINE: Final = 16
+_UPPER_ESCAPE: Final = re.compile(rb"%[0-9A-F]{2}")
+_SHELL_DOUBLE_QUOTED: Final = re.compile(rb'(["\\$`])')
+
+
+def _wrap(data: bytes, columns: int) -> bytes:
+    if len(data) <= columns:
+        return data
+    return b"\n".join(data[i : i + columns] for i in range(0, len(data), columns))
+
+
 def _encoded_forms(raw: bytes, text: str | None) -> set[bytes]:
     forms = {raw}
+    _base64_forms(raw, forms)
+    _hex_forms(raw, forms)
+    for safe in ("", "/"):  # "/" is urllib.parse.quote's default
+        upper = quote(raw, safe=safe).encode("ascii")
+        forms.add(upper)
+        if b"%" in upper:
+            forms.add(_UPPER_ESCAPE.sub(_lower_match, upper))
+    upper = quote_plus(raw, safe="").encode("ascii")
+    forms.add(upper)
+    if b"%" in upper:
+        forms.add(_UPPER_ESCAPE.sub(_lower_match, upper))
+    if text is not None:
+        _json_forms(text, forms)
+    _shell_forms(raw, forms)
+    return forms
+
+
+def _base64_forms(raw: bytes, forms: set[bytes]) -> None:
+    wrapped = len(raw) > 3 * min(_BASE64_COLUMNS) // 4  # else every line break would come after the value
     for encode in (base64.b64encode, base64.urlsafe_b64encode):
         encoded = encode(raw)
+        unpadded = encoded.rstrip(b"=")
         forms.add(encoded)
-        forms.add(encoded.rstrip(b"="))
+        forms.add(unpadded)
         # Inside a longer base64 stream the encoding of the secret depends on
         # its offset mod 3.  For each offset keep only the characters made
         # purely of secret bits (the neighbours here are zero bytes, but the
         # kept characters do not depend on them).
+        core = b""
         for offset in range(3):
             shifted = encode(bytes(offset) + raw + bytes(2))
             first = -(-8 * offset // 6)
             stop = 8 * (offset + len(raw)) // 6
             forms.add(shifted[first:stop])
-    forms.add(quote(raw, safe="").encode("ascii"))
-    forms.add(quote_plus(raw, safe="").encode("ascii"))
-    if text is not None:
-        forms.add(json.dumps(text)[1:-1].encode("ascii"))
-        unescaped = json.dumps(text, ensure_ascii=False)[1:-1]
-        forms.add(unescaped.encode())
-        # Go's encoding/json (docker, kubectl, terraform output) also escapes
-        # HTML characters and the JS line separators.
-        for char, escape in _GO_JSON_ESCAPES:
-            unescaped = unescaped.replace(char, escape)
-        forms.add(unescaped.encode())
-    return forms
+            if offset == 0:
+                core = shifted[first:stop]
+        if wrapped:
+            # A tool encoding the value alone wraps from its first character;
+            # the wrapped core also covers ``echo "$S" | base64``, which
+            # encodes the value and a newline.
+            for columns in _BASE64_COLUMNS:
+                for form in (encoded, unpadded, core):
+                    forms.add(_wrap(form, columns))
+
+
+def _hex_forms(raw: bytes, forms: set[bytes]) -> None:
+    lower = raw.hex().encode("ascii")
+    upper = lower.upper()
+    forms.update((lower, upper, _wrap(lower, _XXD_PLAIN_COLUMNS), _wrap(upper, _XXD_PLAIN_COLUMNS)))
+    # ``od -An -tx1``: " 73 33 63 ..." with 16 bytes a line, each line starting
+    # with a space (the form starts at the first digit).
+    lines = (raw[i : i + _OD_BYTES_PER_LINE].hex(" ").encode("ascii") for i in range(0, len(raw), _OD_BYTES_PER_LINE))
+    forms.add(b"\n ".join(lines))
+
+
+def _lower_match(match: re.Match[bytes]) -> bytes:
+    return match.group().lower()
+
+
+def _json_forms(text: str, forms: set[bytes]) -> None:
+    ascii_only = json.dumps(text)[1:-1].encode("ascii")
+    unescaped = json.dumps(text, ensure_ascii=False)[1:-1]
+    # Go's encoding/json (docker, kubectl, terraform output) also escapes
+    # HTML characters and the JS line separators.
+    go_style = unescaped
+    for char, escape in _GO_JSON_ESCAPES:
+        go_style = go_style.replace(char, escape)
+    for form in (ascii_only, unescaped.encode(), go_style.encode()):
+        forms.add(form)
+        if b"/" in form:
+            forms.add(form.replace(b"/", b"\\/"))  # PHP's json_encode escapes the solidus
+
+
+def _shell_forms(raw: bytes, forms: set[bytes]) -> None:
+    """The value as shells and ``shlex.quote`` print it (checked against bash 5.2, dash, busybox 1.35)."""
+    if b"'" in raw:
+        # NAME='it'\''s': bash ``set`` and ``${NAME@Q}``.
+        forms.add(raw.replace(b"'", b"'\\''"))
+        # NAME='it'"'"'s': dash and busybox ``set``/``export -p``, shlex.quote.
+        forms.add(raw.replace(b"'", b"'\"'\"'"))
+    # NAME="it's \"x\" \$y": bash ``declare -p``/``export -p`` (backslash
+    # before ", \, $ and `).  Equal to the value itself without those.
+    forms.add(_SHELL_DOUBLE_QUOTED.sub(rb"\\\1", raw))
 
 
 # --------------------------------------------------------------------------- matching
@@ -366,14 +487,23 @@ def _check_mask(mask: bytes, compiled: _Compiled | None) -> None:
 class StreamRedactor:
     """Redacts one job's output stream, chunk by chunk.
 
-    Output equals ``secrets.redact(whole_stream)`` for any chunking, as long
-    as :meth:`flush_idle` is not called.  At most ``longest_form - 1`` bytes
-    are held back, and only while they could still be completing a secret.
+    Output equals ``secrets.redact(whole_stream)`` for any chunking, except
+    that a stream ending inside a possible secret prefix ends with a mask:
+    the bytes held back at the end are masked too.  At most
+    ``longest_form - 1`` bytes are held back, and only while they could still
+    be completing a secret.
+
+    Held-back bytes are never emitted raw before later input settles them:
+    there is no flush on a pause, because every held byte is the possible
+    beginning of a secret (printing it would show that prefix).  Input that
+    completes the secret turns them into part of one mask; input that
+    diverges releases them raw, as they are then not a secret; the end of
+    the stream (:meth:`flush`) masks them.
 
     Positions are absolute stream offsets.  State: ``_tail`` is the longest
     suffix of the input that is a proper prefix of some form, i.e. where a
-    secret may still be in progress (it includes bytes already emitted by an
-    idle flush, as context); ``_emitted`` is how far output has been
+    secret may still be in progress (it may include bytes already emitted
+    under a mask, as context); ``_emitted`` is how far output has been
     produced; ``_mask_end`` is where the last emitted mask ended, so that a
     match continuing it does not emit a second mask.
     """
@@ -418,26 +548,15 @@ class StreamRedactor:
         self._tail, self._pos = window[len(window) - partial :], new
         return self._emit(hold_from, _merge(ranges), tail, tail_base, chunk, old)
 
-    def flush_idle(self) -> bytes:
-        """Emit held-back bytes because the job went quiet.
-
-        The emitted bytes stay in the context window: if later input
-        completes a secret that began in them, the rest of it is masked.
-        """
-        scanner = self._scanner
-        if scanner is None or self._pos == self._emitted:
-            return b""
-        tail_base = self._pos - len(self._tail)
-        ranges = [
-            (tail_base + start, tail_base + end)
-            for start, end in scanner.find(self._tail)
-            if tail_base + end > self._emitted
-        ]
-        return self._emit(self._pos, _merge(ranges), self._tail, tail_base, b"", self._pos)
-
     def flush(self) -> bytes:
-        """End of stream: emit everything still held back and start afresh."""
-        rest = self.flush_idle()
+        """End of stream: mask what is still held back, and start afresh.
+
+        Held bytes are the beginning of a secret that never completed, so
+        they become one mask (none if the last mask already ends where they
+        begin: it simply covers them too), never raw output.
+        """
+        held = self._scanner is not None and self._pos > self._emitted
+        rest = self._mask if held and self._mask_end != self._emitted else b""
         self._reset()
         return rest
 

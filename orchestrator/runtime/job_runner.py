@@ -208,7 +208,6 @@ class JobRunner:
         pumped = pump.done
         outages_before = self.engine.outages
         deadline = loop.time() + job.timeout_s
-        idle_flush_s = self.config.logs.idle_flush_s
         cancel_wait = asyncio.ensure_future(control.cancel.wait())
         try:
             while True:
@@ -216,9 +215,9 @@ class JobRunner:
                 if remaining <= 0:
                     break
                 waiters: set[asyncio.Future[Any]] = {pumped, cancel_wait}
-                done, _ = await asyncio.wait(
-                    waiters, timeout=min(remaining, idle_flush_s), return_when="FIRST_COMPLETED"
-                )
+                # No idle flush: bytes the redactor holds back are a possible secret's beginning, so a quiet job's
+                # partial last line stays held until later output settles it (or the end masks it).
+                done, _ = await asyncio.wait(waiters, timeout=remaining, return_when="FIRST_COMPLETED")
                 if cancel_wait in done:
                     await self._stop(container_id, stream, pumped)
                     return JobState.CANCELLED, control.cancel_reason, None
@@ -237,7 +236,6 @@ class JobRunner:
                             code,
                         )
                     return state_for_exit(code), exit_reason(code), code
-                pump.flush_if_idle(idle_flush_s)
             await self._stop(container_id, stream, pumped)
             return JobState.TIMED_OUT, f"timed out after {job.timeout_s} s", None
         finally:
@@ -370,8 +368,9 @@ class JobRunner:
 
 class _OutputPump:
     """Reads the container's output on its own thread, redacts it and stores it there (no event-loop round trip
-    per chunk); flushes held-back bytes of a quiet job so its last line still shows. The lock keeps the
-    redactor and the log single-writer between that thread and the event loop's idle/final flushes."""
+    per chunk). Bytes the redactor holds back are never flushed on a pause: they could be a secret's beginning.
+    The lock keeps the redactor and the log single-writer between that thread and the event loop's final flush
+    and notices."""
 
     def __init__(self, at: _Attempt, redactor: StreamRedactor, clock: Callable[[], float]) -> None:
         self._at = at
@@ -379,19 +378,12 @@ class _OutputPump:
         self._clock = clock
         self._loop = asyncio.get_running_loop()
         self._lock = threading.Lock()
-        self.last_output = time.monotonic()
         self.done: asyncio.Future[None] = self._loop.create_future()
         at.pump = self
 
     def _on_output(self, chunk: bytes) -> None:
         with self._lock:
-            self.last_output = time.monotonic()
             self._at.store(self._redactor.feed(chunk), self._clock())
-
-    def flush_if_idle(self, idle_s: float) -> None:
-        with self._lock:
-            if time.monotonic() - self.last_output >= idle_s and self._redactor.pending:
-                self._at.store(self._redactor.flush_idle(), self._clock())
 
     def flush(self) -> None:
         with self._lock:
