@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,13 @@ from orchestrator.attestation_store import AttestationStore
 from orchestrator.audit import AUDIT_FILE_NAME, PUBLIC_KEY_FILE_NAME, AuditLog, export_public_key, syslog_forwarder
 from orchestrator.audit_events import Auditor
 from orchestrator.config import Config, read_source_secrets
+from orchestrator.connections import (
+    ConnectionGuard,
+    ConnectionLimits,
+    DescriptorPlan,
+    controller_reserve,
+    plan_descriptors,
+)
 from orchestrator.credentials.base import CredentialsBackend
 from orchestrator.credentials.claims import discovery_document
 from orchestrator.credentials.oidc import SigningKeys
@@ -56,6 +64,24 @@ class Controller:
     auditor: Auditor = field(default_factory=lambda: Auditor(None))
     background: list[asyncio.Task[None]] = field(default_factory=list)
     webhook_listener: WebhookListener | None = None
+    descriptors: DescriptorPlan | None = None
+    connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    connection_guards: dict[str, ConnectionGuard] = field(default_factory=dict)  # listener -> its guard (metrics)
+
+
+def plan_connections(config: Config, soft_limit: int) -> tuple[ConnectionLimits, DescriptorPlan]:
+    """Connection limits for the controller's own listeners (its port, and webhook_port unless workers serve
+    it), held within what the open-files limit leaves after the jobs' descriptors."""
+    server = config.server
+    listeners = 1 + (server.webhook_port is not None and not server.intake_workers)
+    plan = plan_descriptors(
+        soft_limit,
+        wanted=server.max_connections,
+        listeners=listeners,
+        reserved=controller_reserve(config.max_total_concurrent) + 2 * server.intake_workers,
+    )
+    limits = ConnectionLimits(plan.per_listener, server.header_timeout_s, server.keepalive_timeout_s)
+    return limits, plan
 
 
 def finished_fields(job: Job) -> dict[str, object]:
@@ -74,6 +100,8 @@ def finished_fields(job: Job) -> dict[str, object]:
 
 def build_controller(config: Config, credentials: CredentialsBackend | None = None) -> Controller:
     """`credentials` overrides what the config would build (tests inject doubles)."""
+    limits, descriptors = plan_connections(config, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    guards: dict[str, ConnectionGuard] = {}
     data = config.data_dir
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     signing_keys: SigningKeys | None = None
@@ -147,6 +175,7 @@ def build_controller(config: Config, credentials: CredentialsBackend | None = No
             "pools": scheduler.pool_stats(),
             "docker": {"errors": engine.errors, "retries": engine.retries},
         }
+        stats["connections"] = {name: guard.stats() for name, guard in guards.items()}
         if credentials is not None:
             stats["vault"] = {
                 "errors": getattr(credentials, "errors", 0),
@@ -157,7 +186,7 @@ def build_controller(config: Config, credentials: CredentialsBackend | None = No
     metrics.watch(live)
     listener = None
     if config.server.webhook_port is not None:
-        listener = WebhookListener(config.server, intake, metrics)
+        listener = WebhookListener(config.server, intake, metrics, limits=limits, guards=guards)
         api.readiness_checks.append(listener.readiness)
     return Controller(
         config,
@@ -174,6 +203,9 @@ def build_controller(config: Config, credentials: CredentialsBackend | None = No
         audit_log,
         auditor,
         webhook_listener=listener,
+        descriptors=descriptors,
+        connection_limits=limits,
+        connection_guards=guards,
     )
 
 
@@ -259,6 +291,9 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
             log.warning("unsafe pool option in use", extra={"warning": warning})
         for note in config.deprecations():
             log.warning("deprecated option in the config", extra={"note": note})
+        if controller.descriptors is not None:
+            for warning in controller.descriptors.warnings:
+                log.warning("open-files limit is low", extra={"warning": warning})
         await controller.scheduler.start()
         if controller.webhook_listener is not None:
             await controller.webhook_listener.open()

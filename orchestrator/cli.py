@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from orchestrator.config import ConfigError, hash_token, load_config
 
@@ -35,16 +34,23 @@ def _fail(message: str, code: int = 1) -> int:
 async def _serve(config_path: Path, drain_timeout_s: float) -> int:
     from orchestrator import structured_logs
     from orchestrator.app import build_app, build_controller, drain
-    from orchestrator.serving import LISTEN_BACKLOG, app_runner
+    from orchestrator.connections import raise_descriptor_limit
+    from orchestrator.serving import app_runner, listening_socket, serve_socket
 
     structured_logs.configure(os.environ.get("ORCHESTRATOR_LOG_LEVEL", "info"))
     config = load_config(config_path)
+    raise_descriptor_limit()  # before the connection caps are planned against it
     controller = build_controller(config)
     app = build_app(controller, drain_timeout_s=drain_timeout_s)
-    runner = app_runner(app)
+    runner = app_runner(app, limits=controller.connection_limits)
+    controller.connection_guards["port"] = runner.guard
     await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port, backlog=LISTEN_BACKLOG)
-    await site.start()
+    try:
+        sock = listening_socket(config.server.host, config.server.port)
+    except OSError as exc:
+        where = f"{config.server.host}:{config.server.port}"
+        raise OSError(exc.errno, f"server.port: cannot listen on {where}: {exc.strerror}") from None
+    await serve_socket(runner, sock)
     listening = {"event": "listening", "url": f"http://{config.server.host}:{config.server.port}"}
     if controller.webhook_listener is not None:
         listening["webhook_url"] = controller.webhook_listener.url

@@ -71,6 +71,21 @@ class ServerConfig(_Strict):
         "controller, which stores, audits and answers them; 0: the controller process serves webhook_port itself",
     )
 
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="a request line and its headers must arrive within this from the connection's open (or from "
+        "the head's first byte on a kept-alive connection); then 408 and closed",
+    )
+    keepalive_timeout_s: float = Field(15.0, gt=0, le=3600, description="an idle kept-alive connection is closed after")
+    max_connections: int = Field(
+        1024,
+        ge=16,
+        le=1_000_000,
+        description="open connections per listener (per intake worker on webhook_port); one more closes the oldest "
+        "idle one; lowered at start-up to what the open-files limit allows after the jobs' share",
+    )
     trusted_proxies: list[str] = Field(
         default_factory=list,
         description="addresses or networks of reverse proxies whose X-Forwarded-For is believed: requests they "

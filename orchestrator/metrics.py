@@ -28,6 +28,22 @@ class _LiveCollector(Collector):
             running.add_metric([pool], run)
         yield depth
         yield running
+        connections = live.get("connections", {})
+        open_now = GaugeMetricFamily(
+            "orchestrator_http_connections_open", "Open HTTP connections, by listener", labels=["listener"]
+        )
+        closed = CounterMetricFamily(
+            "orchestrator_http_connections_closed",
+            "Connections the controller closed: shed (the oldest idle, at the cap), refused (at the cap, all busy), "
+            "head_timeout (no complete request head in time)",
+            labels=["listener", "why"],
+        )
+        for listener, stats in sorted(connections.items()):
+            open_now.add_metric([listener], stats["open"])
+            for why in ("shed", "refused", "head_timeout"):
+                closed.add_metric([listener, why], stats[why])
+        yield open_now
+        yield closed
         for system in ("docker", "vault"):
             stats = live.get(system)
             if stats is None:

@@ -258,3 +258,26 @@ async def controller_factory(tmp_path: Path, docker_client: docker.DockerClient)
     for c in leftovers:
         c.remove(force=True)
     assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
+
+
+@pytest.fixture
+def controller_process(tmp_path: Path, docker_client: docker.DockerClient) -> Iterator[Callable[..., Any]]:
+    """Controllers as their own processes (`orchestrator serve`); each is killed and checked for leftover
+    containers at the end of the test."""
+    from controller_process import ControllerProcess
+
+    made: list[ControllerProcess] = []
+
+    def make(**kw: Any) -> ControllerProcess:
+        made.append(ControllerProcess(tmp_path, **kw))
+        return made[-1]
+
+    yield make
+    for cp in made:
+        if cp.proc and cp.proc.poll() is None:
+            cp.proc.kill()
+            cp.proc.wait()
+        leftovers = managed_containers(docker_client, cp.controller_id)
+        for c in leftovers:
+            c.remove(force=True)
+        assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"

@@ -595,5 +595,5 @@ def test_trusted_proxies_are_networks(tmp_path: Path) -> None:
 
     server = ServerConfig(trusted_proxies=["10.0.0.0/8", " 192.0.2.7", "2001:db8::/32", "10.1.2.3/8"])
     assert [str(n) for n in server.trusted_networks] == ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32", "10.0.0.0/8"]
-    with pytest.raises(ValueError, match="'proxy.example' is not an IP address or network"):
+    with pytest.raises(ValueError, match=r"'proxy\.example' is not an IP address or network"):
         ServerConfig(trusted_proxies=["proxy.example"])

@@ -23,6 +23,7 @@ def test_unit_has_the_sandboxing_the_readme_promises() -> None:
         "Restart=on-failure",
         "KillSignal=SIGTERM",
         "CapabilityBoundingSet=",
+        "LimitNOFILE=65536",
     ):
         assert line in text.splitlines(), line
 

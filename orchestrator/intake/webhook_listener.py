@@ -26,11 +26,12 @@ from typing import Any
 from aiohttp import web
 
 from orchestrator.config import ServerConfig
+from orchestrator.connections import ConnectionGuard, ConnectionLimits
 from orchestrator.intake import relay
 from orchestrator.intake.receive import Rejected
 from orchestrator.intake.webhooks import WebhookIntake
 from orchestrator.metrics import Metrics
-from orchestrator.serving import LISTEN_BACKLOG, Network, app_runner, proxy_middlewares
+from orchestrator.serving import Network, app_runner, listening_socket, proxy_middlewares, serve_socket
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,20 @@ def healthz_app(trusted: tuple[Network, ...] = ()) -> web.Application:
 
 
 class WebhookListener:
-    def __init__(self, server: ServerConfig, intake: WebhookIntake, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        server: ServerConfig,
+        intake: WebhookIntake,
+        metrics: Metrics | None = None,
+        *,
+        limits: ConnectionLimits | None = None,
+        guards: dict[str, ConnectionGuard] | None = None,
+    ) -> None:
         assert server.webhook_port is not None
+        self.limits = limits or ConnectionLimits(
+            server.max_connections, server.header_timeout_s, server.keepalive_timeout_s
+        )
+        self.guards = guards if guards is not None else {}
         self.host = server.webhook_host or server.host
         self.requested_port = server.webhook_port
         self.workers_wanted = server.intake_workers
@@ -90,11 +103,10 @@ class WebhookListener:
     async def start(self) -> None:
         """Binds the port and starts the workers. What they relay waits for `open`."""
         try:
-            self.sock = socket.create_server((self.host, self.requested_port), backlog=LISTEN_BACKLOG)
+            self.sock = listening_socket(self.host, self.requested_port)
         except OSError as exc:
             where = f"{self.host}:{self.requested_port}"
             raise OSError(exc.errno, f"server.webhook_port: cannot listen on {where}: {exc.strerror}") from None
-        self.sock.setblocking(False)
         self.port = self.sock.getsockname()[1]
         if not self.workers_wanted:
             return
@@ -115,9 +127,10 @@ class WebhookListener:
             assert self.sock is not None
             app = healthz_app(self.intake.config.server.trusted_networks)
             app.router.add_post("/webhooks/{source}", self.intake.handle)
-            self.runner = app_runner(app)
+            self.runner = app_runner(app, limits=self.limits)
+            self.guards["webhook_port"] = self.runner.guard
             await self.runner.setup()
-            await web.SockSite(self.runner, self.sock).start()
+            await serve_socket(self.runner, self.sock)
         self.opened.set()
         log.info("webhook listener serving", extra={"url": self.url, "intake_workers": self.workers_wanted})
 
@@ -144,6 +157,9 @@ class WebhookListener:
             "max_body_bytes": server.max_body_bytes,
             "body_timeout_s": server.body_timeout_s,
             "trusted_proxies": [str(n) for n in server.trusted_networks],
+            "max_connections": server.max_connections,
+            "header_timeout_s": server.header_timeout_s,
+            "keepalive_timeout_s": server.keepalive_timeout_s,
         }
         relay.encode(hello)  # raises here, not in the link's flush, if it cannot be sent
         return hello

@@ -24,9 +24,10 @@ from typing import Any
 from aiohttp import web
 
 from orchestrator import structured_logs
+from orchestrator.connections import WORKER_RESERVE, ConnectionLimits, plan_descriptors, raise_descriptor_limit
 from orchestrator.intake import relay
 from orchestrator.intake.receive import Rejected, WebhookSource, authenticate, error_response
-from orchestrator.serving import Network, app_runner, proxy_middlewares
+from orchestrator.serving import Network, app_runner, proxy_middlewares, serve_socket
 
 log = logging.getLogger("orchestrator.intake.worker")  # not __main__: it runs with -m
 
@@ -144,14 +145,27 @@ async def serve(listen_fd: int, link_fd: int) -> int:
         max_body = relay.field(hello, "max_body_bytes", int)
         body_timeout_s = float(relay.field(hello, "body_timeout_s", (int, float)))
         trusted = tuple(ipaddress.ip_network(n) for n in relay.field(hello, "trusted_proxies", list))
+        plan = plan_descriptors(
+            raise_descriptor_limit(),
+            wanted=relay.field(hello, "max_connections", int),
+            listeners=1,
+            reserved=WORKER_RESERVE,
+        )
+        limits = ConnectionLimits(
+            plan.per_listener,
+            float(relay.field(hello, "header_timeout_s", (int, float))),
+            float(relay.field(hello, "keepalive_timeout_s", (int, float))),
+        )
     except (relay.RelayError, KeyError, TypeError, ValueError) as exc:
         log.error("intake worker: no usable hello from the controller", extra={"error": f"{type(exc).__name__}"})
         return 1
-    runner = app_runner(build_worker_app(link, sources, max_body, body_timeout_s, trusted))
+    for warning in plan.warnings:
+        log.warning("open-files limit is low", extra={"warning": warning})
+    runner = app_runner(build_worker_app(link, sources, max_body, body_timeout_s, trusted), limits=limits)
     await runner.setup()
     listener = socket.socket(fileno=listen_fd)
     listener.setblocking(False)
-    await web.SockSite(runner, listener).start()
+    await serve_socket(runner, listener)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     link.frames.send({"t": "ready", "pid": os.getpid()})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import struct
@@ -62,9 +63,28 @@ class ManagedContainer:
     status: str
 
 
+def out_of_descriptors(exc: BaseException) -> bool:
+    """Whether a failure came from this process having no file descriptor left (EMFILE, or ENFILE for the whole
+    host) rather than from the engine: requests and urllib3 wrap the OSError in their own errors, as an argument
+    or as the cause."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        item = todo.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, OSError) and item.errno in (errno.EMFILE, errno.ENFILE):
+            return True
+        todo += [item.__cause__, item.__context__, *item.args]
+    return False
+
+
 def _explain(exc: BaseException) -> EngineError:
     if isinstance(exc, EngineError):
         return exc
+    if out_of_descriptors(exc):  # our shortage, not the engine's: retried, and no reason to doubt a running job
+        return EngineError("Docker engine not reached: this process has no file descriptor left", transient=True)
     if isinstance(exc, docker.errors.ImageNotFound):
         return EngineError(f"image not found on the Docker host: {exc.explanation}", status=404)
     if isinstance(exc, docker.errors.NotFound):
@@ -181,7 +201,7 @@ class DockerEngine:
             try:
                 return await loop.run_in_executor(self._executor, fn)
             except Exception as exc:
-                if isinstance(exc, _UNREACHABLE):
+                if isinstance(exc, _UNREACHABLE) and not out_of_descriptors(exc):
                     self.outages += 1
                 raise _explain(exc) from exc
 
