@@ -71,10 +71,12 @@ def make_config(
     token: str,
     viewer: str,
     top: dict[str, Any] | None = None,
+    pools: dict[str, dict[str, Any]] | None = None,
     **pool: Any,
 ) -> Config:
     """Same shape as tests/conftest.py `make_config` (kept in sync by hand; bench/ must not import tests/).
-    `top` overrides top-level fields (e.g. queue caps); `pool` overrides the default pool's fields."""
+    `top` overrides top-level fields (e.g. queue caps); `pool` overrides the default pool's fields; `pools` adds
+    pools, each the default pool with the given overrides."""
     pool_cfg: dict[str, Any] = {
         "image": TEST_IMAGE,
         "memory": "128m",
@@ -97,7 +99,7 @@ def make_config(
                 {"name": "dash", "role": "viewer", "sha256": hash_token(viewer)},
             ]
         },
-        "pools": {"default": pool_cfg},
+        "pools": {"default": pool_cfg, **{name: {**pool_cfg, **over} for name, over in (pools or {}).items()}},
         "max_total_concurrent": 8,
     }
     raw.update(top or {})
@@ -155,12 +157,24 @@ class BenchController:
 
 
 async def start_controller(
-    directory: Path, controller_id: str, *, top: dict[str, Any] | None = None, **pool: Any
+    directory: Path,
+    controller_id: str,
+    *,
+    top: dict[str, Any] | None = None,
+    pools: dict[str, dict[str, Any]] | None = None,
+    **pool: Any,
 ) -> BenchController:
     key, secret_file = write_secret(directory)
     token, viewer = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     cfg = make_config(
-        directory, controller_id=controller_id, secret_file=secret_file, token=token, viewer=viewer, top=top, **pool
+        directory,
+        controller_id=controller_id,
+        secret_file=secret_file,
+        token=token,
+        viewer=viewer,
+        top=top,
+        pools=pools,
+        **pool,
     )
     controller = build_controller(cfg)
     served = await serve(build_app(controller))

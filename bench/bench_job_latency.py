@@ -20,6 +20,10 @@ the output up to the line `first` (that time is the figure), read to EOF, wait, 
   `GET /api/v1/jobs/{id}/logs?follow=true` with a bearer token; time from sending the webhook to the first chunk
   that holds the output line `first` (the job's log also carries the echoed `$ echo first` just before it).
   The follow stream is read to its end, so each job is over before the next trial starts.
+* raw-job/runsc and controller/runsc: raw-job and controller again, for a second pool of the same controller that
+  differs only by `runtime = "runsc"` (gVisor) and a pids limit that leaves room for gVisor's own threads. They
+  run in the same rounds, so the start cost of runsc against runc is measured under the same load. Left out when
+  the engine offers no runsc runtime (`.ci/setup` adds it) or with --no-runsc.
 
 Docker's event stream (filtered on this run's controller-id label, read in a thread) gives create/attach/
 start/die/destroy times (`timeNano`) for every container: they split (b) into phases and give (c) = destroy - die.
@@ -65,6 +69,9 @@ from orchestrator.runtime.docker_engine import _HOST_CONFIG_KEYS, demultiplex  #
 LABEL_BENCH = "io.runner-orchestrator.bench"
 RAW_COMMAND = ["/bin/sh", "-c", "echo first"]
 RAW_KINDS = ("raw", "raw-hardened", "raw-job")
+RUNSC_KINDS = ("raw-job/runsc", "controller/runsc")
+# gVisor's own threads (≈ 57, plus ≈ 8 per job process on the ptrace platform) count against the pids limit.
+RUNSC_POOL = {"runtime": "runsc", "pids": 1024}
 
 
 class Events:
@@ -114,13 +121,15 @@ class Trial:
 def _create_args(
     kind: str, controller_id: str, image: str, pool: PoolConfig, n: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(host config kwargs, create_container kwargs) for one raw trial."""
+    """(host config kwargs, create_container kwargs) for one raw trial; `kind` may carry a runtime suffix
+    ("raw-job/runsc"), whose runtime is the pool's."""
     labels = {LABEL_CONTROLLER: controller_id, LABEL_BENCH: kind}
-    if kind == "raw":
+    base = kind.split("/")[0]
+    if base == "raw":
         host_kw = {"network_mode": "none", "read_only": True, "tmpfs": {"/tmp": "rw,noexec,nosuid,size=64m"}}
         return host_kw, {"image": image, "command": RAW_COMMAND, "user": "10001:10001", "labels": labels}
     spec = JobSpec(
-        id=f"{kind}-{n}",
+        id=f"{kind.replace('/', '-')}-{n}",
         pool="default",
         repository="example/app",
         ref="refs/heads/main",
@@ -133,7 +142,7 @@ def _create_args(
     for unused in ("detach", "volumes", "mounts"):
         kw.pop(unused, None)
     kw["labels"] = labels
-    if kind == "raw-hardened":
+    if base == "raw-hardened":
         kw.update(entrypoint=RAW_COMMAND, command=[], stdin_open=False)
     return host_kw, kw
 
@@ -142,7 +151,7 @@ def raw_once(api: Any, controller_id: str, image: str, pool: PoolConfig, kind: s
     """Create, attach, start, (send the job script,) read to the line `first`, read to EOF, wait, remove: the
     same sequence of Docker calls the controller makes, with nothing around it."""
     host_kw, kw = _create_args(kind, controller_id, image, pool, n)
-    script = stdin_payload(job_script(["echo first"])) if kind == "raw-job" else b""
+    script = stdin_payload(job_script(["echo first"])) if kind.startswith("raw-job") else b""
     t0_ns = time.time_ns()
     p0 = time.perf_counter()
     cid = api.create_container(host_config=api.create_host_config(**host_kw), **kw)["Id"]
@@ -171,8 +180,10 @@ def raw_once(api: Any, controller_id: str, image: str, pool: PoolConfig, kind: s
     return Trial(kind, first_ms, t0_ns, cid)
 
 
-async def controller_once(session: aiohttp.ClientSession, bc: BenchController, job_id: str) -> Trial:
-    body, headers = signed(bc.key, job_spec(job_id, ["echo first"]))
+async def controller_once(
+    session: aiohttp.ClientSession, bc: BenchController, job_id: str, pool: str = "default", kind: str = "controller"
+) -> Trial:
+    body, headers = signed(bc.key, job_spec(job_id, ["echo first"], pool=pool))
     auth = {"Authorization": f"Bearer {bc.token}"}
     t0_ns = time.time_ns()
     p0 = time.perf_counter()
@@ -196,7 +207,7 @@ async def controller_once(session: aiohttp.ClientSession, bc: BenchController, j
     async with session.get(f"{bc.url}/api/v1/jobs/{job_id}", headers=auth) as resp:
         job = await resp.json()
     assert job["status"] == "succeeded", job
-    return Trial("controller", first_ms, t0_ns, job["container_id"], accepted_ms, first_byte_ms, end_ms)
+    return Trial(kind, first_ms, t0_ns, job["container_id"], accepted_ms, first_byte_ms, end_ms)
 
 
 def add_phases(trial: Trial, events: Events) -> None:
@@ -215,8 +226,12 @@ async def run(args: argparse.Namespace) -> int:
     controller_id = new_controller_id()
     client = docker.from_env()
     client.images.get(args.image)
+    offered = sorted(client.info().get("Runtimes") or {})
+    runsc = not args.no_runsc and "runsc" in offered
     api = docker.from_env().api  # its own connection pool for the raw trials
     print(machine_line())
+    if not runsc:
+        print(f"runsc side left out ({'--no-runsc' if args.no_runsc else 'engine runtimes: ' + ', '.join(offered)})")
     print(f"controller_id={controller_id} image={args.image} data dir under {args.tmpdir or tempfile.gettempdir()}")
     events_client = docker.from_env()  # the event stream holds its connection for the whole run
     events = Events(events_client, controller_id)
@@ -224,7 +239,8 @@ async def run(args: argparse.Namespace) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-latency-", dir=args.tmpdir) as tmp:
             configure_logging(args.log, Path(tmp))
-            bc = await start_controller(Path(tmp), controller_id, image=args.image)
+            sandboxed = {"sandboxed": RUNSC_POOL} if runsc else None
+            bc = await start_controller(Path(tmp), controller_id, image=args.image, pools=sandboxed)
             pool = bc.controller.config.pools["default"]
             try:
                 async with aiohttp.ClientSession() as session:
@@ -234,6 +250,15 @@ async def run(args: argparse.Namespace) -> int:
                             for kind in RAW_KINDS
                         ]
                         batch.append(await controller_once(session, bc, f"lat-{controller_id}-{n}"))
+                        if runsc:
+                            runsc_pool = bc.controller.config.pools["sandboxed"]
+                            batch.append(
+                                await asyncio.to_thread(
+                                    raw_once, api, controller_id, args.image, runsc_pool, "raw-job/runsc", n
+                                )
+                            )
+                            job_id = f"lat-{controller_id}-{n}-runsc"
+                            batch.append(await controller_once(session, bc, job_id, "sandboxed", "controller/runsc"))
                         if n >= args.warmup:
                             trials += batch
             finally:
@@ -252,8 +277,10 @@ async def run(args: argparse.Namespace) -> int:
     argv = ["--runs", str(args.runs), "--warmup", str(args.warmup), "--log", args.log]
     if args.tmpdir:
         argv += ["--tmpdir", args.tmpdir]
+    if args.no_runsc:
+        argv.append("--no-runsc")
     print(reproduce_line("bench/bench_job_latency.py", argv))
-    kinds = [*RAW_KINDS, "controller"]
+    kinds = [*RAW_KINDS, "controller", *(RUNSC_KINDS if runsc else ())]
     by = {k: [t for t in trials if t.kind == k] for k in kinds}
 
     def stats(values: list[float]) -> list[object]:
@@ -269,7 +296,7 @@ async def run(args: argparse.Namespace) -> int:
     phase_names = ["t0->create", "create->attach", "attach->start", "start->first line"]
     print(
         "phases from Docker events (median ms; t0 = create call for raw, webhook POST for the controller; each event"
-        " is stamped when Docker has done that step, so attach->start is mostly runc starting the container)"
+        " is stamped when Docker has done that step, so attach->start is mostly the runtime starting the container)"
     )
     print(
         table(
@@ -301,20 +328,54 @@ async def run(args: argparse.Namespace) -> int:
     )
     print("(c) container exit (die) -> removed (destroy), ms")
     teardown = {
-        k: [t.phases["die->destroy"] for t in by[k] if "die->destroy" in t.phases] for k in ("controller", "raw")
+        k: [t.phases["die->destroy"] for t in by[k] if "die->destroy" in t.phases]
+        for k in ("controller", "raw", *(RUNSC_KINDS if runsc else ()))
     }
-    rows = [
-        [label, len(v), median(v), pct(v, 90), max(v, default=float("nan"))]
-        for label, v in (("controller", teardown["controller"]), ("raw SDK wait+remove (baseline)", teardown["raw"]))
-    ]
+    labelled = [("controller", teardown["controller"]), ("raw SDK wait+remove (baseline)", teardown["raw"])]
+    if runsc:
+        labelled.append(("controller/runsc", teardown["controller/runsc"]))
+    rows = [[label, len(v), median(v), pct(v, 90), max(v, default=float("nan"))] for label, v in labelled]
     print(table(["", "n", "median", "p90", "max"], rows))
     teardown_med = median(teardown["controller"])
     missing = args.runs - len(teardown["controller"])
     print(f"result (c): median {teardown_med:.1f} ms; goal <= 500 ms: {_verdict(teardown_med <= 500)}")
+    if runsc:
+        _runsc_report(by, teardown)
     if missing:
         print(f"WARNING: {missing} controller containers have no die/destroy event")
         return 1
     return 0
+
+
+def _runsc_report(by: dict[str, list[Trial]], teardown: dict[str, list[float]]) -> None:
+    """The start cost of runsc against runc: the same container (raw-job) and the same job through the controller,
+    from the same interleaved rounds, as medians and ratios."""
+    print("runsc (gVisor) against runc, same rounds: t0 -> first output line, ms")
+    rows = []
+    for base in ("raw-job", "controller"):
+        runc, gvisor = by[base], by[f"{base}/runsc"]
+        a, b = median([t.first_ms for t in runc]), median([t.first_ms for t in gvisor])
+        per_round = median([g.first_ms / r.first_ms for r, g in zip(runc, gvisor, strict=True)])
+        rows.append([base, a, b, b - a, f"{b / a:.2f}x", f"{per_round:.2f}x"])
+    print(table(["", "runc", "runsc", "runsc - runc", "ratio of medians", "median per-round ratio"], rows))
+
+    def phase(kind: str, name: str) -> float:
+        return median([t.phases[name] for t in by[kind] if name in t.phases])
+
+    start_runc, start_runsc = phase("raw-job", "attach->start"), phase("raw-job/runsc", "attach->start")
+    first_runc, first_runsc = phase("raw-job", "start->first line"), phase("raw-job/runsc", "start->first line")
+    print(
+        f"Docker's start step (attach->start, raw-job): runc {start_runc:.1f} ms, runsc {start_runsc:.1f} ms "
+        f"({start_runsc / start_runc:.2f}x); start -> first line: runc {first_runc:.1f} ms, runsc {first_runsc:.1f} ms"
+    )
+    down_runc, down_runsc = median(teardown["controller"]), median(teardown["controller/runsc"])
+    print(f"teardown (die -> destroy, controller): runc {down_runc:.1f} ms, runsc {down_runsc:.1f} ms")
+    ctl_runc = median([t.first_ms for t in by["controller"]])
+    ctl_runsc = median([t.first_ms for t in by["controller/runsc"]])
+    print(
+        f"result runsc: a job starts {ctl_runsc - ctl_runc:.0f} ms later on runsc than on runc (controller, webhook "
+        f"-> first line, medians {ctl_runc:.0f} -> {ctl_runsc:.0f} ms, {ctl_runsc / ctl_runc:.2f}x)"
+    )
 
 
 def _verdict(ok: bool) -> str:
@@ -330,6 +391,7 @@ def main() -> None:
         "--tmpdir", default=None, help="parent of the data dir (default: $TMPDIR); /dev/shm shows the no-fsync case"
     )
     parser.add_argument("--image", default=TEST_IMAGE)
+    parser.add_argument("--no-runsc", action="store_true", help="leave out the runsc (gVisor) side")
     args = parser.parse_args()
     sys.exit(asyncio.run(run(args)))
 

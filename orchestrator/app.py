@@ -39,6 +39,7 @@ from orchestrator.logs.store import LogStore
 from orchestrator.metrics import Metrics
 from orchestrator.runtime.docker_engine import DockerEngine
 from orchestrator.runtime.job_runner import JobRunner
+from orchestrator.runtime.runtimes import check_pool_runtimes
 from orchestrator.scheduler import Scheduler
 from orchestrator.serving import proxy_middlewares
 from orchestrator.store.base import JobStore
@@ -282,6 +283,7 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
     app.router.add_routes(_oidc_routes(controller))
 
     async def startup(app: web.Application) -> None:
+        await check_pool_runtimes(controller.config, controller.engine)  # e.g. runsc missing: no start, one line
         if controller.webhook_listener is not None:  # a port in use or a broken worker: fail before any job runs
             await controller.webhook_listener.start()
         await controller.store.open()
@@ -289,8 +291,8 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
         controller.auditor.config_loaded(config.digest(), config.controller_id, config.warnings())
         for warning in config.warnings():
             log.warning("unsafe pool option in use", extra={"warning": warning})
-        for note in config.deprecations():
-            log.warning("deprecated option in the config", extra={"note": note})
+        for note in config.notes():
+            log.warning("config note", extra={"note": note})
         if controller.descriptors is not None:
             for warning in controller.descriptors.warnings:
                 log.warning("open-files limit is low", extra={"warning": warning})

@@ -80,7 +80,7 @@ def _config_check(path: Path) -> int:
         return EXIT_USAGE
     for warning in config.warnings():
         print(f"WARNING: {warning}", file=sys.stderr)
-    for note in config.deprecations():
+    for note in config.notes():
         print(f"NOTE: {note}", file=sys.stderr)
     print(f"{path}: OK (controller {config.controller_id}, {len(config.pools)} pool(s), digest {config.digest()[:16]})")
     return 0

@@ -54,7 +54,7 @@ class ServerConfig(_Strict):
     max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     body_timeout_s: float = Field(10.0, gt=0, le=300, description="a slower webhook body gets 408")
     metrics_public: bool = Field(False, description="serve /metrics without a token (e.g. scrape on localhost)")
-    delivery_ttl_s: int | None = Field(None, description="deprecated: never had an effect (see Config.deprecations)")
+    delivery_ttl_s: int | None = Field(None, description="deprecated: never had an effect (see Config.notes)")
     webhook_host: str | None = Field(None, description="address of the webhook listener; default: host")
     webhook_port: int | None = Field(
         None,
@@ -287,6 +287,10 @@ class UnsafeOptIns(_Strict):
         return found
 
 
+# Under gVisor the pids limit covers the sandbox's own threads too (see tests/integration/test_runsc.py).
+RUNSC_MIN_PIDS = 1024
+
+
 class PoolConfig(_Strict):
     image: str = Field(min_length=1)
     user: str = Field("10001:10001", description="uid:gid the job runs as; never root")
@@ -294,6 +298,12 @@ class PoolConfig(_Strict):
     cpus: float = Field(1.0, gt=0, le=256)
     pids: int = Field(256, ge=16, le=65536)
     network: str = Field("none", description="'none' or the name of a Docker network the pool may use")
+    runtime: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="OCI runtime of the pool's containers, as named in dockerd's daemon.json (e.g. 'runsc' for "
+        "gVisor); default: the engine's default runtime (runc). Checked against the engine at start-up",
+    )
     max_concurrent: int = Field(2, ge=1, le=1000)
     max_queue: int = Field(1000, ge=0, description="queued jobs beyond this are refused with 429")
     default_timeout_s: int = Field(600, ge=1)
@@ -377,7 +387,7 @@ class CredentialsConfig(_Strict):
 class LogsConfig(_Strict):
     max_bytes: int = Field(100 * 1024**2, ge=4096, description="per job; the rest is cut with a visible notice")
     timestamps: bool = Field(False, description="prefix every stored line with its UTC arrival time")
-    idle_flush_s: float | None = Field(None, description="deprecated: no effect any more (see Config.deprecations)")
+    idle_flush_s: float | None = Field(None, description="deprecated: no effect any more (see Config.notes)")
     min_secret_length: int = Field(6, ge=3, le=64, description="shorter secrets are refused: masking them ruins logs")
     mask: str = Field("[MASKED]", min_length=1, max_length=64)
 
@@ -490,9 +500,17 @@ class Config(_Strict):
             found += pool.unsafe.warnings(name)
         return found
 
-    def deprecations(self) -> list[str]:
-        """Options still accepted so existing configs load, which do nothing any more: say so, once."""
+    def notes(self) -> list[str]:
+        """What may not do what its writer expects: options still accepted so existing configs load that do
+        nothing any more, and settings that fit badly together. Said once, by `config check` and at start."""
         notes = []
+        for name, pool in self.pools.items():
+            if pool.runtime == "runsc" and pool.pids < RUNSC_MIN_PIDS:
+                notes.append(
+                    f"pools.{name}.pids = {pool.pids} with runtime 'runsc': gVisor's own threads count against it "
+                    f"(about 60, and about 8 more per job process), so a job gets about {(pool.pids - 60) // 8} "
+                    f"processes; raise pids to {RUNSC_MIN_PIDS} or more (2048 gives about 250)"
+                )
         if "delivery_ttl_s" in self.server.model_fields_set:
             notes.append(
                 "server.delivery_ttl_s has no effect and never had one: a redelivery is answered as a duplicate by "

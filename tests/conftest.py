@@ -155,6 +155,17 @@ class RunningController:
 ControllerFactory = Callable[..., Any]
 
 
+async def followed_log(ctl: RunningController, job_id: str) -> list[tuple[float, bytes]]:
+    """The job's log as `?follow=true` delivers it, each chunk with the time it arrived, until the job ends."""
+    received: list[tuple[float, bytes]] = []
+    url = f"{ctl.url}/api/v1/jobs/{job_id}/logs?follow=true"
+    async with ctl.session.get(url, headers={"Authorization": f"Bearer {ctl.viewer_token}"}) as resp:
+        assert resp.status == 200
+        async for chunk in resp.content.iter_any():
+            received.append((time.monotonic(), chunk))
+    return received
+
+
 def free_port() -> int:
     import socket
 

@@ -126,6 +126,10 @@ def build_container_spec(
         "log_config": {"type": "none", "config": {}},
         "stop_signal": "SIGTERM",
     }
+    if pool.runtime is not None:
+        # e.g. runsc (gVisor): the same options, run on a user-space kernel. It applies the tmpfs options above
+        # except nosuid and nodev, which it ignores; tests/integration/test_runsc.py shows what covers for them.
+        kwargs["runtime"] = pool.runtime
     _apply_unsafe(kwargs, pool)
     return ContainerSpec(name=container_name(controller_id, spec.id, attempt), create_kwargs=kwargs)
 

@@ -238,6 +238,12 @@ class DockerEngine:
     async def ping(self) -> None:
         await self._call(lambda: self._api().ping(), retry=False)
 
+    async def runtimes(self, *, retry: bool = True) -> dict[str, list[str]]:
+        """The OCI runtimes the engine offers (`docker info` "Runtimes"), each with its runtimeArgs."""
+        info = await self._call(lambda: self._api().info(), retry=retry)
+        found = info.get("Runtimes") or {}
+        return {str(name): [str(a) for a in (rt or {}).get("runtimeArgs") or []] for name, rt in found.items()}
+
     async def create(self, spec: ContainerSpec) -> str:
         """Idempotent by container name: a retried create that had in fact succeeded returns the same id."""
 
@@ -332,4 +338,5 @@ _HOST_CONFIG_KEYS = (
     "nano_cpus",
     "ulimits",
     "log_config",
+    "runtime",
 )

@@ -11,7 +11,7 @@ from typing import Any
 import docker
 import pytest
 
-from conftest import RunningController, job_spec, managed_containers
+from conftest import RunningController, followed_log, job_spec, managed_containers
 
 pytestmark = pytest.mark.docker
 
@@ -232,12 +232,7 @@ async def test_follow_streams_live_until_job_ends(controller_factory: Any) -> No
     ctl = await controller_factory()
     spec = job_spec(commands=["echo first", "sleep 1.5", "echo second"])
     await ctl.post_webhook(spec)
-    received: list[tuple[float, bytes]] = []
-    url = f"{ctl.url}/api/v1/jobs/{spec['id']}/logs?follow=true"
-    async with ctl.session.get(url, headers={"Authorization": f"Bearer {ctl.viewer_token}"}) as resp:
-        assert resp.status == 200
-        async for chunk in resp.content.iter_any():
-            received.append((time.monotonic(), chunk))
+    received = await followed_log(ctl, spec["id"])
     text = b"".join(c for _, c in received)
     assert b"first" in text and b"second" in text
     t_first = next(t for t, c in received if b"first" in c)

@@ -151,6 +151,39 @@ def test_pool_network_passed_through() -> None:
     assert kwargs(p=pool(network="ci-egress"))["network_mode"] == "ci-egress"
 
 
+def test_engine_default_runtime_unless_the_pool_names_one() -> None:
+    assert PoolConfig(image="x").runtime is None
+    assert "runtime" not in kwargs()  # Docker then uses its default runtime (runc)
+    sandboxed = kwargs(p=pool(runtime="runsc"))
+    assert sandboxed["runtime"] == "runsc"
+    # The runtime changes who serves the syscalls, nothing else: every hardening option stays as it is.
+    assert {k: v for k, v in sandboxed.items() if k != "runtime"} == kwargs()
+
+
+def test_runtime_goes_into_the_host_config() -> None:
+    from docker.types import HostConfig
+
+    from orchestrator.runtime.docker_engine import _HOST_CONFIG_KEYS
+
+    kw = kwargs(p=pool(runtime="runsc"))
+    host = HostConfig(version="1.41", **{k: kw.pop(k) for k in _HOST_CONFIG_KEYS if k in kw})
+    assert host["Runtime"] == "runsc"
+    assert "runtime" not in kw  # not a create_container argument
+
+
+@pytest.mark.parametrize("name", ["runsc", "runsc-kvm", "io.containerd.runc.v2", "nvidia", "kata_1"])
+def test_runtime_names_accepted(name: str) -> None:
+    assert pool(runtime=name).runtime == name
+
+
+@pytest.mark.parametrize("name", ["", "-runsc", "run sc", "runsc;rm", "/usr/bin/runsc", "a" * 65, "runsc\n"])
+def test_runtime_names_refused(name: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="runtime"):
+        pool(runtime=name)
+
+
 def test_resource_limits() -> None:
     kw = kwargs(p=pool(memory="256m", cpus=1.5, pids=128))
     assert kw["pids_limit"] == 128

@@ -236,3 +236,11 @@ def test_options_without_effect_still_load_and_are_named(
     assert main(["config", "check", str(cfg)]) == 0
     err = capsys.readouterr().err
     assert f"NOTE: {name} has no effect" in err and "WARNING" not in err
+
+
+def test_config_check_notes_a_runsc_pool_with_too_few_pids(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "check", str(_config(tmp_path, 'runtime = "runsc"\npids = 256\n'))]) == 0
+    err = capsys.readouterr().err
+    assert "NOTE: pools.p.pids = 256 with runtime 'runsc'" in err and "about 24 processes" in err
+    assert main(["config", "check", str(_config(tmp_path, 'runtime = "runsc"\npids = 2048\n'))]) == 0
+    assert "NOTE" not in capsys.readouterr().err
