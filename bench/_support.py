@@ -26,12 +26,12 @@ from typing import Any
 import docker
 from aiohttp import web
 
-from orchestrator import structured_logs
 from orchestrator.app import Controller, build_app, build_controller
 from orchestrator.config import Config, hash_token
 from orchestrator.intake.signatures import sign
+from orchestrator.platform import structured_logs
+from orchestrator.platform.serving import LISTEN_BACKLOG, app_runner
 from orchestrator.runtime.container_spec import LABEL_CONTROLLER
-from orchestrator.serving import LISTEN_BACKLOG, app_runner
 
 TEST_IMAGE = os.environ.get("ORCHESTRATOR_TEST_IMAGE", "runner-orchestrator/test-runner:local")
 SOURCE = "bench"

@@ -13,35 +13,39 @@ from typing import Any
 
 from aiohttp import web
 
-from orchestrator import ed25519_keys
 from orchestrator.api.routes import Api
-from orchestrator.attestation import PUBLIC_KEY_FILENAME as ATTESTATION_PUBLIC_KEY
-from orchestrator.attestation import write_public_key
-from orchestrator.attestation_store import AttestationStore
-from orchestrator.audit import AUDIT_FILE_NAME, PUBLIC_KEY_FILE_NAME, AuditLog, export_public_key, syslog_forwarder
-from orchestrator.audit_events import Auditor
 from orchestrator.config import Config, read_source_secrets
-from orchestrator.connections import (
+from orchestrator.credentials.base import CredentialsBackend
+from orchestrator.credentials.claims import discovery_document
+from orchestrator.credentials.oidc import SigningKeys
+from orchestrator.evidence.attestation import PUBLIC_KEY_FILENAME as ATTESTATION_PUBLIC_KEY
+from orchestrator.evidence.attestation_store import AttestationStore
+from orchestrator.evidence.audit import (
+    AUDIT_FILE_NAME,
+    PUBLIC_KEY_FILE_NAME,
+    AuditLog,
+    syslog_forwarder,
+)
+from orchestrator.evidence.auditor import Auditor
+from orchestrator.evidence.keys import export_public_key, load_or_create, public_pem
+from orchestrator.intake.receive import WebhookSource
+from orchestrator.intake.webhook_listener import WebhookListener
+from orchestrator.intake.webhooks import WebhookIntake
+from orchestrator.jobs.states import Job
+from orchestrator.logs.store import LogStore
+from orchestrator.platform.connections import (
     ConnectionGuard,
     ConnectionLimits,
     DescriptorPlan,
     controller_reserve,
     plan_descriptors,
 )
-from orchestrator.credentials.base import CredentialsBackend
-from orchestrator.credentials.claims import discovery_document
-from orchestrator.credentials.oidc import SigningKeys
-from orchestrator.intake.receive import WebhookSource
-from orchestrator.intake.webhook_listener import WebhookListener
-from orchestrator.intake.webhooks import WebhookIntake
-from orchestrator.jobs.states import Job
-from orchestrator.logs.store import LogStore
-from orchestrator.metrics import Metrics
+from orchestrator.platform.metrics import Metrics
+from orchestrator.platform.serving import proxy_middlewares
 from orchestrator.runtime.docker_engine import DockerEngine
 from orchestrator.runtime.job_runner import JobRunner
 from orchestrator.runtime.runtimes import check_pool_runtimes
-from orchestrator.scheduler import Scheduler
-from orchestrator.serving import proxy_middlewares
+from orchestrator.scheduling.scheduler import Scheduler
 from orchestrator.store.base import JobStore
 from orchestrator.store.sqlite import SQLiteJobStore
 
@@ -114,7 +118,11 @@ def build_controller(config: Config, credentials: CredentialsBackend | None = No
     if config.storage.backend == "postgres":
         from orchestrator.store.postgres import PostgresJobStore  # optional: the 'postgres' extra
 
-        store = PostgresJobStore.from_config(config.storage)
+        storage = config.storage
+        assert storage.dsn_file is not None  # the config requires it with backend = "postgres"
+        store = PostgresJobStore(
+            storage.dsn_file, pool_size=storage.pool_size, connect_timeout_s=storage.connect_timeout_s
+        )
     else:
         store = SQLiteJobStore(data / "jobs.sqlite3")
     engine = DockerEngine(
@@ -124,14 +132,14 @@ def build_controller(config: Config, credentials: CredentialsBackend | None = No
     )
     logs = LogStore(data / "logs", max_bytes=config.logs.max_bytes)
     metrics = Metrics()
-    audit_key = ed25519_keys.load_or_create(data / "audit.key")
+    audit_key = load_or_create(data / "audit.key")
     export_public_key(data / PUBLIC_KEY_FILE_NAME, audit_key)
     audit_log = AuditLog(
         data / AUDIT_FILE_NAME, audit_key, forward=syslog_forwarder() if config.audit.syslog else None
     ).open()
     auditor = Auditor(audit_log)
-    attest_key = ed25519_keys.load_or_create(data / "attestation.key")
-    write_public_key(data / ATTESTATION_PUBLIC_KEY, attest_key)
+    attest_key = load_or_create(data / "attestation.key")
+    export_public_key(data / ATTESTATION_PUBLIC_KEY, attest_key)
     attestations = AttestationStore(data / "attestations", attest_key)
     if credentials is not None and hasattr(credentials, "auditor"):
         credentials.auditor = auditor
@@ -167,7 +175,7 @@ def build_controller(config: Config, credentials: CredentialsBackend | None = No
         metrics,
         auditor=auditor,
         attestations=attestations,
-        attestation_public_pem=ed25519_keys.public_pem(attest_key),
+        attestation_public_pem=public_pem(attest_key),
         audit_log=audit_log,
     )
 

@@ -32,10 +32,10 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 async def _serve(config_path: Path, drain_timeout_s: float) -> int:
-    from orchestrator import structured_logs
     from orchestrator.app import build_app, build_controller, drain
-    from orchestrator.connections import raise_descriptor_limit
-    from orchestrator.serving import app_runner, listening_socket, serve_socket
+    from orchestrator.platform import structured_logs
+    from orchestrator.platform.connections import raise_descriptor_limit
+    from orchestrator.platform.serving import app_runner, listening_socket, serve_socket
 
     structured_logs.configure(os.environ.get("ORCHESTRATOR_LOG_LEVEL", "info"))
     config = load_config(config_path)
@@ -94,14 +94,55 @@ def _token_new(name: str, role: str) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from orchestrator.audit import AUDIT_FILE_NAME, cli_verify
+    """0 = intact, 1 = tampered (or truncated below the anchor), 2 = usage error."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    from orchestrator.evidence.audit import AUDIT_FILE_NAME, PUBLIC_KEY_FILE_NAME, verify_file
+    from orchestrator.evidence.canonical import SHA256_HEX
+    from orchestrator.evidence.keys import load_public
 
     file = args.file
     if file is None:
         if args.config is None:
             return _fail("give the audit file or --config", EXIT_USAGE)
         file = load_config(args.config).data_dir / AUDIT_FILE_NAME
-    return cli_verify(file, args.pubkey, args.expect_head, args.expect_seq)
+    key_path = args.pubkey if args.pubkey is not None else file.with_name(PUBLIC_KEY_FILE_NAME)
+    try:
+        public_key = load_public(key_path.read_bytes())
+    except (OSError, ValueError, UnsupportedAlgorithm) as exc:
+        return _fail(f"cannot load the audit public key {key_path}: {exc}", EXIT_USAGE)
+    if args.expect_head is not None and not SHA256_HEX.fullmatch(args.expect_head.lower()):
+        return _fail("--expect-head must be a 64-digit hex SHA-256", EXIT_USAGE)
+    if args.expect_seq is not None and args.expect_seq < 0:
+        return _fail("--expect-seq must be >= 0", EXIT_USAGE)
+    try:
+        result = verify_file(file, public_key, expect_head=args.expect_head, expect_seq=args.expect_seq)
+    except OSError as exc:
+        return _fail(f"cannot read {file}: {exc}", EXIT_USAGE)
+    if result.ok:
+        print(f"OK: {result.records} records, head {result.head or '-'}")
+        return 0
+    print(f"TAMPERED: {result.problem}")
+    return 1
+
+
+def _attest_verify(args: argparse.Namespace) -> int:
+    """`OK: ...` on stdout and 0, or `INVALID: <reason>` on stderr and 1: what a deploy step gates on."""
+    from orchestrator.evidence.attestation import AttestationError, verify_file
+
+    try:
+        job = verify_file(
+            args.file,
+            args.pubkey,
+            expect_sha=args.expect_sha,
+            expect_repository=args.expect_repository,
+            require_success=not args.allow_failed,
+        )
+    except AttestationError as exc:
+        print(f"INVALID: {exc}", file=sys.stderr)
+        return 1
+    print(f"OK: job {job.job_id} {job.state} {job.repository}@{job.sha}")
+    return 0
 
 
 # -- API client --------------------------------------------------------------------------------------------------
@@ -273,15 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "audit":
             return _audit_verify(args)
         if args.cmd == "attest":
-            from orchestrator.attestation import cli_verify as attest_verify
-
-            return attest_verify(
-                args.file,
-                args.pubkey,
-                expect_sha=args.expect_sha,
-                expect_repository=args.expect_repository,
-                require_success=not args.allow_failed,
-            )
+            return _attest_verify(args)
         if args.cmd == "jobs":
             return asyncio.run(_jobs(args))
         if args.cmd == "send-webhook":

@@ -416,37 +416,16 @@ class StorageConfig(_Strict):
     connect_timeout_s: float = Field(10.0, gt=0, le=300, description="postgres: connect / wait-for-connection limit")
 
     @model_validator(mode="after")
-    def _dsn_file_checked(self) -> StorageConfig:
+    def _dsn_file_named(self) -> StorageConfig:
+        """Only what the values say; the file itself is read by `load_config` (validators do no I/O)."""
         if self.backend != "postgres":
             if self.dsn_file is not None:
                 raise ValueError('dsn_file is only used with backend = "postgres"')
             return self
-        file = self.dsn_file
-        if file is None:
+        if self.dsn_file is None:
             raise ValueError('backend = "postgres" needs dsn_file, a chmod 600 file holding the connection string')
-        if not file.is_absolute():
-            raise ValueError(f"dsn_file {file}: must be an absolute path")
-        try:
-            from orchestrator.store.postgres import PostgresStoreError, read_dsn
-        except ModuleNotFoundError as exc:
-            if exc.name not in ("psycopg", "psycopg_pool"):
-                raise
-            raise ValueError(
-                "backend = \"postgres\" needs psycopg: install runner-orchestrator's 'postgres' extra"
-            ) from None
-        problems = []
-        try:
-            read_dsn(file)  # exists, readable, one parseable line; errors never quote the content
-        except PostgresStoreError as exc:
-            problems.append(f"dsn_file {exc}")
-        try:
-            mode = file.stat().st_mode
-        except OSError:
-            mode = 0  # already reported by read_dsn
-        if mode & 0o077:
-            problems.append(f"dsn_file {file}: readable by group/others; run chmod 600 on it")
-        if problems:
-            raise ValueError("; ".join(problems))
+        if not self.dsn_file.is_absolute():
+            raise ValueError(f"dsn_file {self.dsn_file}: must be an absolute path")
         return self
 
 
@@ -565,9 +544,35 @@ def load_config(path: Path) -> Config:
         for p in _check_pool_secret(f"pools.{pool_name}.secrets.{name}", secret.file, config.logs.min_secret_length)
     ]
     problems += _check_mount_symlinks(config, os.environ.get("DOCKER_HOST"))
+    problems += _check_dsn_file(config.storage)
     if problems:
         raise ConfigError(str(path), problems)
     return config
+
+
+def _check_dsn_file(storage: StorageConfig) -> list[str]:
+    """The PostgreSQL DSN file: readable, one parseable line, chmod 600; errors never quote its content."""
+    if storage.backend != "postgres" or storage.dsn_file is None:
+        return []
+    file = storage.dsn_file
+    try:
+        from orchestrator.store.postgres import PostgresStoreError, read_dsn
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("psycopg", "psycopg_pool"):
+            raise
+        return ["storage.backend = \"postgres\" needs psycopg: install runner-orchestrator's 'postgres' extra"]
+    problems = []
+    try:
+        read_dsn(file)
+    except PostgresStoreError as exc:
+        problems.append(f"storage.dsn_file: {exc}")
+    try:
+        mode = file.stat().st_mode
+    except OSError:
+        mode = 0  # already reported by read_dsn
+    if mode & 0o077:
+        problems.append(f"storage.dsn_file: {file}: readable by group/others; run chmod 600 on it")
+    return problems
 
 
 def _check_mount_symlinks(config: Config, docker_host: str | None) -> list[str]:

@@ -22,8 +22,8 @@ from orchestrator.app import Controller, build_app, build_controller
 from orchestrator.config import Config, hash_token
 from orchestrator.credentials.base import CredentialsBackend
 from orchestrator.intake.signatures import sign
+from orchestrator.platform.serving import app_runner
 from orchestrator.runtime.container_spec import LABEL_CONTROLLER, LABEL_MANAGED
-from orchestrator.serving import app_runner
 
 TEST_IMAGE = os.environ.get("ORCHESTRATOR_TEST_IMAGE", "runner-orchestrator/test-runner:local")
 TEST_CONTROLLER_PREFIX = "test-"

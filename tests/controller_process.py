@@ -15,9 +15,9 @@ from typing import Any
 
 import requests
 
-from orchestrator.attestation import AttestedJob, read_job, verify_envelope
 from orchestrator.config import hash_token
-from orchestrator.ed25519_keys import load_public
+from orchestrator.evidence.attestation import AttestedJob, read_job, verify_envelope
+from orchestrator.evidence.keys import load_public
 from orchestrator.intake.signatures import sign
 
 from conftest import RUN_TAG, TEST_CONTROLLER_PREFIX, TEST_IMAGE, free_port

@@ -16,8 +16,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator import ed25519_keys
-from orchestrator.attestation import (
+from orchestrator.cli import main
+from orchestrator.evidence import keys
+from orchestrator.evidence.attestation import (
     BUILD_TYPE,
     MAX_SIGNATURES,
     PAYLOAD_TYPE,
@@ -27,8 +28,6 @@ from orchestrator.attestation import (
     AttestedJob,
     JobFacts,
     build_statement,
-    canonical_json,
-    cli_verify,
     key_id,
     pae,
     read_job,
@@ -37,8 +36,9 @@ from orchestrator.attestation import (
     sign_envelope,
     verify_dsse,
     verify_envelope,
-    write_public_key,
 )
+from orchestrator.evidence.canonical import canonical_json
+from orchestrator.evidence.keys import export_public_key as write_public_key
 from orchestrator.jobs.states import JobState
 
 SHA = "3f786850e387550fdab836ed7e6dc881de23001b"
@@ -441,7 +441,7 @@ def test_any_facts_round_trip(ref: str, commands: list[str], env: dict[str, str]
 
 @pytest.fixture
 def controller_key(tmp_path: Path) -> Ed25519PrivateKey:
-    return ed25519_keys.load_or_create(tmp_path / "data" / "attestation.key")
+    return keys.load_or_create(tmp_path / "data" / "attestation.key")
 
 
 @pytest.fixture
@@ -461,7 +461,7 @@ def test_write_public_key_publishes_a_loadable_world_readable_pem(
     pubkey: Path, controller_key: Ed25519PrivateKey
 ) -> None:
     assert pubkey.stat().st_mode & 0o777 == 0o644
-    assert key_id(ed25519_keys.load_public(pubkey.read_bytes())) == key_id(controller_key)
+    assert key_id(keys.load_public(pubkey.read_bytes())) == key_id(controller_key)
     assert not list(pubkey.parent.glob(".*.tmp"))
 
 
@@ -472,6 +472,22 @@ def test_sha256_file_streams_large_files(tmp_path: Path) -> None:
     assert sha256_file(path) == hashlib.sha256(data).hexdigest()
     (tmp_path / "empty").write_bytes(b"")
     assert sha256_file(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
+
+
+def cli_verify(
+    file: Path,
+    pubkey: Path,
+    *,
+    expect_sha: str | None = None,
+    expect_repository: str | None = None,
+    require_success: bool = True,
+) -> int:
+    """`orchestrator attest verify` as a deploy step runs it."""
+    argv = ["attest", "verify", str(file), "--pubkey", str(pubkey)]
+    argv += ["--expect-sha", expect_sha] if expect_sha is not None else []
+    argv += ["--expect-repository", expect_repository] if expect_repository is not None else []
+    argv += [] if require_success else ["--allow-failed"]
+    return main(argv)
 
 
 def test_cli_verify_ok(

@@ -23,19 +23,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator import audit, ed25519_keys
-from orchestrator.audit import (
+from orchestrator.cli import main
+from orchestrator.evidence import audit, keys
+from orchestrator.evidence.audit import (
     AUDIT_FILE_NAME,
     AuditError,
     AuditLog,
     accessor_digest,
-    canonical_bytes,
-    cli_verify,
-    export_public_key,
     genesis_hash,
     prepare,
     verify_file,
 )
+from orchestrator.evidence.canonical import canonical_json as canonical_bytes
+from orchestrator.evidence.keys import export_public_key
 
 WEBHOOK = {"type": "webhook", "source": "gitea", "delivery": "d-1"}
 API = {"type": "api", "token_name": "ops", "role": "operator"}
@@ -54,7 +54,7 @@ class FakeClock:
 
 @pytest.fixture
 def key(tmp_path: Path) -> Ed25519PrivateKey:
-    return ed25519_keys.load_or_create(tmp_path / "keys" / "audit.key")
+    return keys.load_or_create(tmp_path / "keys" / "audit.key")
 
 
 def write_records(path: Path, key: Ed25519PrivateKey, count: int, *, start: int = 0) -> list[dict[str, Any]]:
@@ -548,7 +548,7 @@ def test_the_secret_prefilter_never_misses_what_the_full_check_refuses(value: An
     """`record` skips the per-key/per-value walk when the encoded record has none of the markers; that shortcut
     is only sound if every value the walk refuses does contain one."""
     try:
-        encoded = audit.canonical_bytes(value)
+        encoded = canonical_bytes(value)
     except ValueError:
         return  # not storable at all (e.g. a lone surrogate): refused before the secret check
     try:
@@ -665,9 +665,9 @@ def test_stripping_a_signature_is_detected(tmp_path: Path, key: Ed25519PrivateKe
 
 
 def test_auditor_writes_what_queued_while_it_was_busy_as_one_batch(tmp_path: Path) -> None:
-    from orchestrator.audit_events import Auditor
+    from orchestrator.evidence.auditor import Auditor
 
-    key = ed25519_keys.load_or_create(tmp_path / "k")
+    key = keys.load_or_create(tmp_path / "k")
     log = AuditLog(tmp_path / AUDIT_FILE_NAME, key).open()
     auditor = Auditor(log, linger_s=0)  # no linger: the batches are then exactly what queued while it was busy
     with log._lock:  # the writer takes the first event, then blocks on the file while four more queue up
@@ -685,9 +685,9 @@ def test_auditor_writes_what_queued_while_it_was_busy_as_one_batch(tmp_path: Pat
 
 
 def test_auditor_lingers_so_a_burst_shares_one_signature(tmp_path: Path) -> None:
-    from orchestrator.audit_events import Auditor
+    from orchestrator.evidence.auditor import Auditor
 
-    key = ed25519_keys.load_or_create(tmp_path / "k")
+    key = keys.load_or_create(tmp_path / "k")
     auditor = Auditor(AuditLog(tmp_path / AUDIT_FILE_NAME, key).open(), linger_s=0.05)
     for i in range(20):  # far quicker than the linger: the writer wakes on the first and finds the rest queued
         auditor.api("ops", "admin", "api.cancel", f"job-{i}", None, "ok")
@@ -699,9 +699,9 @@ def test_auditor_lingers_so_a_burst_shares_one_signature(tmp_path: Path) -> None
 
 
 def test_auditor_records_when_the_event_happened_not_when_it_was_written(tmp_path: Path) -> None:
-    from orchestrator.audit_events import Auditor
+    from orchestrator.evidence.auditor import Auditor
 
-    key = ed25519_keys.load_or_create(tmp_path / "k")
+    key = keys.load_or_create(tmp_path / "k")
     auditor = Auditor(AuditLog(tmp_path / AUDIT_FILE_NAME, key).open(), linger_s=0.5)
     before = time.time()
     auditor.api("ops", "admin", "api.cancel", "job-1", None, "ok")
@@ -759,7 +759,10 @@ def test_a_failing_forwarder_does_not_stop_auditing(
         raise OSError("syslog down")
 
     path = tmp_path / AUDIT_FILE_NAME
-    with caplog.at_level(logging.WARNING, logger="orchestrator.audit"), AuditLog(path, key, forward=broken) as log:
+    with (
+        caplog.at_level(logging.WARNING, logger="orchestrator.evidence.audit"),
+        AuditLog(path, key, forward=broken) as log,
+    ):
         log.record(CONTROLLER, "config.loaded", None, "ok")
         log.record(CONTROLLER, "config.loaded", None, "ok")
     assert verify(path, key).records == 2
@@ -788,12 +791,22 @@ def test_syslog_forwarder_sends_a_verifiable_copy(
 # -- public key and CLI -------------------------------------------------------------------------------------------
 
 
-def test_export_public_key_to_the_data_directory_or_a_file(tmp_path: Path, key: Ed25519PrivateKey) -> None:
-    export_public_key(tmp_path, key)
-    assert ed25519_keys.load_public((tmp_path / "audit.pub").read_bytes()) == key.public_key()
+def test_export_public_key(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    export_public_key(tmp_path / "audit.pub", key)
+    assert keys.load_public((tmp_path / "audit.pub").read_bytes()) == key.public_key()
+    assert (tmp_path / "audit.pub").stat().st_mode & 0o777 == 0o644
     export_public_key(tmp_path / "elsewhere.pem", key.public_key())
-    assert (tmp_path / "elsewhere.pem").read_bytes() == ed25519_keys.public_pem(key)
+    assert (tmp_path / "elsewhere.pem").read_bytes() == keys.public_pem(key)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def cli_verify(file: Path, pubkey: Path | None, expect_head: str | None, expect_seq: int | None = None) -> int:
+    """`orchestrator audit verify` as a user runs it."""
+    argv = ["audit", "verify", str(file)]
+    argv += ["--pubkey", str(pubkey)] if pubkey is not None else []
+    argv += ["--expect-head", expect_head] if expect_head is not None else []
+    argv += ["--expect-seq", str(expect_seq)] if expect_seq is not None else []
+    return main(argv)
 
 
 def test_cli_verify_ok_uses_audit_pub_next_to_the_file(
@@ -801,7 +814,7 @@ def test_cli_verify_ok_uses_audit_pub_next_to_the_file(
 ) -> None:
     path = tmp_path / AUDIT_FILE_NAME
     write_records(path, key, 4)
-    export_public_key(tmp_path, key)
+    export_public_key(tmp_path / "audit.pub", key)
     head = verify(path, key).head
     assert cli_verify(path, None, None) == 0
     assert capsys.readouterr().out == f"OK: 4 records, head {head}\n"
@@ -814,7 +827,7 @@ def test_cli_verify_reports_tampering_with_exit_1(
 ) -> None:
     path = tmp_path / AUDIT_FILE_NAME
     write_records(path, key, 6)
-    export_public_key(tmp_path, key)
+    export_public_key(tmp_path / "audit.pub", key)
     head = verify(path, key).head
     write_lines(path, alter_outcome(read_lines(path), key, tmp_path))
     assert cli_verify(path, None, None) == 1
@@ -837,7 +850,7 @@ def test_cli_verify_usage_errors_exit_2(
     assert "cannot load the audit public key" in capsys.readouterr().err
     (tmp_path / "junk.pub").write_text("not a key")
     assert cli_verify(path, tmp_path / "junk.pub", None) == 2
-    export_public_key(tmp_path, key)
+    export_public_key(tmp_path / "audit.pub", key)
     assert cli_verify(path, None, "not-hex") == 2
     assert "--expect-head" in capsys.readouterr().err
     assert cli_verify(path, None, None, expect_seq=-1) == 2
@@ -892,9 +905,9 @@ def test_any_single_byte_change_fails_verification(records: list[tuple[Any, ...]
 
 
 def test_auditor_withholds_credential_shaped_text_instead_of_dropping_the_event(tmp_path: Path) -> None:
-    from orchestrator.audit_events import Auditor
+    from orchestrator.evidence.auditor import Auditor
 
-    key = ed25519_keys.load_or_create(tmp_path / "k")
+    key = keys.load_or_create(tmp_path / "k")
     auditor = Auditor(AuditLog(tmp_path / "audit.jsonl", key).open())
     auditor.webhook("src", "whsec_" + "A" * 32, "127.0.0.1", "rejected", reason="bad_signature", status=401)
     auditor.close()

@@ -14,7 +14,7 @@ import urllib3
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from orchestrator.connections import (
+from orchestrator.platform.connections import (
     BASE_RESERVE,
     DOCKER_RESERVE,
     MIN_CONNECTIONS,
@@ -24,8 +24,8 @@ from orchestrator.connections import (
     controller_reserve,
     plan_descriptors,
 )
+from orchestrator.platform.serving import app_runner
 from orchestrator.runtime.docker_engine import EngineError, _explain, out_of_descriptors
-from orchestrator.serving import app_runner
 
 # -- the descriptor budget (pure) ---------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.refusal_summaries import RefusalThrottle, address_key
+from orchestrator.evidence.refusals import RefusalThrottle, address_key
 
 
 def test_each_address_gets_its_allowance_then_is_summarised() -> None:

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from orchestrator.serving import client_address
+from orchestrator.platform.serving import client_address
 
 PROXIES = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8:ffff::/48"))
 

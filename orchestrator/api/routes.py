@@ -10,18 +10,18 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from orchestrator.api.auth import FailureLimiter, Principal, Role, authenticate
-from orchestrator.attestation_store import AttestationStore
-from orchestrator.audit import AuditLog
-from orchestrator.audit_events import Auditor
 from orchestrator.config import Config
+from orchestrator.evidence.attestation_store import AttestationStore
+from orchestrator.evidence.audit import AuditLog
+from orchestrator.evidence.auditor import Auditor
+from orchestrator.evidence.refusals import RefusalThrottle, address_key
 from orchestrator.jobs.states import JobState
 from orchestrator.jobs.views import job_view
 from orchestrator.logs.sse import SseEncoder, parse_last_event_id
 from orchestrator.logs.store import LogStore
-from orchestrator.metrics import CONTENT_TYPE, Metrics
-from orchestrator.refusal_summaries import RefusalThrottle, address_key
+from orchestrator.platform.metrics import CONTENT_TYPE, Metrics
 from orchestrator.runtime.docker_engine import DockerEngine, EngineError
-from orchestrator.scheduler import NotCancellableError, Scheduler
+from orchestrator.scheduling.scheduler import NotCancellableError, Scheduler
 from orchestrator.store.base import JobStore
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from orchestrator.credentials.claims import MAX_LIFETIME_S, JobIdentity, build_claims
-from orchestrator.files import write_atomic
+from orchestrator.platform.files import fsync_dir, write_atomic
 
 __all__ = [
     "Algorithm",
@@ -291,7 +291,7 @@ class SigningKeys:
                 (self.directory / f"{kid}.pem").unlink()
             logger.info("OIDC signing key %s removed after its overlap window", kid)
         if gone:
-            self._fsync_directory()
+            fsync_dir(self.directory)
 
     def _ensure_directory(self) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -378,13 +378,6 @@ class SigningKeys:
     def _write_atomic(self, name: str, data: bytes) -> None:
         """Temp file created 0600 (never briefly world-readable), fsync, rename, fsync dir."""
         write_atomic(self.directory / name, data, mode=0o600, tmp_suffix=_TMP_SUFFIX)
-
-    def _fsync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def _remove_temp_files(self) -> None:
         for path in self.directory.glob(f".*{_TMP_SUFFIX}"):

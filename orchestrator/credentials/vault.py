@@ -22,12 +22,12 @@ import hvac.exceptions
 import requests.exceptions
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
-from orchestrator.audit import accessor_digest
-from orchestrator.audit_events import Auditor
 from orchestrator.config import Config, VaultConfig
 from orchestrator.credentials.base import CredentialsError, JobCredentials
 from orchestrator.credentials.claims import JobIdentity
 from orchestrator.credentials.oidc import JobTokenIssuer
+from orchestrator.evidence.audit import accessor_digest
+from orchestrator.evidence.auditor import Auditor
 from orchestrator.jobs.spec import SecretRequest
 from orchestrator.jobs.states import Job
 from orchestrator.runtime.container_spec import SecretFile

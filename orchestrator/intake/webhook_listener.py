@@ -26,12 +26,12 @@ from typing import Any
 from aiohttp import web
 
 from orchestrator.config import ServerConfig
-from orchestrator.connections import ConnectionGuard, ConnectionLimits
 from orchestrator.intake import relay
 from orchestrator.intake.receive import Rejected
 from orchestrator.intake.webhooks import WebhookIntake
-from orchestrator.metrics import Metrics
-from orchestrator.serving import Network, app_runner, listening_socket, proxy_middlewares, serve_socket
+from orchestrator.platform.connections import ConnectionGuard, ConnectionLimits
+from orchestrator.platform.metrics import Metrics
+from orchestrator.platform.serving import Network, app_runner, listening_socket, proxy_middlewares, serve_socket
 
 log = logging.getLogger(__name__)
 

@@ -13,17 +13,17 @@ from aiohttp import web
 from prometheus_client import Counter
 from pydantic import ValidationError
 
-from orchestrator.audit_events import Auditor
 from orchestrator.config import Config
+from orchestrator.evidence.auditor import Auditor
+from orchestrator.evidence.canonical import DuplicateKeyError, unique_keys
+from orchestrator.evidence.refusals import RefusalThrottle
 from orchestrator.intake.receive import Rejected, WebhookSource, authenticate, error_response
 from orchestrator.jobs.spec import JobSpec
 from orchestrator.jobs.states import Job, new_job
 from orchestrator.jobs.views import job_view
-from orchestrator.metrics import Metrics
-from orchestrator.refusal_summaries import RefusalThrottle
-from orchestrator.scheduler import QueueFullError, Scheduler
+from orchestrator.platform.metrics import Metrics
+from orchestrator.scheduling.scheduler import QueueFullError, Scheduler
 from orchestrator.store.base import JobStore
-from orchestrator.strict_json import DuplicateKeyError, unique_keys
 
 log = logging.getLogger(__name__)
 

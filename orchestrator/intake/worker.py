@@ -23,11 +23,11 @@ from typing import Any
 
 from aiohttp import web
 
-from orchestrator import structured_logs
-from orchestrator.connections import WORKER_RESERVE, ConnectionLimits, plan_descriptors, raise_descriptor_limit
 from orchestrator.intake import relay
 from orchestrator.intake.receive import Rejected, WebhookSource, authenticate, error_response
-from orchestrator.serving import Network, app_runner, proxy_middlewares, serve_socket
+from orchestrator.platform import structured_logs
+from orchestrator.platform.connections import WORKER_RESERVE, ConnectionLimits, plan_descriptors, raise_descriptor_limit
+from orchestrator.platform.serving import Network, app_runner, proxy_middlewares, serve_socket
 
 log = logging.getLogger("orchestrator.intake.worker")  # not __main__: it runs with -m
 

@@ -15,15 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from orchestrator.attestation import JobFacts, canonical_json, sha256_file
-from orchestrator.attestation_store import AttestationStore
 from orchestrator.config import Config, read_pool_secret
 from orchestrator.credentials.base import CredentialsBackend, CredentialsError, JobCredentials
+from orchestrator.evidence.attestation import JobFacts, sha256_file
+from orchestrator.evidence.attestation_store import AttestationStore
+from orchestrator.evidence.canonical import canonical_json
 from orchestrator.jobs.states import Job, JobState, exit_reason, state_for_exit, transition
 from orchestrator.logs.redact import SecretSet, SecretTooShortError, StreamRedactor
 from orchestrator.logs.store import JobLog, LogStore
 from orchestrator.logs.timestamps import LineTimestamper
-from orchestrator.metrics import Metrics
+from orchestrator.platform.metrics import Metrics
 from orchestrator.runtime.container_spec import SecretFile, build_container_spec, job_script, stdin_payload
 from orchestrator.runtime.docker_engine import AttachedStream, DockerEngine, EngineError
 from orchestrator.store.base import JobStore

@@ -26,7 +26,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -35,9 +35,6 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from orchestrator.jobs.states import FINAL_STATES, Job, JobState
 from orchestrator.store.base import COLUMNS, job_from_row, job_to_row, list_filter
-
-if TYPE_CHECKING:
-    from orchestrator.config import StorageConfig
 
 log = logging.getLogger(__name__)
 
@@ -197,12 +194,6 @@ class PostgresJobStore:
         self.pool_size = pool_size
         self.connect_timeout_s = connect_timeout_s
         self._pool: AsyncConnectionPool[Connection] | None = None
-
-    @classmethod
-    def from_config(cls, storage: StorageConfig) -> PostgresJobStore:
-        if storage.dsn_file is None:
-            raise ValueError('storage.dsn_file is required with backend = "postgres"')
-        return cls(storage.dsn_file, pool_size=storage.pool_size, connect_timeout_s=storage.connect_timeout_s)
 
     def __repr__(self) -> str:
         return f"PostgresJobStore(dsn_file={str(self.dsn_file)!r}, open={self._pool is not None})"

@@ -161,7 +161,7 @@ async def test_a_worker_that_cannot_start_stops_the_controller_start(monkeypatch
 
 def test_a_worker_imports_neither_the_store_nor_the_scheduler_nor_docker() -> None:
     """A worker (re)starts in well under a second and holds no more than it needs (no Docker client, no store)."""
-    heavy = ("docker", "orchestrator.store", "orchestrator.scheduler", "orchestrator.credentials")
+    heavy = ("docker", "orchestrator.store", "orchestrator.scheduling.scheduler", "orchestrator.credentials")
     probe = f"import sys, orchestrator.intake.worker; print(sorted(m for m in sys.modules if m.startswith({heavy})))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from orchestrator.app import summarise_refusals
-from orchestrator.attestation import verify_envelope
-from orchestrator.audit import verify_file
 from orchestrator.config import hash_token
-from orchestrator.ed25519_keys import load_public
+from orchestrator.evidence.attestation import verify_envelope
+from orchestrator.evidence.audit import verify_file
+from orchestrator.evidence.keys import load_public
 
 from conftest import RunningController, job_spec
 

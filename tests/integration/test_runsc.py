@@ -342,8 +342,8 @@ async def test_cancel_running_job(runsc: None, controller_factory: Any, docker_c
 async def test_runsc_pool_with_a_docker_network_does_not_start(runsc: None, tmp_path: Path) -> None:
     """The engine runs runsc with --network=none (.ci/setup): a pool network would silently never arrive."""
     from orchestrator.app import build_app, build_controller
+    from orchestrator.platform.serving import app_runner
     from orchestrator.runtime.runtimes import RuntimeUnavailableError
-    from orchestrator.serving import app_runner
 
     secret = tmp_path / "hook.secret"
     secret.write_text("whsec_" + "A" * 32)

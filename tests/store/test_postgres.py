@@ -116,19 +116,19 @@ def test_dsn_file_must_be_absolute(tmp_path: Path) -> None:
 def test_dsn_file_missing(tmp_path: Path) -> None:
     missing = tmp_path / "nope.dsn"
     problems = storage_problems(tmp_path, f'[storage]\nbackend = "postgres"\ndsn_file = "{missing}"\n')
-    assert problems == [f"storage: Value error, dsn_file {missing}: file not found"]
+    assert problems == [f"storage.dsn_file: {missing}: file not found"]
 
 
 def test_dsn_file_readable_by_others(tmp_path: Path) -> None:
     file = dsn_file(tmp_path, f"host=db password={PASSWORD}", mode=0o644)
     problems = storage_problems(tmp_path, f'[storage]\nbackend = "postgres"\ndsn_file = "{file}"\n')
-    assert problems == [f"storage: Value error, dsn_file {file}: readable by group/others; run chmod 600 on it"]
+    assert problems == [f"storage.dsn_file: {file}: readable by group/others; run chmod 600 on it"]
 
 
 def test_dsn_file_group_readable(tmp_path: Path) -> None:
     file = dsn_file(tmp_path, f"host=db password={PASSWORD}", mode=0o640)
     problems = storage_problems(tmp_path, f'[storage]\nbackend = "postgres"\ndsn_file = "{file}"\n')
-    assert problems == [f"storage: Value error, dsn_file {file}: readable by group/others; run chmod 600 on it"]
+    assert problems == [f"storage.dsn_file: {file}: readable by group/others; run chmod 600 on it"]
 
 
 def test_dsn_file_not_readable(tmp_path: Path) -> None:
@@ -136,7 +136,7 @@ def test_dsn_file_not_readable(tmp_path: Path) -> None:
         pytest.skip("running as root: file modes do not stop reads")
     file = dsn_file(tmp_path, "host=db", mode=0o000)
     problems = storage_problems(tmp_path, f'[storage]\nbackend = "postgres"\ndsn_file = "{file}"\n')
-    assert problems == [f"storage: Value error, dsn_file {file}: not readable by this user"]
+    assert problems == [f"storage.dsn_file: {file}: not readable by this user"]
 
 
 @pytest.mark.parametrize(
@@ -157,7 +157,7 @@ def test_dsn_file_content_checked_without_quoting_it(tmp_path: Path, content: st
     file.chmod(0o600)
     problems = storage_problems(tmp_path, f'[storage]\nbackend = "postgres"\ndsn_file = "{file}"\n')
     assert len(problems) == 1
-    assert problems[0].startswith(f"storage: Value error, dsn_file {file}: {problem}")
+    assert problems[0].startswith(f"storage.dsn_file: {file}: {problem}")
     assert_no_secret(problems[0], "bogus", "pasword")
 
 

@@ -8,7 +8,7 @@ import socket
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from orchestrator.connections import ConnectionGuard, ConnectionLimits, GuardedAppRunner
+from orchestrator.platform.connections import ConnectionGuard, ConnectionLimits, GuardedAppRunner
 
 # Connections the kernel completes before the event loop accepts them. aiohttp's default (128) overflows when a
 # forge opens a burst of connections while the loop is busy; the kernel caps it at net.core.somaxconn anyway.

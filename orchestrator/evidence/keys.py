@@ -11,6 +11,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from orchestrator.platform.files import fsync_dir, write_atomic
+
 
 def load_or_create(path: Path) -> Ed25519PrivateKey:
     """Loads the key at `path`, creating it atomically (0600) if missing; refuses a group/world-readable key."""
@@ -33,12 +35,19 @@ def load_or_create(path: Path) -> Ed25519PrivateKey:
             pass
         finally:
             tmp.unlink()
+        fsync_dir(path.parent)
     if path.stat().st_mode & 0o077:
         raise PermissionError(f"{path} is readable by group/others; run chmod 600 on it")
     loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(loaded, Ed25519PrivateKey):
         raise ValueError(f"{path} does not hold an Ed25519 private key")
     return loaded
+
+
+def export_public_key(path: Path, key: Ed25519PrivateKey | Ed25519PublicKey) -> None:
+    """Publishes the PEM public key that auditors and deploy steps verify with (mode 0644), replaced atomically
+    so a reader never sees half a key."""
+    write_atomic(path, public_pem(key), mode=0o644)
 
 
 def public_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:

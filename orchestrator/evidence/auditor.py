@@ -16,9 +16,9 @@ import threading
 import time
 from typing import Any
 
-from orchestrator.audit import AuditLog, Entry, accessor_digest, looks_like_secret, prepare
+from orchestrator.evidence.audit import AuditLog, Entry, accessor_digest, looks_like_secret, prepare
+from orchestrator.evidence.refusals import Summary
 from orchestrator.jobs.states import Job
-from orchestrator.refusal_summaries import Summary
 
 log = logging.getLogger(__name__)
 

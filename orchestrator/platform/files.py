@@ -1,5 +1,5 @@
 """Atomic file replacement: readers see the old file or the new one, never half of one, and the new file never
-exists with looser permissions than asked for."""
+exists with looser permissions than asked for; and the directory fsync that makes a rename durable."""
 
 from __future__ import annotations
 
@@ -27,7 +27,13 @@ def write_atomic(path: Path, data: bytes, *, mode: int, tmp_suffix: str = ".tmp"
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """A created, renamed or removed entry reaches the disk only when its directory is fsynced: without it a
+    power loss can undo the rename (or lose a new file whole) even though the file itself was synced."""
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dir_fd)
     finally:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from orchestrator.attestation import JobFacts, build_statement, sign_envelope
-from orchestrator.files import write_atomic
+from orchestrator.evidence.attestation import JobFacts, build_statement, sign_envelope
 from orchestrator.jobs.spec import checked_job_id
+from orchestrator.platform.files import write_atomic
 
 
 class AttestationStore:

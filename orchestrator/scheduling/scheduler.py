@@ -13,8 +13,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from orchestrator.audit_events import Auditor
 from orchestrator.config import Config
+from orchestrator.evidence.auditor import Auditor
 from orchestrator.jobs.states import Job, JobState, transition
 from orchestrator.runtime.docker_engine import DockerEngine, EngineError
 from orchestrator.runtime.job_runner import JobRunner, RunControl

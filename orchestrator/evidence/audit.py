@@ -1,7 +1,7 @@
 """Tamper-evident, append-only audit trail: who did what to which job, signed and hash-chained.
 
 Format: JSON Lines in the data directory. Every line is *exactly* the canonical JSON of one full record
-(`canonical_bytes`: sorted keys, no spaces, UTF-8), so no byte of the file is insignificant: re-encoding,
+(`canonical_json`: sorted keys, no spaces, UTF-8), so no byte of the file is insignificant: re-encoding,
 adding whitespace or re-padding base64 is itself detected.
 
 Record fields: ``seq`` (0, 1, 2, ...), ``time`` (RFC 3339 UTC, ms), ``actor`` ({"type": "webhook"|"api"|
@@ -46,7 +46,6 @@ import math
 import os
 import re
 import secrets
-import sys
 import syslog
 import threading
 import time
@@ -57,11 +56,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from orchestrator import ed25519_keys
-from orchestrator.files import write_atomic
+from orchestrator.evidence.canonical import SHA256_HEX, canonical_json
+from orchestrator.platform.files import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,6 @@ _RECORD_OVERHEAD = 1024  # bytes a record adds around its fields: keys, seq, tim
 Record = dict[str, Any]
 Forwarder = Callable[[Record], None]
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 _ACTION = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+")
 _WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 # A key holding one of these words is refused unless its last word says it only describes the secret.
@@ -100,14 +98,6 @@ def looks_like_secret(value: str) -> bool:
 
 class AuditError(Exception):
     """The trail cannot be continued or trusted as it stands (tampered or torn tail, locked, closed)."""
-
-
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def canonical_bytes(record: Any) -> bytes:
-    """The one byte encoding that is signed, hashed and stored; NaN/Infinity are refused (not JSON)."""
-    return _CANONICAL.encode(record).encode()
 
 
 def genesis_hash(chain: str) -> str:
@@ -195,9 +185,8 @@ def prepare(
     try:
         # One encode checks that everything is JSON (no NaN, no lone surrogate); decoding it back normalises the
         # values (tuples, non-str keys) to exactly what `verify_file` will read, so that copy is checked and signed.
-        text = _CANONICAL.encode([actor, details or {}, target, remote, action, outcome])
-        encoded = text.encode()
-        actor_copy, details_copy, _, _, _, _ = json.loads(text)
+        encoded = canonical_json([actor, details or {}, target, remote, action, outcome])
+        actor_copy, details_copy, _, _, _, _ = json.loads(encoded)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"audit actor, details, target and remote must be JSON-serialisable text: {exc}") from None
     if len(encoded) + _RECORD_OVERHEAD > MAX_RECORD_BYTES:
@@ -231,7 +220,7 @@ def _missing_or_malformed(record: Record) -> list[str]:
         "outcome": isinstance(record.get("outcome"), str),
         "remote": "remote" in record and isinstance(record["remote"], str | None),
         "details": isinstance(record.get("details"), dict),
-        "prev": isinstance(record.get("prev"), str) and _HEX64.fullmatch(record["prev"]) is not None,
+        "prev": isinstance(record.get("prev"), str) and SHA256_HEX.fullmatch(record["prev"]) is not None,
         "sig": "sig" in record and isinstance(record["sig"], str | None),
     }
     if seq == 0:
@@ -252,7 +241,7 @@ def _inspect(line: bytes, public_key: Ed25519PublicKey) -> Record:
     if bad_fields:
         raise _BadRecord(seq, f"has missing or malformed field(s): {', '.join(bad_fields)}")
     try:
-        canonical = canonical_bytes(record)
+        canonical = canonical_json(record)
     except ValueError:
         canonical = b""
     if canonical != line:
@@ -265,7 +254,7 @@ def _inspect(line: bytes, public_key: Ed25519PublicKey) -> Record:
         sig = base64.b64decode(sig_text, validate=True)
         if base64.b64encode(sig).decode() != sig_text:  # unused padding bits would otherwise be malleable
             raise ValueError("non-canonical base64")
-        public_key.verify(sig, canonical_bytes(unsigned))
+        public_key.verify(sig, canonical_json(unsigned))
     except (binascii.Error, ValueError, InvalidSignature):
         raise _BadRecord(seq, "was altered: its signature does not verify (edited, forged or another key)") from None
     return record
@@ -356,7 +345,7 @@ class AuditLog:
                 if last is None:
                     self._seq, self._chain = 0, secrets.token_hex(16)
                     self._prev, self._head = genesis_hash(self._chain), None
-                    self._fsync_dir()
+                    fsync_dir(self.path.parent)  # a new file's entry must reach the disk too
                 else:
                     try:
                         record = _inspect(last, self._public)
@@ -379,14 +368,6 @@ class AuditLog:
                 raise
             self._fd, self._broken, self._last_sync = fd, None, time.monotonic()
         return self
-
-    def _fsync_dir(self) -> None:
-        """A new file's directory entry must reach the disk too, or the whole log can vanish on power loss."""
-        dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
     def record(
         self,
@@ -427,10 +408,10 @@ class AuditLog:
                 if seq == 0:
                     record["chain"] = self._chain
                 if index == last:
-                    record["sig"] = base64.b64encode(self._key.sign(canonical_bytes(record))).decode("ascii")
+                    record["sig"] = base64.b64encode(self._key.sign(canonical_json(record))).decode("ascii")
                 else:
                     record["sig"] = None
-                line = canonical_bytes(record)
+                line = canonical_json(record)
                 records.append(record)
                 lines.append(line)
                 seq, prev = seq + 1, line_hash(line)
@@ -514,16 +495,9 @@ def syslog_forwarder(ident: str = "runner-orchestrator") -> Forwarder:
 
     def forward(record: Record) -> None:
         priority = syslog.LOG_INFO if record.get("outcome") == "ok" else syslog.LOG_NOTICE
-        syslog.syslog(syslog.LOG_AUTHPRIV | priority, "AUDIT " + canonical_bytes(record).decode())
+        syslog.syslog(syslog.LOG_AUTHPRIV | priority, "AUDIT " + canonical_json(record).decode())
 
     return forward
-
-
-def export_public_key(path: Path, key: Ed25519PrivateKey | Ed25519PublicKey) -> None:
-    """Writes the PEM public key auditors verify with: to ``path/audit.pub`` if ``path`` is a directory (the data
-    directory), else to ``path``. Replaced atomically so a reader never sees half a key."""
-    target = path / PUBLIC_KEY_FILE_NAME if path.is_dir() else path
-    write_atomic(target, ed25519_keys.public_pem(key), mode=0o644)
 
 
 @dataclass(frozen=True)
@@ -553,7 +527,7 @@ def verify_file(
     be the anchored one)."""
     if expect_head is not None:
         expect_head = expect_head.lower()
-        if not _HEX64.fullmatch(expect_head):
+        if not SHA256_HEX.fullmatch(expect_head):
             raise ValueError("expect_head must be a 64-digit hex SHA-256")
     count = 0
     head: str | None = None
@@ -630,32 +604,6 @@ def verify_file(
     return VerifyResult(True, count, head, None, None)
 
 
-def cli_verify(file: Path, pubkey: Path | None, expect_head: str | None, expect_seq: int | None = None) -> int:
-    """`orchestrator audit verify`: 0 = intact, 1 = tampered (or truncated below the anchor), 2 = usage error."""
-    key_path = pubkey if pubkey is not None else file.with_name(PUBLIC_KEY_FILE_NAME)
-    try:
-        public_key = ed25519_keys.load_public(key_path.read_bytes())
-    except (OSError, ValueError, UnsupportedAlgorithm) as exc:
-        print(f"error: cannot load the audit public key {key_path}: {exc}", file=sys.stderr)
-        return 2
-    if expect_head is not None and not _HEX64.fullmatch(expect_head.lower()):
-        print("error: --expect-head must be a 64-digit hex SHA-256", file=sys.stderr)
-        return 2
-    if expect_seq is not None and expect_seq < 0:
-        print("error: --expect-seq must be >= 0", file=sys.stderr)
-        return 2
-    try:
-        result = verify_file(file, public_key, expect_head=expect_head, expect_seq=expect_seq)
-    except OSError as exc:
-        print(f"error: cannot read {file}: {exc}", file=sys.stderr)
-        return 2
-    if result.ok:
-        print(f"OK: {result.records} records, head {result.head or '-'}")
-        return 0
-    print(f"TAMPERED: {result.problem}")
-    return 1
-
-
 __all__ = [
     "ACTOR_TYPES",
     "AUDIT_FILE_NAME",
@@ -665,9 +613,6 @@ __all__ = [
     "Entry",
     "VerifyResult",
     "accessor_digest",
-    "canonical_bytes",
-    "cli_verify",
-    "export_public_key",
     "genesis_hash",
     "line_hash",
     "prepare",

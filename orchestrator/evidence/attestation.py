@@ -11,9 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import re
-import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,9 +22,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from orchestrator import ed25519_keys
-from orchestrator.files import write_atomic
-from orchestrator.strict_json import unique_keys
+from orchestrator.evidence import keys
+from orchestrator.evidence.canonical import SHA256_HEX, canonical_json, strict_json
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -38,7 +35,6 @@ SUCCEEDED = "succeeded"
 # A verifier tries every signature; bound the work an attacker-supplied envelope can cause.
 MAX_SIGNATURES = 16
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _GIT_SHA = re.compile(r"^[0-9a-f]{7,64}$")
 
 
@@ -91,11 +87,6 @@ class AttestedJob:
 # -- building -----------------------------------------------------------------------------------------------------
 
 
-def canonical_json(value: Any) -> bytes:
-    """Stable bytes for a JSON value (sorted keys, no spaces, UTF-8), so the same facts give the same digest."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-
-
 def rfc3339(timestamp: float) -> str:
     """UTC RFC 3339 (`2024-05-01T12:00:00Z`, milliseconds only when present), as SLSA timestamps require."""
     moment = datetime.fromtimestamp(timestamp, tz=UTC)
@@ -111,7 +102,7 @@ def _image_dependency(image: str, image_id: str) -> dict[str, Any]:
     dependency: dict[str, Any] = {"uri": f"docker-image:{image}"}
     if image_id:  # empty when the job ended before an image was resolved: then the name is all we know
         algorithm, sep, value = image_id.partition(":")
-        if not sep or algorithm != "sha256" or not _HEX64.match(value.lower()):
+        if not sep or algorithm != "sha256" or not SHA256_HEX.fullmatch(value.lower()):
             raise ValueError(f"image_id {image_id!r} is not 'sha256:<64 hex>'")
         dependency["digest"] = {"sha256": value.lower()}
     return dependency
@@ -132,7 +123,7 @@ def build_statement(facts: JobFacts) -> dict[str, Any]:
     if not _GIT_SHA.match(sha):
         raise ValueError(f"sha {facts.sha!r} is not a hex git commit id")
     log_sha256 = facts.log_sha256.lower()
-    if not _HEX64.match(log_sha256):
+    if not SHA256_HEX.fullmatch(log_sha256):
         raise ValueError(f"log_sha256 {facts.log_sha256!r} is not 64 hex digits")
 
     internal: dict[str, Any] = {"controller_id": facts.controller_id}
@@ -263,15 +254,6 @@ def verify_dsse(envelope: object, public_key: Ed25519PublicKey, *, payload_type:
     raise AttestationError(f"no valid signature by key {expected_id} (envelope keyids: {', '.join(seen_ids)})")
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def strict_json(data: bytes) -> Any:
-    """Parses JSON refusing duplicate keys and NaN/Infinity; ValueError otherwise."""
-    return json.loads(data.decode("utf-8"), object_pairs_hook=unique_keys, parse_constant=_no_constant)
-
-
 def parse_statement(payload: bytes) -> dict[str, Any]:
     """Parses verified payload bytes as an in-toto Statement v1."""
     try:
@@ -369,11 +351,6 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def write_public_key(path: Path, key: Ed25519PrivateKey | Ed25519PublicKey) -> None:
-    """Publishes the verification key (e.g. `<data_dir>/attestation.pub`, mode 0644) atomically."""
-    write_atomic(path, ed25519_keys.public_pem(key), mode=0o644)
-
-
 def check_job(
     job: AttestedJob,
     *,
@@ -392,42 +369,33 @@ def check_job(
     return problems
 
 
-def cli_verify(
+def verify_file(
     file: Path,
     pubkey: Path,
     *,
     expect_sha: str | None = None,
     expect_repository: str | None = None,
     require_success: bool = True,
-) -> int:
-    """`orchestrator attest verify`: exit 0 and `OK: ...` on stdout, or exit 1 and `INVALID: <reason>` on stderr.
-
-    Commits are compared in full (lowercase hex): a short sha in an attestation never satisfies a long one."""
-
-    def invalid(reason: str) -> int:
-        print(f"INVALID: {reason}", file=sys.stderr)
-        return 1
-
+) -> AttestedJob:
+    """What `orchestrator attest verify` checks: the envelope in `file`, signed by the key in `pubkey`, attesting
+    a job a deploy may rely on. AttestationError says why not. Commits are compared in full (lowercase hex): a
+    short sha in an attestation never satisfies a long one."""
     try:
         envelope = strict_json(file.read_bytes())
     except OSError as exc:
-        return invalid(f"cannot read {file}: {exc.strerror or exc}")
+        raise AttestationError(f"cannot read {file}: {exc.strerror or exc}") from None
     except ValueError as exc:
-        return invalid(f"{file} is not a JSON envelope: {exc}")
+        raise AttestationError(f"{file} is not a JSON envelope: {exc}") from None
     try:
-        public_key = ed25519_keys.load_public(pubkey.read_bytes())
+        public_key = keys.load_public(pubkey.read_bytes())
     except OSError as exc:
-        return invalid(f"cannot read {pubkey}: {exc.strerror or exc}")
+        raise AttestationError(f"cannot read {pubkey}: {exc.strerror or exc}") from None
     except (ValueError, UnsupportedAlgorithm) as exc:
-        return invalid(f"{pubkey} is not an Ed25519 public key (PEM): {exc}")
-    try:
-        job = read_job(verify_envelope(envelope, public_key))
-    except AttestationError as exc:
-        return invalid(str(exc))
+        raise AttestationError(f"{pubkey} is not an Ed25519 public key (PEM): {exc}") from None
+    job = read_job(verify_envelope(envelope, public_key))
     problems = check_job(
         job, expect_sha=expect_sha, expect_repository=expect_repository, require_success=require_success
     )
     if problems:
-        return invalid("; ".join(problems))
-    print(f"OK: job {job.job_id} {job.state} {job.repository}@{job.sha}")
-    return 0
+        raise AttestationError("; ".join(problems))
+    return job
