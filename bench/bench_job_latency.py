@@ -64,7 +64,7 @@ from _support import (
 from orchestrator.config import PoolConfig
 from orchestrator.jobs.spec import JobSpec
 from orchestrator.runtime.container_spec import LABEL_CONTROLLER, build_container_spec, job_script, stdin_payload
-from orchestrator.runtime.docker_engine import _HOST_CONFIG_KEYS, demultiplex  # the controller's own split
+from orchestrator.runtime.docker_engine import demultiplex
 
 LABEL_BENCH = "io.runner-orchestrator.bench"
 RAW_COMMAND = ["/bin/sh", "-c", "echo first"]
@@ -136,11 +136,10 @@ def _create_args(
         sha="3f786850e387550fdab836ed7e6dc881de23001b",
         commands=["echo first"],
     )
-    # Split exactly as DockerEngine.create does.
-    kw: dict[str, Any] = dict(build_container_spec(spec, pool, controller_id=controller_id).create_kwargs)
-    host_kw = {k: kw.pop(k) for k in _HOST_CONFIG_KEYS if k in kw}
-    for unused in ("detach", "volumes", "mounts"):
-        kw.pop(unused, None)
+    # Exactly what DockerEngine.create passes.
+    cspec = build_container_spec(spec, pool, controller_id=controller_id)
+    host_kw: dict[str, Any] = dict(cspec.host)
+    kw: dict[str, Any] = dict(cspec.create)
     kw["labels"] = labels
     if base == "raw-hardened":
         kw.update(entrypoint=RAW_COMMAND, command=[], stdin_open=False)

@@ -25,9 +25,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _support as S
 
 from orchestrator.app import build_app, build_controller
-from orchestrator.credentials.base import JobCredentials
+from orchestrator.credentials.base import JobCredentials, SecretFile
 from orchestrator.jobs.states import Job
-from orchestrator.runtime.container_spec import SecretFile
 
 
 class StandInSecrets:
@@ -44,6 +43,12 @@ class StandInSecrets:
 
     async def revoke_accessor(self, accessor: str) -> bool:
         return False
+
+    def stats(self) -> dict[str, int]:
+        return {"errors": 0, "retries": 0}
+
+    async def maintain(self) -> None:
+        return None
 
 
 def random_secret(rng: random.Random) -> str:

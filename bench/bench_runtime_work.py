@@ -22,7 +22,7 @@ from _support import TEST_IMAGE, check_no_leftovers, machine_line, median, new_c
 from orchestrator.config import PoolConfig
 from orchestrator.jobs.spec import JobSpec
 from orchestrator.runtime.container_spec import build_container_spec, job_script, stdin_payload
-from orchestrator.runtime.docker_engine import _HOST_CONFIG_KEYS, demultiplex
+from orchestrator.runtime.docker_engine import demultiplex
 
 WORKLOADS = {
     "CPU only (awk loop, 2M iterations)": "awk 'BEGIN { for (i = 0; i < 2000000; i++) s += i * i }'",
@@ -45,11 +45,8 @@ def run_probe(api: Any, controller_id: str, pool: PoolConfig, n: int) -> list[fl
     spec = JobSpec(
         id=f"work-{n}", pool="default", repository="example/app", ref="refs/heads/main", sha="0" * 40, commands=[PROBE]
     )
-    kw: dict[str, Any] = dict(build_container_spec(spec, pool, controller_id=controller_id).create_kwargs)
-    host_kw = {k: kw.pop(k) for k in _HOST_CONFIG_KEYS if k in kw}
-    for unused in ("detach", "volumes", "mounts"):
-        kw.pop(unused, None)
-    cid = api.create_container(host_config=api.create_host_config(**host_kw), **kw)["Id"]
+    cspec = build_container_spec(spec, pool, controller_id=controller_id)  # as DockerEngine.create passes it
+    cid = api.create_container(host_config=api.create_host_config(**cspec.host), **cspec.create)["Id"]
     try:
         sock = api.attach_socket(cid, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
         raw = getattr(sock, "_sock", sock)

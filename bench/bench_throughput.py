@@ -14,7 +14,7 @@ and after each round, so CPU per job is everything the controller process spent,
   round has been destroyed (and once a second as a fallback). Every job must be `succeeded`.
 * raw round: C threads share the same `--jobs` jobs, each doing what the controller does for a job with the docker
   SDK's low-level API and nothing around it: create with the controller's own options (`build_container_spec`,
-  split into host config with `docker_engine._HOST_CONFIG_KEYS`), attach, start, send the same bootstrap stdin
+  as `ContainerSpec` gives them: create arguments and host config), attach, start, send the same bootstrap stdin
   script for `echo hi`, read the output to EOF, wait, remove. The `managed` label is left out so the controller's
   sweep never touches these containers; the controller-id label stays, for the leftover check.
 
@@ -47,7 +47,6 @@ from _support import (
     SOURCE,
     TEST_IMAGE,
     check_no_leftovers,
-    free_port,
     job_spec,
     machine_line,
     median,
@@ -68,7 +67,6 @@ from orchestrator.runtime.container_spec import (
     job_script,
     stdin_payload,
 )
-from orchestrator.runtime.docker_engine import _HOST_CONFIG_KEYS  # the controller's own split
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = ["echo hi"]
@@ -164,11 +162,11 @@ class ControllerProcess:
 
 def write_config(
     directory: Path, controller_id: str, concurrency: int, image: str, extra_toml: str = ""
-) -> tuple[Path, bytes, str, int]:
-    """A TOML config for `orchestrator serve` (the shape of _support.make_config); `extra_toml` is appended."""
+) -> tuple[Path, bytes, str]:
+    """A TOML config for `orchestrator serve` (the shape of _support.make_config); `extra_toml` is appended. The
+    controller chooses its port (port = 0) and names it in its `listening` line."""
     key, secret_file = write_secret(directory)
     token = os.urandom(16).hex()
-    port = free_port()
     q = json.dumps  # TOML basic strings accept JSON string escapes for these values
     text = (
         f"""
@@ -178,7 +176,7 @@ max_total_concurrent = {concurrency}
 
 [server]
 host = "127.0.0.1"
-port = {port}
+port = 0
 
 [docker]
 stop_grace_s = 1
@@ -207,14 +205,15 @@ max_timeout_s = 300
     path = directory / "orchestrator.toml"
     path.write_text(text)
     path.chmod(0o600)
-    return path, key, token, port
+    return path, key, token
 
 
 async def start_controller_process(
     directory: Path, controller_id: str, concurrency: int, image: str, extra_toml: str = ""
 ) -> ControllerProcess:
-    config, key, token, port = write_config(directory, controller_id, concurrency, image, extra_toml)
+    config, key, token = write_config(directory, controller_id, concurrency, image, extra_toml)
     log = (directory / "controller.log").open("ab")
+    offset = log.tell()
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", "serve", "--config", str(config)],
         cwd=ROOT,
@@ -223,8 +222,12 @@ async def start_controller_process(
         env={**os.environ, "ORCHESTRATOR_LOG_LEVEL": "info"},
     )
     log.close()
-    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
+    while (url := _listening_url(directory / "controller.log", offset)) is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"controller did not start listening; see {directory / 'controller.log'}")
+        await asyncio.sleep(0.05)
     async with aiohttp.ClientSession() as session:
         while True:
             try:
@@ -238,6 +241,16 @@ async def start_controller_process(
                 raise RuntimeError(f"controller did not become ready; see {directory / 'controller.log'}")
             await asyncio.sleep(0.1)
     return ControllerProcess(proc, url, key, token, directory / "data")
+
+
+def _listening_url(log: Path, offset: int) -> str | None:
+    """The URL in the `listening` line `orchestrator serve` wrote to `log` after `offset`, once it has."""
+    with log.open("rb") as f:
+        f.seek(offset)
+        for line in f.read().split(b"\n")[:-1]:  # whole lines only
+            if line.startswith(b"{") and b'"event": "listening"' in line:
+                return str(json.loads(line)["url"])
+    return None
 
 
 def stop_controller_process(cp: ControllerProcess) -> int:
@@ -315,12 +328,9 @@ def _raw_args(controller_id: str, pool: PoolConfig, job_id: str) -> tuple[dict[s
         commands=COMMANDS,
     )
     cspec = build_container_spec(spec, pool, controller_id=controller_id)
-    kw: dict[str, Any] = dict(cspec.create_kwargs)
-    host_kw = {k: kw.pop(k) for k in _HOST_CONFIG_KEYS if k in kw}  # exactly as DockerEngine.create splits them
-    for unused in ("detach", "volumes", "mounts"):
-        kw.pop(unused, None)
+    kw: dict[str, Any] = dict(cspec.create)  # exactly as DockerEngine.create passes it
     kw["labels"] = {k: v for k, v in kw["labels"].items() if k != LABEL_MANAGED}
-    return host_kw, {"name": cspec.name, **kw}
+    return dict(cspec.host), {"name": cspec.name, **kw}
 
 
 def raw_job(api: Any, controller_id: str, pool: PoolConfig, job_id: str) -> None:

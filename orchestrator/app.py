@@ -31,7 +31,6 @@ from orchestrator.evidence.keys import export_public_key, load_or_create, public
 from orchestrator.intake.receive import WebhookSource
 from orchestrator.intake.webhook_listener import WebhookListener
 from orchestrator.intake.webhooks import WebhookIntake
-from orchestrator.jobs.states import Job
 from orchestrator.logs.store import LogStore
 from orchestrator.platform.connections import (
     ConnectionGuard,
@@ -44,7 +43,9 @@ from orchestrator.platform.metrics import Metrics
 from orchestrator.platform.serving import proxy_middlewares
 from orchestrator.runtime.docker_engine import DockerEngine
 from orchestrator.runtime.job_runner import JobRunner
+from orchestrator.runtime.protocol import ContainerRuntime
 from orchestrator.runtime.runtimes import check_pool_runtimes
+from orchestrator.scheduling.events import ControllerJobEvents
 from orchestrator.scheduling.scheduler import Scheduler
 from orchestrator.store.base import JobStore
 from orchestrator.store.sqlite import SQLiteJobStore
@@ -56,17 +57,17 @@ log = logging.getLogger(__name__)
 class Controller:
     config: Config
     store: JobStore
-    engine: DockerEngine
+    engine: ContainerRuntime
     logs: LogStore
     runner: JobRunner
     scheduler: Scheduler
     intake: WebhookIntake
     api: Api
     metrics: Metrics
+    auditor: Auditor
+    audit_log: AuditLog
     credentials: CredentialsBackend | None = None
     signing_keys: SigningKeys | None = None
-    audit_log: AuditLog | None = None
-    auditor: Auditor = field(default_factory=lambda: Auditor(None))
     background: list[asyncio.Task[None]] = field(default_factory=list)
     webhook_listener: WebhookListener | None = None
     descriptors: DescriptorPlan | None = None
@@ -89,31 +90,27 @@ def plan_connections(config: Config, soft_limit: int) -> tuple[ConnectionLimits,
     return limits, plan
 
 
-def finished_fields(job: Job) -> dict[str, object]:
-    """The one info line per job: its outcome, for journald/Loki (its acceptance is in the audit trail)."""
-    ran = job.finished_at - job.started_at if job.finished_at is not None and job.started_at is not None else None
-    return {
-        "job_id": job.id,
-        "pool": job.pool,
-        "state": job.state.value,
-        "exit_code": job.exit_code,
-        "reason": job.reason,
-        "ran_s": None if ran is None else round(ran, 3),
-        "attempt": job.attempt,
-    }
-
-
-def build_controller(config: Config, credentials: CredentialsBackend | None = None) -> Controller:
-    """`credentials` overrides what the config would build (tests inject doubles)."""
+def build_controller(
+    config: Config, *, runtime: ContainerRuntime | None = None, credentials: CredentialsBackend | None = None
+) -> Controller:
+    """Everything the config describes, wired together. `runtime` replaces the Docker engine the config names
+    and `credentials` the backend it names (tests and benches pass in-memory ones)."""
     limits, descriptors = plan_connections(config, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     guards: dict[str, ConnectionGuard] = {}
     data = config.data_dir
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    metrics = Metrics()
+    audit_key = load_or_create(data / "audit.key")
+    export_public_key(data / PUBLIC_KEY_FILE_NAME, audit_key)
+    audit_log = AuditLog(
+        data / AUDIT_FILE_NAME, audit_key, forward=syslog_forwarder() if config.audit.syslog else None
+    ).open()
+    auditor = Auditor(audit_log)
     signing_keys: SigningKeys | None = None
     if credentials is None and config.credentials is not None:
         from orchestrator.credentials.vault import build_vault_credentials
 
-        credentials, signing_keys = build_vault_credentials(config)
+        credentials, signing_keys = build_vault_credentials(config, auditor)
     store: JobStore
     if config.storage.backend == "postgres":
         from orchestrator.store.postgres import PostgresJobStore  # optional: the 'postgres' extra
@@ -125,42 +122,24 @@ def build_controller(config: Config, credentials: CredentialsBackend | None = No
         )
     else:
         store = SQLiteJobStore(data / "jobs.sqlite3")
-    engine = DockerEngine(
+    engine = runtime or DockerEngine(
         config.docker.base_url,
         api_timeout_s=config.docker.api_timeout_s,
         retry_budget_s=config.docker.retry_budget_s,
     )
     logs = LogStore(data / "logs", max_bytes=config.logs.max_bytes)
-    metrics = Metrics()
-    audit_key = load_or_create(data / "audit.key")
-    export_public_key(data / PUBLIC_KEY_FILE_NAME, audit_key)
-    audit_log = AuditLog(
-        data / AUDIT_FILE_NAME, audit_key, forward=syslog_forwarder() if config.audit.syslog else None
-    ).open()
-    auditor = Auditor(audit_log)
     attest_key = load_or_create(data / "attestation.key")
     export_public_key(data / ATTESTATION_PUBLIC_KEY, attest_key)
     attestations = AttestationStore(data / "attestations", attest_key)
-    if credentials is not None and hasattr(credentials, "auditor"):
-        credentials.auditor = auditor
-
-    def on_change(job: Job) -> None:
-        auditor.job_state(job)
-        if job.state.final:
-            metrics.jobs_finished.labels(job.pool, job.state.value).inc()
-            log.info("job finished", extra=finished_fields(job))
-
-    runner = JobRunner(
-        config, store, engine, logs, credentials, on_change=on_change, metrics=metrics, attestations=attestations
-    )
-    scheduler = Scheduler(config, store, engine, runner, auditor=auditor)
+    events = ControllerJobEvents(auditor, metrics)
+    runner = JobRunner(config, store, engine, logs, events, credentials=credentials, attestations=attestations)
+    scheduler = Scheduler(config, store, engine, runner, events, auditor, credentials=credentials)
     sources = {
         name: WebhookSource(name, src.scheme, tuple(read_source_secrets(src))) for name, src in config.sources.items()
     }
     intake = WebhookIntake(
         config,
         sources,
-        store,
         scheduler,
         credentials_configured=credentials is not None,
         metrics=metrics,
@@ -182,20 +161,17 @@ def build_controller(config: Config, credentials: CredentialsBackend | None = No
     def live() -> dict[str, Any]:
         stats: dict[str, Any] = {
             "pools": scheduler.pool_stats(),
-            "docker": {"errors": engine.errors, "retries": engine.retries},
+            "docker": engine.stats(),
+            "connections": {name: guard.stats() for name, guard in guards.items()},
         }
-        stats["connections"] = {name: guard.stats() for name, guard in guards.items()}
         if credentials is not None:
-            stats["vault"] = {
-                "errors": getattr(credentials, "errors", 0),
-                "retries": getattr(credentials, "retries", 0),
-            }
+            stats["vault"] = credentials.stats()
         return stats
 
     metrics.watch(live)
     listener = None
     if config.server.webhook_port is not None:
-        listener = WebhookListener(config.server, intake, metrics, limits=limits, guards=guards)
+        listener = WebhookListener(config.server, intake, limits=limits, guards=guards)
         api.readiness_checks.append(listener.readiness)
     return Controller(
         config,
@@ -207,10 +183,10 @@ def build_controller(config: Config, credentials: CredentialsBackend | None = No
         intake,
         api,
         metrics,
+        auditor,
+        audit_log,
         credentials,
         signing_keys,
-        audit_log,
-        auditor,
         webhook_listener=listener,
         descriptors=descriptors,
         connection_limits=limits,
@@ -309,9 +285,8 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
             await controller.webhook_listener.open()
         if controller.signing_keys is not None:
             controller.background.append(asyncio.create_task(_rotate_keys_periodically(controller.signing_keys)))
-        renew = getattr(controller.credentials, "renew_revoker", None)
-        if renew is not None and getattr(controller.credentials, "can_revoke_by_accessor", False):
-            controller.background.append(asyncio.create_task(_every(3600.0, renew)))
+        if controller.credentials is not None:
+            controller.background.append(asyncio.create_task(_every(3600.0, controller.credentials.maintain)))
         sweep = controller.scheduler.sweep_forever(controller.config.docker.sweep_interval_s)
         controller.background.append(asyncio.create_task(sweep))
         controller.background.append(asyncio.create_task(_summarise_refusals_periodically(controller)))

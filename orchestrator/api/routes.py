@@ -20,7 +20,7 @@ from orchestrator.jobs.views import job_view
 from orchestrator.logs.sse import SseEncoder, parse_last_event_id
 from orchestrator.logs.store import LogStore
 from orchestrator.platform.metrics import CONTENT_TYPE, Metrics
-from orchestrator.runtime.docker_engine import DockerEngine, EngineError
+from orchestrator.runtime.protocol import ContainerRuntime, EngineError
 from orchestrator.scheduling.scheduler import NotCancellableError, Scheduler
 from orchestrator.store.base import JobStore
 
@@ -42,16 +42,16 @@ class Api:
         store: JobStore,
         scheduler: Scheduler,
         logs: LogStore,
-        engine: DockerEngine,
+        engine: ContainerRuntime,
         metrics: Metrics,
         *,
-        auditor: Auditor | None = None,
-        attestations: AttestationStore | None = None,
-        attestation_public_pem: bytes | None = None,
-        audit_log: AuditLog | None = None,
+        auditor: Auditor,
+        attestations: AttestationStore,
+        attestation_public_pem: bytes,
+        audit_log: AuditLog,
     ) -> None:
         self.metrics = metrics
-        self.auditor = auditor or Auditor(None)
+        self.auditor = auditor
         self.attestations = attestations
         self.attestation_public_pem = attestation_public_pem
         self.audit_log = audit_log
@@ -221,20 +221,16 @@ class Api:
         job_id = request.match_info["job_id"]
         if await self.store.get(job_id) is None:
             return _err(404, f"no job {job_id!r}")
-        envelope = self.attestations.read(job_id) if self.attestations else None
+        envelope = self.attestations.read(job_id)
         if envelope is None:
             return _err(404, f"job {job_id!r} has no attestation (yet): it is signed when the job's run ends")
         return web.Response(body=envelope, content_type="application/json")
 
     async def attestation_key(self, request: web.Request) -> web.Response:
-        if self.attestation_public_pem is None:
-            return _err(404, "attestations are not enabled")
         return web.Response(body=self.attestation_public_pem, content_type="application/x-pem-file")
 
     async def audit_head(self, request: web.Request) -> web.Response:
         """What an auditor anchors elsewhere, so a truncated trail is detectable later."""
-        if self.audit_log is None:
-            return _err(404, "audit trail not enabled")
         await asyncio.to_thread(self.auditor.flush)
         return web.json_response({"next_seq": self.audit_log.next_seq, "head": self.audit_log.head})
 

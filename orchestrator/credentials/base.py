@@ -6,7 +6,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from orchestrator.jobs.states import Job
-from orchestrator.runtime.container_spec import SecretFile
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """A value delivered to the job; kept out of reprs so it cannot end up in a log line by accident."""
+
+    name: str
+    value: str = field(repr=False)
+    deliver: str = "file"
 
 
 class CredentialsError(Exception):
@@ -32,4 +40,12 @@ class CredentialsBackend(Protocol):
     async def revoke_accessor(self, accessor: str) -> bool:
         """Crash recovery: revoke credentials known only by their accessor. False when this is not possible
         (no revoker configured) or failed; the credentials' TTL then bounds them."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """Counters for the metrics: calls that failed for good (`errors`) and retries."""
+        ...
+
+    async def maintain(self) -> None:
+        """Runs once an hour (e.g. renewing a token the backend holds). Must not raise: failures are logged."""
         ...

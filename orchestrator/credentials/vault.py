@@ -23,14 +23,13 @@ import requests.exceptions
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from orchestrator.config import Config, VaultConfig
-from orchestrator.credentials.base import CredentialsError, JobCredentials
+from orchestrator.credentials.base import CredentialsError, JobCredentials, SecretFile
 from orchestrator.credentials.claims import JobIdentity
 from orchestrator.credentials.oidc import JobTokenIssuer
 from orchestrator.evidence.audit import accessor_digest
 from orchestrator.evidence.auditor import Auditor
 from orchestrator.jobs.spec import SecretRequest
 from orchestrator.jobs.states import Job
-from orchestrator.runtime.container_spec import SecretFile
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,7 +75,10 @@ def _as_text(value: object) -> str:
 
 
 class VaultCredentials:
-    def __init__(self, config: Config, issuer: JobTokenIssuer) -> None:
+    """The CredentialsBackend of a Vault or OpenBao server (credentials/base.py). `auditor` records every
+    credential issued, denied and revoked."""
+
+    def __init__(self, config: Config, issuer: JobTokenIssuer, auditor: Auditor) -> None:
         if config.credentials is None:
             raise ValueError("VaultCredentials needs [credentials] in the config")
         self.config = config
@@ -84,7 +86,15 @@ class VaultCredentials:
         self.issuer = issuer
         self.retries = 0
         self.errors = 0
-        self.auditor: Auditor = Auditor(None)
+        self.auditor = auditor
+
+    def stats(self) -> dict[str, int]:
+        return {"errors": self.errors, "retries": self.retries}
+
+    async def maintain(self) -> None:
+        """Keeps the revoker token (if one is configured) alive: it is periodic, renewed hourly."""
+        if self.can_revoke_by_accessor:
+            await self.renew_revoker()
 
     # -- plumbing ------------------------------------------------------------------------------------------------
 
@@ -312,7 +322,7 @@ class VaultCredentials:
             return False
 
 
-def build_vault_credentials(config: Config) -> tuple[VaultCredentials, Any]:
+def build_vault_credentials(config: Config, auditor: Auditor) -> tuple[VaultCredentials, Any]:
     """Key store + issuer + backend from config. Returns (backend, signing keys) — the app serves the JWKS."""
     from orchestrator.credentials.oidc import SigningKeys
 
@@ -330,4 +340,4 @@ def build_vault_credentials(config: Config) -> tuple[VaultCredentials, Any]:
     issuer = JobTokenIssuer(
         keys, issuer=config.server.public_url, lifetime_s=oidc.token_lifetime_s, controller_id=config.controller_id
     )
-    return VaultCredentials(config, issuer), keys
+    return VaultCredentials(config, issuer, auditor), keys

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TypedDict
 
 from orchestrator.config import PoolConfig
+from orchestrator.credentials.base import SecretFile
 from orchestrator.jobs.spec import JobSpec
 
 LABEL_PREFIX = "io.runner-orchestrator."
@@ -34,19 +36,55 @@ BOOTSTRAP = (
 )
 
 
-@dataclass(frozen=True)
-class SecretFile:
-    """A value delivered to the job; kept out of reprs so it cannot end up in a log line by accident."""
+class CreateArgs(TypedDict):
+    """What the Engine API's container create takes besides its name and host config (as `docker`'s
+    `APIClient.create_container` names them): the image, the fixed bootstrap, identity, labels, stdin."""
 
-    name: str
-    value: str = field(repr=False)
-    deliver: str = "file"
+    image: str
+    entrypoint: list[str]
+    command: list[str]
+    user: str
+    working_dir: str
+    environment: dict[str, str]
+    labels: dict[str, str]
+    hostname: str
+    stdin_open: bool
+    tty: bool
+    stop_signal: str
+
+
+class HostConfig(TypedDict, total=False):
+    """The container's isolation and limits (`APIClient.create_host_config` arguments). The keys only the
+    unsafe opt-ins set (`pid_mode`, `binds`) and `runtime` are absent unless a pool asks for them."""
+
+    init: bool
+    privileged: bool
+    cap_drop: list[str]
+    cap_add: list[str]
+    security_opt: list[str]
+    read_only: bool
+    tmpfs: dict[str, str]
+    network_mode: str
+    ipc_mode: str
+    pid_mode: str
+    pids_limit: int
+    mem_limit: int
+    memswap_limit: int
+    nano_cpus: int
+    ulimits: list[object]
+    log_config: dict[str, object]
+    binds: list[str]
+    runtime: str
 
 
 @dataclass(frozen=True)
 class ContainerSpec:
+    """Everything the engine is told to create one job's container, split the way the Engine API splits it, so
+    an adapter passes each part as it is."""
+
     name: str
-    create_kwargs: dict[str, object]
+    create: CreateArgs
+    host: HostConfig
 
 
 def container_name(controller_id: str, job_id: str, attempt: int) -> str:
@@ -89,66 +127,65 @@ def build_container_spec(
         "CI_POOL": spec.pool,
         **spec.env,
     }
-    kwargs: dict[str, object] = {
-        "image": pool.image,
-        "entrypoint": ["/bin/sh", "-c", BOOTSTRAP],
-        "command": [],
-        "user": f"{uid}:{gid}",
-        "working_dir": WORKSPACE,
-        "environment": env,
-        "labels": labels_for(spec.pool, pool, controller_id, spec.id, attempt),
-        "hostname": "job",
-        "stdin_open": True,
-        "tty": False,
-        "detach": True,
-        "init": init,
-        "privileged": False,
-        "cap_drop": ["ALL"],
-        "cap_add": [],
-        "security_opt": ["no-new-privileges:true"],
-        "read_only": True,
-        "tmpfs": {
+    create = CreateArgs(
+        image=pool.image,
+        entrypoint=["/bin/sh", "-c", BOOTSTRAP],
+        command=[],
+        user=f"{uid}:{gid}",
+        working_dir=WORKSPACE,
+        environment=env,
+        labels=labels_for(spec.pool, pool, controller_id, spec.id, attempt),
+        hostname="job",
+        stdin_open=True,
+        tty=False,
+        stop_signal="SIGTERM",
+    )
+    host = HostConfig(
+        init=init,
+        privileged=False,
+        cap_drop=["ALL"],
+        cap_add=[],
+        security_opt=["no-new-privileges:true"],
+        read_only=True,
+        tmpfs={
             "/tmp": f"rw,noexec,nosuid,nodev,size={pool.tmp_size},mode=1777",  # noqa: S108 - a path inside the container
             WORKSPACE: f"rw,exec,nosuid,nodev,size={pool.workspace_size},mode=0700,{owner}",
             JOB_DIR: f"rw,noexec,nosuid,nodev,size=8m,mode=0700,{owner}",
             SECRETS_DIR: f"rw,noexec,nosuid,nodev,size=8m,mode=0700,{owner}",
         },
-        "volumes": {},
-        "mounts": [],
-        "network_mode": pool.network,
-        "ipc_mode": "private",
-        "pids_limit": pool.pids,
-        "mem_limit": pool.memory,
-        "memswap_limit": pool.memory,
-        "nano_cpus": round(pool.cpus * 1e9),
-        "ulimits": [],
+        network_mode=pool.network,
+        ipc_mode="private",
+        pids_limit=pool.pids,
+        mem_limit=pool.memory,
+        memswap_limit=pool.memory,
+        nano_cpus=round(pool.cpus * 1e9),
+        ulimits=[],
         # Job output must only ever be stored redacted: Docker's own log driver would write it raw to disk.
-        "log_config": {"type": "none", "config": {}},
-        "stop_signal": "SIGTERM",
-    }
+        log_config={"type": "none", "config": {}},
+    )
     if pool.runtime is not None:
         # e.g. runsc (gVisor): the same options, run on a user-space kernel. It applies the tmpfs options above
         # except nosuid and nodev, which it ignores; tests/integration/test_runsc.py shows what covers for them.
-        kwargs["runtime"] = pool.runtime
-    _apply_unsafe(kwargs, pool)
-    return ContainerSpec(name=container_name(controller_id, spec.id, attempt), create_kwargs=kwargs)
+        host["runtime"] = pool.runtime
+    _apply_unsafe(host, pool)
+    return ContainerSpec(name=container_name(controller_id, spec.id, attempt), create=create, host=host)
 
 
-def _apply_unsafe(kwargs: dict[str, object], pool: PoolConfig) -> None:
+def _apply_unsafe(host: HostConfig, pool: PoolConfig) -> None:
     """Only explicit, audited opt-ins from the pool config ever get past the hardened defaults."""
     unsafe = pool.unsafe
     if unsafe.privileged:
-        kwargs["privileged"] = True
+        host["privileged"] = True
     if unsafe.host_network:
-        kwargs["network_mode"] = "host"
+        host["network_mode"] = "host"
     if unsafe.host_pid:
-        kwargs["pid_mode"] = "host"
+        host["pid_mode"] = "host"
     if unsafe.host_ipc:
-        kwargs["ipc_mode"] = "host"
+        host["ipc_mode"] = "host"
     if unsafe.add_capabilities:
-        kwargs["cap_add"] = list(unsafe.add_capabilities)
+        host["cap_add"] = list(unsafe.add_capabilities)
     if unsafe.host_mounts:
-        kwargs["binds"] = [m if m.count(":") == 2 else m + ":ro" for m in unsafe.host_mounts]
+        host["binds"] = [m if m.count(":") == 2 else m + ":ro" for m in unsafe.host_mounts]
 
 
 def _sh(value: str) -> str:

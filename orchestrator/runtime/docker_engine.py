@@ -14,7 +14,6 @@ import struct
 import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import docker
@@ -34,6 +33,7 @@ from orchestrator.runtime.container_spec import (
     ContainerSpec,
     managed_filters,
 )
+from orchestrator.runtime.protocol import ContainerGoneError, EngineError, ManagedContainer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,26 +41,6 @@ T = TypeVar("T")
 _HEADER = struct.Struct(">BxxxI")
 _RECV_BYTES = 256 * 1024
 _UNREACHABLE = (requests.exceptions.ConnectionError, ConnectionError)
-
-
-class EngineError(Exception):
-    def __init__(self, message: str, *, transient: bool = False, status: int | None = None) -> None:
-        super().__init__(message)
-        self.transient = transient
-        self.status = status
-
-
-class ContainerGoneError(EngineError):
-    """The container no longer exists (removed out from under us, or never created)."""
-
-
-@dataclass(frozen=True)
-class ManagedContainer:
-    id: str
-    name: str
-    job_id: str
-    attempt: int
-    status: str
 
 
 def out_of_descriptors(exc: BaseException) -> bool:
@@ -164,6 +144,8 @@ class AttachedStream:
 
 
 class DockerEngine:
+    """The ContainerRuntime of a Docker engine (runtime/protocol.py)."""
+
     def __init__(
         self,
         base_url: str | None = None,
@@ -235,6 +217,9 @@ class DockerEngine:
             self._client.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    def stats(self) -> dict[str, int]:
+        return {"errors": self.errors, "retries": self.retries}
+
     async def ping(self) -> None:
         await self._call(lambda: self._api().ping(), retry=False)
 
@@ -249,14 +234,9 @@ class DockerEngine:
 
         def _create() -> str:
             api = self._api()
-            kw = dict(spec.create_kwargs)
-            host_config = api.create_host_config(
-                **{k: kw.pop(k) for k in _HOST_CONFIG_KEYS if k in kw},
-            )
-            for unused in ("detach", "volumes", "mounts"):
-                kw.pop(unused, None)
+            host_config = api.create_host_config(**spec.host)
             try:
-                created = api.create_container(name=spec.name, host_config=host_config, **kw)
+                created = api.create_container(name=spec.name, host_config=host_config, **spec.create)
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:
                     raise
@@ -318,25 +298,3 @@ class DockerEngine:
                 )
             )
         return found
-
-
-_HOST_CONFIG_KEYS = (
-    "init",
-    "binds",
-    "pid_mode",
-    "privileged",
-    "cap_drop",
-    "cap_add",
-    "security_opt",
-    "read_only",
-    "tmpfs",
-    "network_mode",
-    "ipc_mode",
-    "pids_limit",
-    "mem_limit",
-    "memswap_limit",
-    "nano_cpus",
-    "ulimits",
-    "log_config",
-    "runtime",
-)

@@ -16,17 +16,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from orchestrator.config import Config, read_pool_secret
-from orchestrator.credentials.base import CredentialsBackend, CredentialsError, JobCredentials
+from orchestrator.credentials.base import CredentialsBackend, CredentialsError, JobCredentials, SecretFile
 from orchestrator.evidence.attestation import JobFacts, sha256_file
 from orchestrator.evidence.attestation_store import AttestationStore
 from orchestrator.evidence.canonical import canonical_json
+from orchestrator.jobs.events import JobEvents
 from orchestrator.jobs.states import Job, JobState, exit_reason, state_for_exit, transition
 from orchestrator.logs.redact import SecretSet, SecretTooShortError, StreamRedactor
 from orchestrator.logs.store import JobLog, LogStore
 from orchestrator.logs.timestamps import LineTimestamper
-from orchestrator.platform.metrics import Metrics
-from orchestrator.runtime.container_spec import SecretFile, build_container_spec, job_script, stdin_payload
-from orchestrator.runtime.docker_engine import AttachedStream, DockerEngine, EngineError
+from orchestrator.runtime.container_spec import build_container_spec, job_script, stdin_payload
+from orchestrator.runtime.protocol import ContainerRuntime, EngineError, OutputStream
 from orchestrator.store.base import JobStore
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class _Attempt:
     redactor: StreamRedactor | None = None
     creds: JobCredentials | None = None
     container_id: str | None = None
-    stream: AttachedStream | None = None
+    stream: OutputStream | None = None
     stamper: LineTimestamper | None = None
     image_id: str = ""
     pump: _OutputPump | None = None
@@ -66,33 +66,36 @@ class RunControl:
 
 
 class JobRunner:
+    """Runs one job at a time per call to `run`, on whatever ContainerRuntime it is given. `credentials` is None
+    when no backend is configured (jobs asking for secrets are then refused at intake); `attestations` None
+    when no key is configured to sign them."""
+
     def __init__(
         self,
         config: Config,
         store: JobStore,
-        engine: DockerEngine,
+        engine: ContainerRuntime,
         logs: LogStore,
+        events: JobEvents,
+        *,
         credentials: CredentialsBackend | None = None,
-        clock: Callable[[], float] = time.time,
-        on_change: Callable[[Job], None] | None = None,
-        metrics: Metrics | None = None,
         attestations: AttestationStore | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.metrics = metrics
-        self.attestations = attestations
         self.config = config
         self.store = store
         self.engine = engine
         self.logs = logs
+        self.events = events
         self.credentials = credentials
+        self.attestations = attestations
         self.clock = clock
-        self.on_change = on_change or (lambda job: None)
 
     async def _move(self, job: Job, new: JobState, **fields: object) -> Job:
         moved = transition(job, new, now=self.clock(), **fields)  # type: ignore[arg-type]
         if not await self.store.update(moved, expected=job.state):
             raise JobLostError(job.id)
-        self.on_change(moved)
+        self.events.state_changed(moved)
         return moved
 
     async def _save(self, job: Job, **fields: object) -> Job:
@@ -179,8 +182,7 @@ class JobRunner:
         pump = _OutputPump(at, at.redactor, self.clock)
         pump.start(at.stream)
         at.job = await self._move(at.job, JobState.RUNNING)
-        if self.metrics is not None and at.job.started_at is not None:
-            self.metrics.start_latency.labels(at.job.pool).observe(max(at.job.started_at - at.job.created_at, 0))
+        self.events.started(at.job)
         return await self._supervise(at, at.container_id, at.stream, pump, control)
 
     async def _pool_secrets(self, pool: str, secrets: SecretSet) -> list[SecretFile]:
@@ -200,7 +202,7 @@ class JobRunner:
         self,
         at: _Attempt,
         container_id: str,
-        stream: AttachedStream,
+        stream: OutputStream,
         pump: _OutputPump,
         control: RunControl,
     ) -> tuple[JobState, str | None, int | None]:
@@ -253,7 +255,7 @@ class JobRunner:
                     raise
         return None
 
-    async def _stop(self, container_id: str, stream: AttachedStream, pumped: asyncio.Future[None]) -> None:
+    async def _stop(self, container_id: str, stream: OutputStream, pumped: asyncio.Future[None]) -> None:
         await self.engine.stop(container_id, self.config.docker.stop_grace_s)
         # Output written before the kill is still in flight; give the reader a moment to store it.
         with contextlib.suppress(Exception):
@@ -277,8 +279,7 @@ class JobRunner:
         if at.container_id is not None:
             began = time.monotonic()
             await self._remove(job.id, at.container_id)
-            if self.metrics is not None:
-                self.metrics.teardown.observe(time.monotonic() - began)
+            self.events.torn_down(job, time.monotonic() - began)
         if at.creds is not None and self.credentials is not None:
             await self.credentials.release(at.creds)
         # The log is closed and the attestation signed before the final state is stored, so whoever sees the
@@ -297,7 +298,7 @@ class JobRunner:
         try:
             await self.attest(ended, image_id)
             if await self.store.update(ended, expected=job.state):
-                self.on_change(ended)
+                self.events.state_changed(ended)
                 return ended
             return None
         finally:
@@ -394,7 +395,7 @@ class _OutputPump:
         with self._lock:
             self._at.store(data, self._clock())
 
-    def start(self, stream: AttachedStream) -> None:
+    def start(self, stream: OutputStream) -> None:
         loop, done = self._loop, self.done
 
         def run() -> None:

@@ -7,10 +7,9 @@ once, before any job is accepted.
 from __future__ import annotations
 
 import logging
-from typing import Protocol
 
 from orchestrator.config import Config
-from orchestrator.runtime.docker_engine import EngineError
+from orchestrator.runtime.protocol import ContainerRuntime, EngineError
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +19,7 @@ class RuntimeUnavailableError(OSError):
     `orchestrator serve` reports it in one line, like a port it cannot bind (see WorkerStartError)."""
 
 
-class _Engine(Protocol):
-    async def runtimes(self, *, retry: bool = ...) -> dict[str, list[str]]: ...
-
-
-async def check_pool_runtimes(config: Config, engine: _Engine) -> None:
+async def check_pool_runtimes(config: Config, engine: ContainerRuntime) -> None:
     """Raises RuntimeUnavailableError naming each pool whose runtime the engine does not offer. When the engine
     cannot be asked, the controller starts anyway (as it does without Docker) and says so: such a pool's jobs
     then end in `error` with Docker's own reason."""

@@ -14,10 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from orchestrator.config import Config
+from orchestrator.credentials.base import CredentialsBackend
 from orchestrator.evidence.auditor import Auditor
+from orchestrator.jobs.events import JobEvents
+from orchestrator.jobs.refusal import Refusal
 from orchestrator.jobs.states import Job, JobState, transition
-from orchestrator.runtime.docker_engine import DockerEngine, EngineError
 from orchestrator.runtime.job_runner import JobRunner, RunControl
+from orchestrator.runtime.protocol import ContainerRuntime, EngineError
 from orchestrator.store.base import JobStore
 
 log = logging.getLogger(__name__)
@@ -43,26 +46,35 @@ class _Running:
 
 
 class Scheduler:
+    """Decides when jobs start; `runner` runs them on `engine`. `credentials` (None: no backend configured) is
+    what reconciliation revokes interrupted jobs' tokens with; `events` hears of every state change it makes."""
+
     def __init__(
         self,
         config: Config,
         store: JobStore,
-        engine: DockerEngine,
+        engine: ContainerRuntime,
         runner: JobRunner,
+        events: JobEvents,
+        auditor: Auditor,
+        *,
+        credentials: CredentialsBackend | None = None,
         clock: Callable[[], float] = time.time,
-        auditor: Auditor | None = None,
     ) -> None:
-        self.auditor = auditor or Auditor(None)
+        self.auditor = auditor
         self.config = config
         self.store = store
         self.engine = engine
         self.runner = runner
+        self.events = events
+        self.credentials = credentials
         self.clock = clock
         self._queues: dict[str, deque[Job]] = {name: deque() for name in config.pools}
         self._running: dict[str, _Running] = {}
         self._running_per_pool: dict[str, int] = dict.fromkeys(config.pools, 0)
         self._reserved: dict[str, int] = {}
         self._accepting = True
+        self._next_pool = 0  # index into the pools: where the next dispatch pass begins
 
     # -- queries -------------------------------------------------------------------------------------------
 
@@ -87,6 +99,31 @@ class Scheduler:
 
     def release(self, pool: str) -> None:
         self._reserved[pool] -= 1
+
+    async def admit(self, job: Job, on_stored: Callable[[Job, bool], None]) -> tuple[Job, bool]:
+        """Takes a new job in: the stored job and whether this call created it (False: a redelivery of one already
+        stored under its id, which is not queued again). The order is the rule, kept here alone: a queue slot is
+        held while the store commits, so concurrent admissions cannot overshoot the limits, and given back whether
+        the commit succeeds or fails; `on_stored(stored, created)` (the caller's record of the delivery) runs once
+        the job is durably stored and before it is queued, so nothing is acknowledged, recorded or run before it
+        is stored; and a redelivery is answered even when the queue is full. Raises Refusal("queue_full") for a
+        job not stored yet when there is no slot (nothing is stored then)."""
+        try:
+            self.reserve(job.pool)
+        except QueueFullError as exc:
+            existing = await self.store.get(job.id)
+            if existing is None:
+                raise Refusal("queue_full", str(exc)) from None
+            on_stored(existing, False)
+            return existing, False
+        try:
+            stored, created = await self.store.create(job)
+        finally:
+            self.release(job.pool)
+        on_stored(stored, created)
+        if created:
+            self.submit(stored)
+        return stored, created
 
     def pool_stats(self) -> dict[str, tuple[int, int]]:
         return {name: (len(q), self._running_per_pool[name]) for name, q in self._queues.items()}
@@ -170,7 +207,7 @@ class Scheduler:
                 log.warning("container sweep skipped: docker unavailable", extra={"error": str(exc)})
 
     async def _revoke_leftover_credentials(self, job: Job) -> None:
-        backend = self.runner.credentials
+        backend = self.credentials
         accessor = job.credentials_accessor
         if accessor is None:
             return
@@ -189,7 +226,7 @@ class Scheduler:
     async def _settle(self, job: Job, new: JobState, reason: str) -> Job | None:
         moved = transition(job, new, now=self.clock(), reason=reason)
         if await self.store.update(moved, expected=job.state):
-            self.runner.on_change(moved)
+            self.events.state_changed(moved)
             return moved
         return None
 
@@ -198,17 +235,24 @@ class Scheduler:
         self._dispatch()
 
     def _dispatch(self) -> None:
+        """Starts what the limits allow: FIFO within a pool, and the pools in turn, each pass beginning with the
+        pool after the one that got the last slot, so under the controller-wide limit a pool early in the config
+        cannot take every slot that frees up while the others wait."""
         if not self._accepting:
             return
+        pools = list(self._queues)
         started = True
         while started and len(self._running) < self.config.max_total_concurrent:
             started = False
-            for name, queue in self._queues.items():
+            first = self._next_pool % len(pools)
+            for index in (*range(first, len(pools)), *range(first)):
+                name, queue = pools[index], self._queues[pools[index]]
                 if not queue or self._running_per_pool[name] >= self.config.pools[name].max_concurrent:
                     continue
                 if len(self._running) >= self.config.max_total_concurrent:
                     break
                 self._start(queue.popleft())
+                self._next_pool = index + 1
                 started = True
 
     def _start(self, job: Job) -> None:

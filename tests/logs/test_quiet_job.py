@@ -18,6 +18,8 @@ from orchestrator.jobs.states import JobState
 from orchestrator.logs.redact import DEFAULT_MASK, SecretSet, StreamRedactor
 from orchestrator.runtime.job_runner import JobRunner, RunControl, _OutputPump
 
+from fakes import RecordingEvents
+
 SECRET = b"s3cr3t-Value_42-fake"
 PREFIX, REST = SECRET[:15], SECRET[15:]
 
@@ -63,7 +65,7 @@ def supervised(stream: PausingStream, stored: list[bytes]) -> tuple[JobRunner, _
     )
     # A config that still sets the deprecated idle flush, short: it must have no effect.
     config: Any = SimpleNamespace(logs=SimpleNamespace(idle_flush_s=0.05), docker=SimpleNamespace(stop_grace_s=1))
-    runner = JobRunner(config, store=None, engine=Engine(stream), logs=None)  # type: ignore[arg-type]
+    runner = JobRunner(config, store=None, engine=Engine(stream), logs=None, events=RecordingEvents())  # type: ignore[arg-type]
     pump = _OutputPump(at, StreamRedactor(secrets), time.time)
     pump.start(stream)  # type: ignore[arg-type]
     return runner, pump, at, RunControl(cancel=asyncio.Event())

@@ -29,6 +29,8 @@ from orchestrator.runtime.container_spec import (
     LABEL_PREFIX,
     SECRETS_DIR,
     WORKSPACE,
+    CreateArgs,
+    HostConfig,
     SecretFile,
     build_container_spec,
     container_name,
@@ -63,8 +65,17 @@ def pool(**overrides: Any) -> PoolConfig:
 
 
 def kwargs(job: JobSpec | None = None, p: PoolConfig | None = None, **kw: Any) -> dict[str, Any]:
+    """Every option the engine is given, create arguments and host config together."""
     cs = build_container_spec(job or spec(), p or pool(), controller_id=kw.pop("controller_id", "ctl-1"), **kw)
-    return dict(cs.create_kwargs)
+    return {**cs.create, **cs.host}
+
+
+def test_options_are_split_the_way_the_engine_api_takes_them() -> None:
+    cs = build_container_spec(spec(), pool(unsafe={"host_mounts": ["/srv/x:/x"], "host_pid": True}), controller_id="c")
+    assert set(cs.create) == set(CreateArgs.__annotations__)
+    assert set(cs.host) <= set(HostConfig.__annotations__)
+    assert not set(cs.create) & set(cs.host)
+    assert {"binds", "pid_mode"} <= set(cs.host)
 
 
 # --- hardening defaults ---------------------------------------------------------------------------
@@ -72,7 +83,7 @@ def kwargs(job: JobSpec | None = None, p: PoolConfig | None = None, **kw: Any) -
 
 def test_identity_and_entrypoint() -> None:
     cs = build_container_spec(spec(), pool(), controller_id="ctl-1")
-    kw = cs.create_kwargs
+    kw = kwargs()
     assert cs.name == "orch-ctl-1-job-42-a1"
     assert kw["image"] == "runner:test"
     assert kw["entrypoint"] == ["/bin/sh", "-c", BOOTSTRAP]
@@ -81,7 +92,6 @@ def test_identity_and_entrypoint() -> None:
     assert kw["hostname"] == "job"
     assert kw["stdin_open"] is True
     assert kw["tty"] is False
-    assert kw["detach"] is True
     assert kw["init"] is True
     assert kw["stop_signal"] == "SIGTERM"
 
@@ -104,9 +114,10 @@ def test_privileges_dropped() -> None:
 
 def test_no_host_mounts_and_no_forbidden_options() -> None:
     kw = kwargs()
-    assert kw["volumes"] == {}
-    assert kw["mounts"] == []
-    for dangerous in ("devices", "device_requests", "pid_mode", "userns_mode", "cgroupns", "volumes_from", "binds"):
+    for dangerous in (
+        *("devices", "device_requests", "pid_mode", "userns_mode", "cgroupns", "volumes_from", "binds"),
+        *("volumes", "mounts"),
+    ):
         assert dangerous not in kw, dangerous
     assert "network_mode" in kw
     assert "network" not in kw
@@ -161,14 +172,24 @@ def test_engine_default_runtime_unless_the_pool_names_one() -> None:
 
 
 def test_runtime_goes_into_the_host_config() -> None:
-    from docker.types import HostConfig
+    import docker.types
 
-    from orchestrator.runtime.docker_engine import _HOST_CONFIG_KEYS
+    cs = build_container_spec(spec(), pool(runtime="runsc"), controller_id="c")
+    assert docker.types.HostConfig(version="1.41", **cs.host)["Runtime"] == "runsc"
+    assert "runtime" not in cs.create  # not a create_container argument
 
-    kw = kwargs(p=pool(runtime="runsc"))
-    host = HostConfig(version="1.41", **{k: kw.pop(k) for k in _HOST_CONFIG_KEYS if k in kw})
-    assert host["Runtime"] == "runsc"
-    assert "runtime" not in kw  # not a create_container argument
+
+def test_the_docker_sdk_takes_every_option_as_given() -> None:
+    """What DockerEngine.create passes on unchanged: the SDK must accept each key where it is put."""
+    import docker.types
+
+    cs = build_container_spec(
+        spec(), pool(runtime="runsc", unsafe={"host_mounts": ["/srv/x:/x"], "host_pid": True}), controller_id="c"
+    )
+    host = docker.types.HostConfig(version="1.41", **cs.host)
+    assert host["Binds"] == ["/srv/x:/x:ro"] and host["PidMode"] == "host" and host["ReadonlyRootfs"] is True
+    config = docker.types.ContainerConfig(version="1.41", **cs.create)
+    assert config["Image"] == "runner:test" and config["OpenStdin"] is True
 
 
 @pytest.mark.parametrize("name", ["runsc", "runsc-kvm", "io.containerd.runc.v2", "nvidia", "kata_1"])
@@ -276,7 +297,7 @@ def test_managed_filters() -> None:
 # --- nothing secret in the create arguments -------------------------------------------------------
 
 
-def test_commands_and_secrets_never_in_create_kwargs() -> None:
+def test_commands_and_secrets_never_in_the_create_arguments() -> None:
     job = spec(
         commands=[f"echo {CMD_MARKER}", f"curl -H 'X: {CMD_MARKER}2' https://x"],
         secrets=[

@@ -19,6 +19,13 @@ from orchestrator.runtime.container_spec import build_container_spec
 
 SPEC = JobSpec(id="j1", pool="p", repository="o/r", ref="main", sha="abcdef1", commands=["true"])
 
+
+def options(pool: PoolConfig) -> dict[str, Any]:
+    """Every option the engine is given for a job of `pool`, create arguments and host config together."""
+    cs = build_container_spec(SPEC, pool, controller_id="c")
+    return {**cs.create, **cs.host}
+
+
 pool_fields = st.fixed_dictionaries(
     {},
     optional={
@@ -38,13 +45,13 @@ pool_fields = st.fixed_dictionaries(
 @given(pool_fields)
 def test_no_pool_config_without_opt_ins_weakens_isolation(fields: dict[str, Any]) -> None:
     pool = PoolConfig(image="img", **fields)
-    kw = build_container_spec(SPEC, pool, controller_id="c").create_kwargs
+    kw = options(pool)
     assert kw["privileged"] is False
     assert kw["network_mode"] not in ("host",) and not str(kw["network_mode"]).startswith("container:")
     assert kw.get("pid_mode") is None
     assert kw["ipc_mode"] == "private"
     assert kw["cap_drop"] == ["ALL"] and kw["cap_add"] == []
-    assert "binds" not in kw and kw["volumes"] == {} and kw["mounts"] == []
+    assert not {"binds", "volumes", "mounts"} & set(kw)
     assert kw["read_only"] is True
     assert "no-new-privileges:true" in kw["security_opt"]  # type: ignore[operator]
     assert not str(kw["user"]).startswith("0")
@@ -83,7 +90,7 @@ def test_each_opt_in_applies_and_warns() -> None:
             "host_mounts": ["/srv/cache:/cache", "/srv/out:/out:rw"],
         },
     )
-    kw = build_container_spec(SPEC, pool, controller_id="c").create_kwargs
+    kw = options(pool)
     assert kw["privileged"] is True and kw["network_mode"] == "host"
     assert kw["pid_mode"] == "host" and kw["ipc_mode"] == "host"
     assert kw["cap_add"] == ["NET_ADMIN", "SYS_PTRACE"]
@@ -121,7 +128,7 @@ def test_unknown_capability_names_are_refused(cap: str) -> None:
 def test_capabilities_are_normalized_before_docker_sees_them() -> None:
     pool = PoolConfig(image="img", unsafe={"add_capabilities": ["cap_net_admin", " SYS_PTRACE", "CAP_NET_ADMIN"]})
     assert pool.unsafe.add_capabilities == ["NET_ADMIN", "SYS_PTRACE"]
-    assert build_container_spec(SPEC, pool, controller_id="c").create_kwargs["cap_add"] == ["NET_ADMIN", "SYS_PTRACE"]
+    assert options(pool)["cap_add"] == ["NET_ADMIN", "SYS_PTRACE"]
 
 
 @pytest.mark.parametrize(
