@@ -7,7 +7,7 @@ What it drives, in process (no HTTP, no Docker, no store), chosen by the first i
   1. a delivery signed with the key over an arbitrary delivery id, timestamp skew and body: it verifies exactly
      when the skew is within the tolerance, and the same signature over a body with one byte changed never does.
   2. ``parse_spec`` + ``check_admissible`` on a job spec whose fields the fuzzer replaces with arbitrary JSON
-     (any type, any code points, lone surrogates included), and on raw bytes: they return or raise Rejected
+     (any type, any code points, lone surrogates included), and on raw bytes: they return or raise Refusal
      with a 4xx; a spec they accept survives what the controller does with it next (``model_dump_json`` for the
      store, ``LogStore.path`` for its log file).  Before dcd427b this found the lone-surrogate 500 (a spec the
      store could not serialise) within seconds; job ids ``.``/``..`` (refused by the log store) were the other.
@@ -33,9 +33,10 @@ import atheris
 # the editable install's custom loader defeats atheris' loader override: hook the plain import path instead
 with atheris.instrument_imports(include=["orchestrator"], enable_loader_override=False):
     from orchestrator.config import Config
-    from orchestrator.intake.receive import Rejected
+    from orchestrator.intake.answers import REFUSALS
     from orchestrator.intake.signatures import SCHEMES, TIMESTAMP_TOLERANCE_S, SignatureError, sign, verify
-    from orchestrator.intake.webhooks import check_admissible, parse_spec
+    from orchestrator.jobs.admission import check_admissible, parse_spec
+    from orchestrator.jobs.refusal import Refusal
     from orchestrator.logs.store import LogStore
 
 KEY = b"atheris-fuzz-key-0123456789abcdef"
@@ -186,8 +187,8 @@ def fuzz_spec(fdp: atheris.FuzzedDataProvider) -> None:
     try:
         spec_obj = parse_spec(body)
         timeout = check_admissible(spec_obj, CONFIG, credentials_configured=False)
-    except Rejected as rej:
-        assert 400 <= rej.status < 500 and rej.reason, rej
+    except Refusal as rej:
+        assert 400 <= REFUSALS[rej.reason].status < 500 and rej.reason, rej
         return
     assert 1 <= timeout <= CONFIG.pools["default"].max_timeout_s
     spec_obj.model_dump_json()  # what the store writes

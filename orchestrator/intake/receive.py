@@ -13,6 +13,7 @@ import aiohttp
 from aiohttp import web
 
 from orchestrator.intake.signatures import SignatureError, verify
+from orchestrator.jobs.refusal import Refusal
 
 
 @dataclass(frozen=True)
@@ -22,31 +23,20 @@ class WebhookSource:
     secrets: tuple[bytes, ...]
 
 
-class Rejected(Exception):
-    def __init__(self, status: int, reason: str, message: str, **extra: object) -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
-        self.message = message
-        self.extra = extra
-
-
 async def read_capped(request: web.Request, cap: int) -> bytes:
     """Reads at most `cap` bytes; a declared or actual larger body is refused without reading the rest.
     Compressed bodies are refused: the signature covers the bytes as sent, and inflating them first would be
     a decompression-bomb risk for no benefit."""
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
-        raise Rejected(
-            415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not accepted; send the body as is"
-        )
+        raise Refusal("unsupported_encoding", f"Content-Encoding {encoding!r} is not accepted; send the body as is")
     declared = request.content_length
     if declared is not None and declared > cap:
-        raise Rejected(413, "body_too_large", f"body of {declared} bytes exceeds the limit of {cap} bytes")
+        raise Refusal("body_too_large", f"body of {declared} bytes exceeds the limit of {cap} bytes")
     if request.content.is_eof():  # all of it is already buffered (the usual case): take it in one piece
         body = request.content.read_nowait()
         if len(body) > cap:
-            raise Rejected(413, "body_too_large", f"body exceeds the limit of {cap} bytes")
+            raise Refusal("body_too_large", f"body exceeds the limit of {cap} bytes")
         return body
     chunks: list[bytes] = []
     size = 0
@@ -56,13 +46,13 @@ async def read_capped(request: web.Request, cap: int) -> bytes:
         except web.HTTPException:
             raise
         except (aiohttp.ClientPayloadError, web.RequestPayloadError, ConnectionError) as exc:
-            raise Rejected(400, "unreadable_body", f"body could not be read: {type(exc).__name__}") from None
+            raise Refusal("unreadable_body", f"body could not be read: {type(exc).__name__}") from None
         if not chunk:
             break
         chunks.append(chunk)
         size += len(chunk)
         if size > cap:
-            raise Rejected(413, "body_too_large", f"body exceeds the limit of {cap} bytes")
+            raise Refusal("body_too_large", f"body exceeds the limit of {cap} bytes")
     return b"".join(chunks)
 
 
@@ -70,7 +60,7 @@ async def authenticate(
     request: web.Request, sources: Mapping[str, WebhookSource], name: str, max_body_bytes: int, body_timeout_s: float
 ) -> tuple[str | None, bytes]:
     """The raw body, read within its size and time limits, and the delivery id its valid signature for source
-    `name` vouches for. Shared by the controller's own listener and the intake worker processes. Raises Rejected.
+    `name` vouches for. Shared by the controller's own listener and the intake worker processes. Raises Refusal.
 
     The body is read before the source is looked up: a refusal that leaves the body unread closes the connection
     (or not, depending on whether the body had fully arrived), and an unknown source is no reason to lose the
@@ -82,23 +72,12 @@ async def authenticate(
             async with asyncio.timeout(body_timeout_s):
                 body = await read_capped(request, max_body_bytes)
     except TimeoutError:
-        raise Rejected(408, "body_timeout", f"body not received within {body_timeout_s:g} s") from None
+        raise Refusal("body_timeout", f"body not received within {body_timeout_s:g} s") from None
     source = sources.get(name)
     if source is None:
-        raise Rejected(404, "unknown_source", f"unknown webhook source {name!r}")
+        raise Refusal("unknown_source", f"unknown webhook source {name!r}")
     try:
         delivery = verify(source.scheme, source.secrets, request.headers, body, time.time())
     except SignatureError as exc:
-        raise Rejected(401, exc.reason, exc.message) from None
+        raise Refusal(exc.reason, exc.message) from None
     return delivery, body
-
-
-def error_response(rej: Rejected) -> web.Response:
-    """A refusal as sent: JSON error, and the connection closed after a body that was not read (408, 413, 415),
-    always rather than only when the rest of the body happens to arrive late."""
-    resp = web.json_response({"error": rej.message, "reason": rej.reason, **rej.extra}, status=rej.status)
-    if rej.status in (408, 413, 415):
-        resp.force_close()
-    if rej.status in (429, 503):
-        resp.headers["Retry-After"] = "30"
-    return resp

@@ -10,7 +10,8 @@ Frames (the header's "t"):
 - "hello"     controller → worker, first frame: the webhook sources (secrets base64) and the body limits.
 - "ready"     worker → controller: its listener is serving.
 - "delivery"  worker → controller: an authenticated delivery (id, source, delivery, remote; body = raw body).
-- "answer"    controller → worker: what to send back for delivery `id` (status, retry_after, close; body).
+- "answer"    controller → worker: what to send back for delivery `id` (status, retry_after, close; body): an
+              `intake.answers.Answer`, as data, which the worker sends as the response the controller would.
 - "rejected"  worker → controller: a delivery the worker refused itself (source, remote, status, reason), so
               the controller counts, audits and logs it like one it refused.
 """

@@ -27,10 +27,10 @@ from aiohttp import web
 
 from orchestrator.config import ServerConfig
 from orchestrator.intake import relay
-from orchestrator.intake.receive import Rejected
-from orchestrator.intake.webhooks import WebhookIntake
+from orchestrator.intake.answers import INTERNAL_ERROR
+from orchestrator.intake.webhooks import WebhookIntake, answer
+from orchestrator.jobs.refusal import Refusal
 from orchestrator.platform.connections import ConnectionGuard, ConnectionLimits
-from orchestrator.platform.metrics import Metrics
 from orchestrator.platform.serving import Network, app_runner, listening_socket, proxy_middlewares, serve_socket
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,6 @@ class WebhookListener:
         self,
         server: ServerConfig,
         intake: WebhookIntake,
-        metrics: Metrics | None = None,
         *,
         limits: ConnectionLimits | None = None,
         guards: dict[str, ConnectionGuard] | None = None,
@@ -85,7 +84,6 @@ class WebhookListener:
         self.requested_port = server.webhook_port
         self.workers_wanted = server.intake_workers
         self.intake = intake
-        self.metrics = metrics
         self.port = 0
         self.sock: socket.socket | None = None
         self.runner: web.AppRunner | None = None
@@ -227,8 +225,7 @@ class WebhookListener:
             if self.stopping:
                 return
             self.restarts += 1
-            if self.metrics is not None:
-                self.metrics.intake_worker_restarts.inc()
+            self.intake.metrics.intake_worker_restarts.inc()
             log.error(
                 "intake worker exited; starting it again",
                 extra={"slot": worker.slot, "exit_code": code, "ran_s": round(ran, 1), "after_s": backoff},
@@ -282,29 +279,24 @@ class WebhookListener:
     async def _answer(
         self, worker: _Worker, rid: int, source: str, delivery: str | None, remote: str | None, body: bytes
     ) -> None:
-        """The product's own accept path, answered over the link instead of HTTP."""
+        """The product's own accept path, answered over the link instead of HTTP: the answer travels as data
+        (status, body, retry_after, close), which the worker sends as the same response this port would."""
         intake = self.intake
         if not self.opened.is_set():  # relayed before the scheduler was ready: held, not refused
             await self.opened.wait()
         try:
             if source not in intake.sources:
-                raise Rejected(404, "unknown_source", f"unknown webhook source {source!r}")
+                raise Refusal("unknown_source", f"unknown webhook source {source!r}")
             if not intake.accepting or self.stopping:
-                raise Rejected(503, "shutting_down", "controller is shutting down; retry later")
-            response = await intake.accept(source, delivery, remote, body)
-        except Rejected as rej:
-            response = intake.rejected(source, remote, rej)
+                raise Refusal("shutting_down", "controller is shutting down; retry later")
+            reply = answer(await intake.accept(source, delivery, remote, body))
+        except Refusal as refusal:
+            reply = intake.rejected(source, remote, refusal)
         except Exception:
             log.exception("webhook from an intake worker failed", extra={"source": source, "delivery": delivery})
-            response = web.json_response({"error": "internal error", "reason": "internal_error"}, status=500)
-        answer = response.body
-        assert isinstance(answer, bytes) and worker.link is not None
-        out: dict[str, object] = {"t": "answer", "id": rid, "status": response.status}
-        if "Retry-After" in response.headers:
-            out["retry_after"] = response.headers["Retry-After"]
-        if response.keep_alive is False:
-            out["close"] = True
-        worker.link.send(out, answer)
+            reply = INTERNAL_ERROR
+        assert worker.link is not None
+        worker.link.send(reply.header(rid), reply.body)
 
     # -- stop ------------------------------------------------------------------------------------------------------
 

@@ -24,14 +24,16 @@ from typing import Any
 from aiohttp import web
 
 from orchestrator.intake import relay
-from orchestrator.intake.receive import Rejected, WebhookSource, authenticate, error_response
+from orchestrator.intake.answers import Answer, error_response, refusal_answer
+from orchestrator.intake.receive import WebhookSource, authenticate
+from orchestrator.jobs.refusal import Refusal
 from orchestrator.platform import structured_logs
 from orchestrator.platform.connections import WORKER_RESERVE, ConnectionLimits, plan_descriptors, raise_descriptor_limit
 from orchestrator.platform.serving import Network, app_runner, proxy_middlewares, serve_socket
 
 log = logging.getLogger("orchestrator.intake.worker")  # not __main__: it runs with -m
 
-_UNAVAILABLE = Rejected(503, "controller_unavailable", "the controller is not reachable; retry later")
+_UNAVAILABLE = Refusal("controller_unavailable", "the controller is not reachable; retry later")
 
 
 class ControllerLink:
@@ -47,7 +49,7 @@ class ControllerLink:
     def _on_frame(self, header: dict[str, Any], body: bytes) -> None:
         if header["t"] == "answer":
             try:
-                rid, response = relay.field(header, "id", int), _response(header, body)
+                rid, response = relay.field(header, "id", int), Answer.from_frame(header, body).response()
             except relay.RelayError as exc:
                 self.frames.close(exc)
                 return
@@ -83,21 +85,9 @@ class ControllerLink:
         self.frames.send({"t": "delivery", "id": rid, "source": source, "delivery": delivery, "remote": remote}, body)
         return await answer
 
-    def report(self, source: str, remote: str | None, rej: Rejected) -> None:
-        header = {"t": "rejected", "source": source, "remote": remote, "status": rej.status, "reason": rej.reason}
+    def report(self, source: str, remote: str | None, reason: str, status: int) -> None:
+        header = {"t": "rejected", "source": source, "remote": remote, "status": status, "reason": reason}
         self.frames.send(header)
-
-
-def _response(header: dict[str, Any], body: bytes) -> web.Response:
-    resp = web.Response(
-        body=body, status=relay.field(header, "status", int), content_type="application/json", charset="utf-8"
-    )
-    retry_after = header.get("retry_after")
-    if isinstance(retry_after, str):
-        resp.headers["Retry-After"] = retry_after
-    if header.get("close") is True:
-        resp.force_close()
-    return resp
 
 
 def sources_from_hello(hello: dict[str, Any]) -> dict[str, WebhookSource]:
@@ -119,9 +109,10 @@ def build_worker_app(
         name = request.match_info["source"]
         try:
             delivery, body = await authenticate(request, sources, name, max_body, body_timeout_s)
-        except Rejected as rej:
-            link.report(name, request.remote, rej)
-            return error_response(rej)
+        except Refusal as refusal:
+            answer = refusal_answer(refusal)
+            link.report(name, request.remote, refusal.reason, answer.status)
+            return answer.response()
         return await link.forward(name, delivery, request.remote, body)
 
     async def healthz(request: web.Request) -> web.Response:

@@ -14,8 +14,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_fuzz_webhooks import DEEP, SHAPES, make_hostile, nesting_depth
 
-from orchestrator.intake.receive import Rejected
-from orchestrator.intake.webhooks import _parse_spec_slowly, _queued, parse_spec
+from orchestrator.intake.answers import REFUSALS
+from orchestrator.intake.webhooks import _queued
+from orchestrator.jobs.admission import _parse_spec_slowly, parse_spec
+from orchestrator.jobs.refusal import Refusal
 from orchestrator.jobs.spec import JOB_ID_PATTERN, JobSpec
 from orchestrator.jobs.states import JobState, new_job
 
@@ -23,9 +25,10 @@ from orchestrator.jobs.states import JobState, new_job
 def outcome(parse: object, body: bytes) -> tuple[object, ...]:
     try:
         spec = parse(body)  # type: ignore[operator]
-    except Rejected as rej:
-        fields = [f["field"] for f in rej.extra.get("fields", [])]  # type: ignore[attr-defined]
-        return ("rejected", rej.status, rej.reason, rej.message if rej.status == 400 else None, fields)
+    except Refusal as rej:
+        fields = [f["field"] for f in rej.fields or []]
+        status = REFUSALS[rej.reason].status
+        return ("rejected", status, rej.reason, rej.message if status == 400 else None, fields)
     assert isinstance(spec, JobSpec)
     return ("ok", spec)
 
@@ -75,7 +78,7 @@ def test_queued_body_is_exactly_what_json_dumps_gives(job_id: str, state: JobSta
         {"id": job_id, "pool": "p", "repository": "r", "ref": "main", "sha": "abcdef0", "commands": ["true"]}
     )
     job = dataclasses.replace(new_job(spec, source="s", controller_id="c", timeout_s=1, now=1.0), state=state)
-    response = _queued(job)
+    response = _queued(job).response()
     assert response.status == 202
     assert response.content_type == "application/json" and response.charset == "utf-8"
     assert response.body == json.dumps({"job_id": job_id, "status": state.value}).encode()
@@ -107,9 +110,9 @@ SPEC_TEXT = '"version": 1, "id": "a", "pool": "default", "repository": "r", "ref
 def test_a_key_twice_in_one_object_is_refused_on_both_paths(text: str, key: str, encoding: str) -> None:
     body = text.encode(encoding)
     for parse in (parse_spec, _parse_spec_slowly):
-        with pytest.raises(Rejected) as caught:
+        with pytest.raises(Refusal) as caught:
             parse(body)
-        assert (caught.value.status, caught.value.reason) == (400, "duplicate_key")
+        assert (REFUSALS[caught.value.reason].status, caught.value.reason) == (400, "duplicate_key")
         assert f"{key!r} twice" in caught.value.message
 
 
@@ -126,7 +129,7 @@ def test_any_repeated_key_is_found(obj: dict[str, int], data: st.DataObject) -> 
     key = data.draw(st.sampled_from(sorted(obj)))
     pairs = [json.dumps(k) + ": " + json.dumps(v) for k, v in obj.items()]
     pairs.insert(data.draw(st.integers(0, len(pairs))), json.dumps(key) + ": 0")
-    with pytest.raises(Rejected) as caught:
+    with pytest.raises(Refusal) as caught:
         parse_spec(("{" + ", ".join(pairs) + "}").encode())
     assert caught.value.reason == "duplicate_key"
 
@@ -134,6 +137,6 @@ def test_any_repeated_key_is_found(obj: dict[str, int], data: st.DataObject) -> 
 @pytest.mark.parametrize("text", ['{"a": 1, "a": 2} x', '{"a": 1, "a": 2, "b": }', '[{"a": 1, "a": 2}, NaX]'])
 def test_text_that_is_not_json_is_reported_as_that_even_with_a_key_twice(text: str) -> None:
     for parse in (parse_spec, _parse_spec_slowly):
-        with pytest.raises(Rejected) as caught:
+        with pytest.raises(Refusal) as caught:
             parse(text.encode())
-        assert (caught.value.status, caught.value.reason) == (400, "invalid_json")
+        assert (REFUSALS[caught.value.reason].status, caught.value.reason) == (400, "invalid_json")

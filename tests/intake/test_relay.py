@@ -15,16 +15,20 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.config import ServerConfig
 from orchestrator.intake import relay
-from orchestrator.intake.receive import Rejected, WebhookSource, error_response
+from orchestrator.intake.answers import Answer, refusal_answer
+from orchestrator.intake.receive import WebhookSource
 from orchestrator.intake.signatures import sign
 from orchestrator.intake.webhook_listener import WebhookListener, WorkerStartError
 from orchestrator.intake.worker import ControllerLink
+from orchestrator.jobs.admission import Accepted
+from orchestrator.jobs.refusal import Refusal
+from orchestrator.jobs.spec import JobSpec
+from orchestrator.jobs.states import new_job
 
 
 @given(
@@ -177,13 +181,17 @@ class _StubIntake:
         self.accepted: list[tuple[str, str | None, bytes]] = []
         self.refused: list[tuple[str, int, str]] = []
 
-    async def accept(self, name: str, delivery: str | None, remote: str | None, body: bytes) -> web.Response:
+    async def accept(self, name: str, delivery: str | None, remote: str | None, body: bytes) -> Accepted:
         self.accepted.append((name, delivery, body))
-        return web.json_response({"job_id": "j", "status": "queued"}, status=202)
+        spec = JobSpec.model_validate(
+            {"id": "j", "pool": "p", "repository": "r", "ref": "main", "sha": "abcdef0", "commands": ["true"]}
+        )
+        return Accepted(new_job(spec, source=name, controller_id="c", timeout_s=1, now=1.0))
 
-    def rejected(self, source: str, remote: str | None, rej: Rejected) -> web.Response:
-        self.record_rejection(source, remote, rej.status, rej.reason)
-        return error_response(rej)
+    def rejected(self, source: str, remote: str | None, rej: Refusal) -> Answer:
+        answer = refusal_answer(rej)
+        self.record_rejection(source, remote, answer.status, rej.reason)
+        return answer
 
     def record_rejection(self, source: str, remote: str | None, status: int, reason: str) -> None:
         self.refused.append((source, status, reason))
