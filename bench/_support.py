@@ -13,7 +13,6 @@ import logging
 import os
 import secrets
 import shlex
-import socket
 import statistics
 import sys
 import time
@@ -36,13 +35,6 @@ from orchestrator.runtime.container_spec import LABEL_CONTROLLER
 TEST_IMAGE = os.environ.get("ORCHESTRATOR_TEST_IMAGE", "runner-orchestrator/test-runner:local")
 SOURCE = "bench"
 SCHEME = "standard-webhooks"
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now (for servers started in another process)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def proc_cpu_seconds(stat: Path) -> float:

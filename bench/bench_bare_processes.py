@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import multiprocessing.sharedctypes
 import time
 
 import bench_intake as b
-from _support import free_port, machine_line, median, reproduce_line
+from _support import machine_line, median, reproduce_line
 from aiohttp import web
 
 
-def serve_proc(port: int, ready: multiprocessing.synchronize.Event) -> None:
+def serve_proc(port: multiprocessing.sharedctypes.Synchronized[int], ready: multiprocessing.synchronize.Event) -> None:
+    """Serves on `port`; the first server finds it 0, binds a port the kernel chooses and sets it for the next."""
+
     async def main() -> None:
         app = b.bare_app()
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", port, reuse_port=True)
+        site = web.TCPSite(runner, "127.0.0.1", port.value, reuse_port=True)
         await site.start()
+        port.value = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         ready.set()
         await asyncio.Event().wait()
 
@@ -39,14 +43,15 @@ def main() -> None:
     ctx = multiprocessing.get_context("spawn")
     results: dict[int, list[float]] = {1: [], 2: []}
     for procs in (1, 2, 1, 2):  # alternated: the machine's speed drifts
-        port = free_port()
+        shared = ctx.Value("i", 0)
         servers = []
-        for _ in range(procs):
+        for _ in range(procs):  # one after the other: the first chooses the port, the others share it
             ready = ctx.Event()
-            server = ctx.Process(target=serve_proc, args=(port, ready))
+            server = ctx.Process(target=serve_proc, args=(shared, ready))
             server.start()
             ready.wait()
             servers.append(server)
+        port = shared.value
         measure(port, 2000, 128)  # warm-up
         rates = [measure(port, 4000, 128) for _ in range(3)]
         results[procs] += rates

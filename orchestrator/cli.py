@@ -51,7 +51,8 @@ async def _serve(config_path: Path, drain_timeout_s: float) -> int:
         where = f"{config.server.host}:{config.server.port}"
         raise OSError(exc.errno, f"server.port: cannot listen on {where}: {exc.strerror}") from None
     await serve_socket(runner, sock)
-    listening = {"event": "listening", "url": f"http://{config.server.host}:{config.server.port}"}
+    port = sock.getsockname()[1]  # the one the kernel chose for port = 0
+    listening = {"event": "listening", "url": f"http://{config.server.host}:{port}"}
     if controller.webhook_listener is not None:
         listening["webhook_url"] = controller.webhook_listener.url
     print(json.dumps(listening), file=sys.stderr, flush=True)

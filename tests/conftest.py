@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ from orchestrator.credentials.base import CredentialsBackend
 from orchestrator.intake.signatures import sign
 from orchestrator.platform.serving import app_runner
 from orchestrator.runtime.container_spec import LABEL_CONTROLLER, LABEL_MANAGED
+
+from fake_clock import FakeClock
 
 TEST_IMAGE = os.environ.get("ORCHESTRATOR_TEST_IMAGE", "runner-orchestrator/test-runner:local")
 TEST_CONTROLLER_PREFIX = "test-"
@@ -155,6 +159,12 @@ class RunningController:
 ControllerFactory = Callable[..., Any]
 
 
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock that stands still at the time the test began until the test advances it."""
+    return FakeClock()
+
+
 async def followed_log(ctl: RunningController, job_id: str) -> list[tuple[float, bytes]]:
     """The job's log as `?follow=true` delivers it, each chunk with the time it arrived, until the job ends."""
     received: list[tuple[float, bytes]] = []
@@ -164,14 +174,6 @@ async def followed_log(ctl: RunningController, job_id: str) -> list[tuple[float,
         async for chunk in resp.content.iter_any():
             received.append((time.monotonic(), chunk))
     return received
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_config(
@@ -213,14 +215,13 @@ def make_config(
     return Config.model_validate(raw)
 
 
-@pytest.fixture
-async def controller_factory(tmp_path: Path, docker_client: docker.DockerClient) -> AsyncIterator[Callable[..., Any]]:
-    """Starts controllers on 127.0.0.1 with a fresh data dir; all are stopped at the end of the test."""
+@asynccontextmanager
+async def _controllers(tmp_path: Path, runtime: Callable[[], Any] | None) -> AsyncIterator[Callable[..., Any]]:
+    """Starts controllers on 127.0.0.1 with a fresh data dir (on the Docker engine, or on `runtime()`); all are
+    stopped when the block ends. Yields the controllers' shared controller id too, through `start.controller_id`."""
     started: list[tuple[web.AppRunner, aiohttp.ClientSession]] = []
     key = secrets.token_bytes(24)
     secret_file = tmp_path / "webhook.secret"
-    import base64
-
     secret_file.write_text("whsec_" + base64.b64encode(key).decode())
     secret_file.chmod(0o600)
     controller_id = f"{TEST_CONTROLLER_PREFIX}{RUN_TAG}{uuid.uuid4().hex[:7]}"
@@ -242,7 +243,7 @@ async def controller_factory(tmp_path: Path, docker_client: docker.DockerClient)
             settings=settings,
             **pool,
         )
-        controller = build_controller(cfg, credentials=credentials)
+        controller = build_controller(cfg, credentials=credentials, runtime=runtime() if runtime else None)
         app = build_app(controller)
         runner = app_runner(app)
         await runner.setup()
@@ -261,14 +262,35 @@ async def controller_factory(tmp_path: Path, docker_client: docker.DockerClient)
             session=session,
         )
 
-    yield start
-    for runner, session in reversed(started):
-        await session.close()
-        await runner.cleanup()
+    start.controller_id = controller_id  # type: ignore[attr-defined]
+    try:
+        yield start
+    finally:
+        for runner, session in reversed(started):
+            await session.close()
+            await runner.cleanup()
+
+
+@pytest.fixture
+async def controller_factory(tmp_path: Path, docker_client: docker.DockerClient) -> AsyncIterator[Callable[..., Any]]:
+    """Controllers on the real Docker engine; none may leave a container behind."""
+    async with _controllers(tmp_path, None) as start:
+        yield start
+    controller_id = start.controller_id  # type: ignore[attr-defined]
     leftovers = managed_containers(docker_client, controller_id)
     for c in leftovers:
         c.remove(force=True)
     assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
+
+
+@pytest.fixture
+async def fake_controller_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """Controllers on an in-memory container runtime (tests/fakes.py): for what needs HTTP but no Docker, such as
+    the intake's refusals. `ctl.controller.engine` is the FakeRuntime."""
+    from fakes import FakeRuntime
+
+    async with _controllers(tmp_path, FakeRuntime) as start:
+        yield start
 
 
 @pytest.fixture

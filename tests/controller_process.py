@@ -20,10 +20,15 @@ from orchestrator.evidence.attestation import AttestedJob, read_job, verify_enve
 from orchestrator.evidence.keys import load_public
 from orchestrator.intake.signatures import sign
 
-from conftest import RUN_TAG, TEST_CONTROLLER_PREFIX, TEST_IMAGE, free_port
+from conftest import RUN_TAG, TEST_CONTROLLER_PREFIX, TEST_IMAGE
+from ports import free_port
 
 
 class ControllerProcess:
+    """Its ports are reserved by `ports.free_port` for the whole test run, so `public_url` (the OIDC issuer) is its
+    real URL from the start, a restart comes back on the same ports, and no other process can be listening there:
+    `start` also waits for this process's own `listening` line naming them."""
+
     def __init__(
         self,
         tmp_path: Path,
@@ -97,6 +102,7 @@ retry_on_restart = {str(retry_on_restart).lower()}
 
     def start(self) -> None:
         self.log = (self.tmp / "controller.log").open("ab")
+        offset = self.log.tell()
         self.proc = subprocess.Popen(
             [
                 *(sys.executable, "-m", "orchestrator.cli", "serve"),
@@ -108,6 +114,12 @@ retry_on_restart = {str(retry_on_restart).lower()}
             preexec_fn=self._limit_files if self.nofile else None,
         )
         deadline = time.monotonic() + 30
+        while (listening := self._listening(offset)) is None:
+            assert self.proc.poll() is None, (self.tmp / "controller.log").read_text()
+            assert time.monotonic() < deadline, "controller did not start listening"
+            time.sleep(0.05)
+        assert listening["url"] == self.url, listening
+        assert listening.get("webhook_url", self.url) == self.hook_url, listening
         while time.monotonic() < deadline:
             try:
                 if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
@@ -117,6 +129,15 @@ retry_on_restart = {str(retry_on_restart).lower()}
             assert self.proc.poll() is None, (self.tmp / "controller.log").read_text()
             time.sleep(0.1)
         raise AssertionError("controller did not become ready")
+
+    def _listening(self, offset: int) -> dict[str, Any] | None:
+        """The `listening` line `orchestrator serve` printed since `offset` of its log, if it did yet."""
+        with (self.tmp / "controller.log").open("rb") as log:
+            log.seek(offset)
+            for line in log.read().split(b"\n")[:-1]:  # whole lines only
+                if line.startswith(b"{") and b'"event": "listening"' in line:
+                    return dict(json.loads(line))
+        return None
 
     def _limit_files(self) -> None:
         """As systemd sets it for a service: soft and hard limit on open files (the hard one cannot be raised)."""

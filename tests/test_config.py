@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.config import Config, ConfigError, hash_token, load_config, parse_memory
+from orchestrator.config import Config, ConfigError, hash_token, load_config, parse_memory, read_source_secrets
 
 SW_SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 
@@ -454,7 +454,13 @@ def test_standard_webhooks_secret_must_be_base64(tmp_path: Path, content: str, m
 
 def test_standard_webhooks_secret_valid(tmp_path: Path) -> None:
     sf = secret_file(tmp_path, SW_SECRET + "\n")
-    load_config(write(tmp_path, MINIMAL + f'\n[sources.sw]\nscheme = "standard-webhooks"\nsecret_file = "{sf}"\n'))
+    config = load_config(
+        write(tmp_path, MINIMAL + f'\n[sources.sw]\nscheme = "standard-webhooks"\nsecret_file = "{sf}"\n')
+    )
+    source = config.sources["sw"]
+    assert (source.scheme, source.secret_files) == ("standard-webhooks", [sf])
+    # the HMAC key is what follows whsec_, base64-decoded; the editor's newline is not part of it
+    assert read_source_secrets(source) == [b"0123456789abcdef0123456789abcdef"]
 
 
 @pytest.mark.parametrize("content", ["", "   \n"])

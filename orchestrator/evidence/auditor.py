@@ -188,7 +188,7 @@ class Auditor:
         self._record(actor, "auth.failed", route, "denied", remote=remote, details={"reason": reason})
 
     def refusals_summarised(self, summary: Summary) -> None:
-        """Refusals past their allowance (see refusal_summaries): one record and one log line for a window's
+        """Refusals past their allowance (see evidence/refusals.py): one record and one log line for a window's
         worth of them."""
         action = {"webhook": "webhook.rejected_summary", "auth": "auth.failed_summary"}[summary.kind]
         details = summary.details()

@@ -15,7 +15,7 @@ listener (the controller's port, the webhook port, each intake worker):
   process needs for its jobs: the Docker socket's connections, attach streams, logs, the store.
 
 The guard hooks into aiohttp's RequestHandler (a documented class of aiohttp.web) and reads three of its private
-attributes, named in `_Guarded`; aiohttp is pinned and tests/test_connections.py fails loudly if they change.
+attributes, named in `_Guarded`; aiohttp is pinned and tests/platform/test_connections.py fails if they change.
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ from orchestrator.credentials.oidc import (
     jwk_thumbprint,
 )
 
+from fake_clock import FakeClock  # `clock` (tests/conftest.py) drives key age only; token times are real
+
 ISSUER = "https://ci.example.com/oidc"
 AUDIENCE = "vault"
 ROTATION = 7 * 86400
@@ -33,28 +35,10 @@ OVERLAP = 3600
 IDENTITY = JobIdentity(job_id="job-1", repository="acme/widgets", ref="refs/heads/main", sha="abc123", pool="small")
 
 
-class FakeClock:
-    """Drives key age only; token times use the real clock so PyJWT's exp check is honest."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture(params=list(get_args(Algorithm)))
 def algorithm(request: pytest.FixtureRequest) -> Algorithm:
     alg: Algorithm = request.param
     return alg
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -282,3 +283,29 @@ def test_a_webhook_port_in_use_stops_the_start_with_one_clear_line(controller_pr
     assert out.returncode == 1
     assert f"server.webhook_port: cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_port_0_lets_the_kernel_choose_and_the_listening_line_names_the_ports(controller_process: Any) -> None:
+    """What a supervisor (or bench/bench_throughput.py) relies on to find a controller given port = 0."""
+    cp = controller_process(webhook_port=True)
+    config = cp.config.read_text()
+    for key in ("port", "webhook_port"):
+        config, replaced = re.subn(rf"^{key} = \d+$", f"{key} = 0", config, flags=re.MULTILINE)
+        assert replaced == 1, config
+    cp.config.write_text(config)
+    command = [sys.executable, "-m", "orchestrator.cli", "serve", "--config", str(cp.config)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        listening = next(json.loads(line) for line in proc.stderr if '"event": "listening"' in line)
+        urls = (listening["url"], listening["webhook_url"])
+        assert all(re.fullmatch(r"http://127\.0\.0\.1:[1-9][0-9]*", url) for url in urls), listening
+        assert urls[0] != urls[1]
+        for url in urls:
+            assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -137,18 +139,47 @@ async def test_cancel_queued_job_never_starts_a_container(
     assert managed_containers(docker_client, ctl.controller_id) == []
 
 
+# The host's wall clock in microseconds, read inside the container (busybox `date` has no %N): "<s> <us>".
+_CONTAINER_CLOCK = "$(adjtimex | sed -n 's/^ *time\\.tv_u*sec: *//p')"
+_MARK = re.compile(r"^(begin|end) (\d+) (\d+) (\d+)$", re.MULTILINE)
+
+
 async def test_pool_concurrency_is_fifo(controller_factory: Any) -> None:
+    """A pool of one runs its jobs one at a time, in the order they were accepted, without any overlap: in the
+    audit trail (every state change in the order it happened), in the jobs' own times (the next one is `running`
+    only after the previous one is final) and in the times each job's script saw, taken inside its container."""
     ctl = await controller_factory(max_concurrent=1)
-    specs = [job_spec(f"fifo-{i}-{time.time_ns()}", commands=["sleep 0.2", f"echo {i}"]) for i in range(4)]
+    specs = [
+        job_spec(
+            f"fifo-{i}-{time.time_ns()}",
+            commands=[f"echo begin {i} {_CONTAINER_CLOCK}", "sleep 0.3", f"echo end {i} {_CONTAINER_CLOCK}"],
+        )
+        for i in range(4)
+    ]
     for spec in specs:
         assert (await ctl.post_webhook(spec))[0] == 202
     jobs = [await ctl.wait_final(s["id"]) for s in specs]
-    assert all(j["status"] == "succeeded" for j in jobs)
-    starts = [j["started_at"] for j in jobs]
-    assert starts == sorted(starts)
-    # never two at once in a pool of one
-    for earlier, later in itertools.pairwise(jobs):
-        assert later["started_at"] >= earlier["finished_at"] - 0.5
+    assert [j["status"] for j in jobs] == ["succeeded"] * 4, jobs
+    # The audit trail: job 0 starts, runs and ends, then job 1 starts, ... -- the next job's container is not even
+    # created (`starting`) before the previous one's is removed and its final state stored.
+    ctl.controller.auditor.flush()
+    trail = [json.loads(line) for line in (ctl.config.data_dir / "audit.jsonl").read_text().splitlines()]
+    states = [(r["target"], r["outcome"]) for r in trail if r["action"] == "job.state"]
+    assert states == [(s["id"], state) for s in specs for state in ("starting", "running", "succeeded")], states
+    # The controller's records: [started_at, finished_at] of each job, strictly one after the other, in order.
+    spans = [(j["started_at"], j["finished_at"]) for j in jobs]
+    for started, finished in spans:
+        assert started < finished, spans
+    for (_, finished), (started, _) in itertools.pairwise(spans):
+        assert finished < started, spans
+    # Inside the containers: begin 0 < end 0 < begin 1 < ... -- each script ran strictly after the previous one.
+    marks: list[tuple[str, int, int]] = []
+    for i, spec in enumerate(specs):
+        found = _MARK.findall((await ctl.logs(spec["id"])).decode())
+        assert [(what, int(n)) for what, n, _, _ in found] == [("begin", i), ("end", i)], found
+        marks += [(what, i, int(sec) * 1_000_000 + int(usec)) for what, _, sec, usec in found]
+    for (_, _, earlier), (_, _, later) in itertools.pairwise(marks):
+        assert earlier < later, marks
 
 
 async def test_container_is_hardened(controller_factory: Any, docker_client: docker.DockerClient) -> None:

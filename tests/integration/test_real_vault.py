@@ -17,7 +17,8 @@ import hvac
 import hvac.exceptions
 import pytest
 
-from conftest import RunningController, free_port, job_spec
+from conftest import RunningController, job_spec
+from ports import free_port
 
 pytestmark = [
     pytest.mark.docker,

@@ -41,7 +41,6 @@ from conftest import (
     TEST_IMAGE,
     RunningController,
     followed_log,
-    free_port,
     job_spec,
     make_config,
     managed_containers,
@@ -380,7 +379,7 @@ controller_id = "{controller_id}"
 data_dir = "data"
 [server]
 host = "127.0.0.1"
-port = {free_port()}
+port = 0
 [[api.tokens]]
 name = "ops"
 role = "operator"

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import RunningController, free_port
+from conftest import RunningController
+from ports import free_port
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from vault_double import VaultDouble

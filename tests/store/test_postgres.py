@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import secrets
-import socket
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -22,7 +21,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from contract import JobStoreContract, MakeStore, Query, make_job
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from orchestrator.app import build_controller
@@ -30,6 +28,10 @@ from orchestrator.config import Config, ConfigError, StorageConfig, load_config
 from orchestrator.jobs.states import JobState, transition
 from orchestrator.store.postgres import PostgresJobStore, PostgresStoreError
 from orchestrator.store.sqlite import SQLiteJobStore
+
+from contract import JobStoreContract, MakeStore, Query, make_job
+from ports import free_port
+from unprivileged import as_unprivileged, hand_over, unprivileged_dir
 
 DSN = os.environ.get("ORCHESTRATOR_TEST_POSTGRES_DSN", "")
 REQUIRE = os.environ.get("ORCHESTRATOR_REQUIRE_POSTGRES") == "1"
@@ -41,13 +43,6 @@ def dsn_file(directory: Path, dsn: str, name: str = "postgres.dsn", mode: int = 
     path.write_text(dsn + "\n", encoding="utf-8")
     path.chmod(mode)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def assert_no_secret(text: str, *secrets_: str) -> None:
@@ -131,12 +126,18 @@ def test_dsn_file_group_readable(tmp_path: Path) -> None:
     assert problems == [f"storage.dsn_file: {file}: readable by group/others; run chmod 600 on it"]
 
 
-def test_dsn_file_not_readable(tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("running as root: file modes do not stop reads")
-    file = dsn_file(tmp_path, "host=db", mode=0o000)
-    problems = storage_problems(tmp_path, f'[storage]\nbackend = "postgres"\ndsn_file = "{file}"\n')
-    assert problems == [f"storage.dsn_file: {file}: not readable by this user"]
+def test_dsn_file_not_readable() -> None:
+    """Run as an unprivileged user, so that also as root (as in CI) the file's mode means something."""
+    with unprivileged_dir() as directory:
+        file = dsn_file(directory, "host=db")
+        body = f'[storage]\nbackend = "postgres"\ndsn_file = "{file}"\n'
+        config = directory / "orchestrator.toml"
+        config.write_text(MINIMAL + body, encoding="utf-8")
+        hand_over(file, config)
+        assert as_unprivileged(lambda: load_config(config).storage.dsn_file) == file  # that user can read it
+        file.chmod(0o000)
+        problems = as_unprivileged(storage_problems, directory, body)
+        assert problems == [f"storage.dsn_file: {file}: not readable by this user"]
 
 
 @pytest.mark.parametrize(
@@ -222,7 +223,7 @@ async def test_unreachable_server_error_has_no_password(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, uri: bool
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    port = free_port()  # nothing listens there: connection refused
+    port = free_port()  # reserved, nothing listens there: connection refused
     dsn = (
         f"postgresql://ci:{PASSWORD}@127.0.0.1:{port}/jobs"
         if uri
@@ -332,12 +333,47 @@ async def test_controllers_starting_at_once_create_the_schema_once(pg_dsn_file: 
             await s.close()
 
 
-async def test_open_is_idempotent_on_an_existing_schema(pg_dsn_file: Path) -> None:
+async def _schema_of(dsn: str) -> list[tuple[Any, ...]]:
+    """Every column (type, nullability, default, collation) and index definition in the test's schema."""
+    columns = await _query(
+        dsn,
+        "SELECT table_name, column_name, data_type, is_nullable, column_default, collation_name "
+        "FROM information_schema.columns WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position",
+    )
+    indexes = await _query(
+        dsn, "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() ORDER BY 2"
+    )
+    return columns + indexes
+
+
+async def test_open_is_idempotent_on_an_existing_schema(pg_dsn_file: Path, schema_dsn: str) -> None:
+    """Opening a store whose schema exists raises nothing and changes nothing: the same columns and indexes, every
+    row kept as it was. A second open of the same instance keeps its connection pool."""
+    first = PostgresJobStore(pg_dsn_file)
+    await first.open()
+    jobs = [make_job("queued"), transition(make_job("failed"), JobState.ERROR, now=2.0, reason="boom")]
+    try:
+        for job in jobs:
+            await first.create(job)
+    finally:
+        await first.close()
+    schema = await _schema_of(schema_dsn)
+    assert {row[0] for row in schema} == {"jobs", "probe"}
+    rows = await _query(schema_dsn, "SELECT * FROM jobs ORDER BY id")
+    assert len(rows) == 2
     for _ in range(3):
         s = PostgresJobStore(pg_dsn_file)
         await s.open()
+        pool = s._pool
         await s.open()  # a second open of the same instance is a no-op
-        await s.close()
+        try:
+            assert pool is not None and s._pool is pool
+            assert [await s.get(job.id) for job in jobs] == jobs
+            await s.check_writable()
+        finally:
+            await s.close()
+        assert await _schema_of(schema_dsn) == schema
+        assert await _query(schema_dsn, "SELECT * FROM jobs ORDER BY id") == rows
 
 
 async def test_writes_are_durable_even_if_the_server_default_is_not(tmp_path: Path, schema_dsn: str) -> None:

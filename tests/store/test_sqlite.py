@@ -7,17 +7,18 @@ SQLite's own: file modes, WAL, synchronous levels, group commit, read-only files
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from contract import JobStoreContract, MakeStore, Query, make_job
 
-from orchestrator.jobs.states import JobState, transition
+from orchestrator.jobs.states import Job, JobState, transition
 from orchestrator.store.sqlite import SQLiteJobStore
+
+from contract import JobStoreContract, MakeStore, Query, make_job
+from unprivileged import as_unprivileged, unprivileged_dir
 
 
 @pytest.fixture
@@ -106,27 +107,40 @@ async def test_concurrent_creates_are_group_committed(db_path: Path, store: SQLi
 # --- check_writable -----------------------------------------------------------------------------------
 
 
-async def test_check_writable_raises_on_read_only_database(db_path: Path) -> None:
-    s = SQLiteJobStore(db_path)
-    await s.open()
-    await s.create(make_job("x"))
-    await s.close()
-    db_path.chmod(0o400)
-    db_path.parent.chmod(0o500)
-    try:
-        if os.geteuid() == 0:
-            pytest.skip("running as root: file modes do not stop writes")
-        ro = SQLiteJobStore(db_path)
+def _with_store(path: Path, then: Callable[[SQLiteJobStore], Awaitable[Any]]) -> Any:
+    """Opens the store at `path`, runs `then` on it and closes it, in an event loop of its own."""
+
+    async def run() -> Any:
+        store = SQLiteJobStore(path)
         try:
-            # Refusing to open a read-only store, or refusing the probe write, both fail the readiness check.
-            with pytest.raises(sqlite3.Error):
-                await ro.open()
-                await ro.check_writable()
+            await store.open()
+            return await then(store)
         finally:
-            await ro.close()
-    finally:
-        db_path.parent.chmod(0o700)
-        db_path.chmod(0o600)
+            await store.close()
+
+    return asyncio.run(run())
+
+
+async def _create_and_probe(store: SQLiteJobStore) -> None:
+    await store.create(make_job("x"))
+    await store.check_writable()
+
+
+async def _read_then_probe(store: SQLiteJobStore) -> Job | None:
+    job = await store.get("x")
+    with pytest.raises(sqlite3.OperationalError, match="attempt to write a readonly database"):
+        await store.check_writable()
+    return job
+
+
+def test_check_writable_raises_on_read_only_database() -> None:
+    """A database file that is read-only for the controller's user still opens and reads: only the readiness probe's
+    write notices. Run as an unprivileged user, so that also as root (as in CI) the modes mean something."""
+    with unprivileged_dir() as directory:
+        db_path = directory / "data" / "jobs.sqlite3"
+        as_unprivileged(_with_store, db_path, _create_and_probe)  # that user can write here
+        db_path.chmod(0o400)
+        assert as_unprivileged(_with_store, db_path, _read_then_probe) == make_job("x")
 
 
 async def test_check_writable_raises_when_connection_is_read_only(db_path: Path, store: SQLiteJobStore) -> None:

@@ -4,7 +4,7 @@
   that claims the RSA key's ``kid`` but is *not* published.
 * ``jwks_server``: an aiohttp app on 127.0.0.1 serving ``/.well-known/openid-configuration`` and
   ``/.well-known/jwks.json`` (the issuer is the server's base URL); ``mint()`` signs JWTs.
-* ``clock``: a controllable clock the double uses for token TTLs, leases and JWT time checks.
+* ``clock`` (from tests/conftest.py): the fake clock the double uses for token TTLs, leases and JWT time checks.
 * ``vault``: a started :class:`VaultDouble` with a ``jwt`` mount configured via OIDC discovery against
   ``jwks_server``, roles ``ci-linux`` / ``ci-gpu`` bound to the ``pool`` claim, read policies per pool,
   an ``orchestrator-revoker`` policy and a few KV v2 secrets.
@@ -31,24 +31,12 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from fake_clock import FakeClock
 from vault_double import VaultDouble
 
 ROOT_TOKEN = "root-test-token"
 AUDIENCE = "vault"
 POOLS = ("linux", "gpu")
-
-
-class FakeClock:
-    """A callable clock that only moves when told to."""
-
-    def __init__(self, start: float | None = None) -> None:
-        self.now = time.time() if start is None else start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
@@ -175,11 +163,6 @@ async def jwks_server(signing_keys: SigningKeys) -> AsyncIterator[JwksServer]:
         yield server
     finally:
         await server.stop()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 def configure_orchestrator_layout(vault: VaultDouble, issuer: str) -> None:

@@ -19,10 +19,11 @@ import hvac.exceptions
 import pytest
 import requests
 
+from fake_clock import FakeClock
 from vault_double import VaultDouble, parse_duration, parse_policy
 
 if TYPE_CHECKING:  # fixture types only; conftest modules are not imported by name at runtime
-    from conftest import FakeClock, JwksServer, SigningKeys
+    from conftest import JwksServer, SigningKeys
 
 ROOT_TOKEN = "root-test-token"  # as in conftest
 AUDIENCE = "vault"

@@ -1,4 +1,4 @@
-"""Refusal summaries (orchestrator/refusal_summaries.py): pure, no I/O."""
+"""Refusal summaries (orchestrator/evidence/refusals.py): pure, no I/O."""
 
 from __future__ import annotations
 

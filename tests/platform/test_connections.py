@@ -1,4 +1,5 @@
-"""Connection limits and deadlines (orchestrator/connections.py) on a real aiohttp server on 127.0.0.1: no Docker."""
+"""Connection limits and deadlines (orchestrator/platform/connections.py) on a real aiohttp server on 127.0.0.1:
+no Docker."""
 
 from __future__ import annotations
 

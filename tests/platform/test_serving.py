@@ -1,4 +1,4 @@
-"""Who sent a request (orchestrator/serving.py client_address): pure."""
+"""Who sent a request (orchestrator/platform/serving.py client_address): pure."""
 
 from __future__ import annotations
 

@@ -37,19 +37,12 @@ from orchestrator.evidence.audit import (
 from orchestrator.evidence.canonical import canonical_json as canonical_bytes
 from orchestrator.evidence.keys import export_public_key
 
+from fake_clock import FakeClock
+
 WEBHOOK = {"type": "webhook", "source": "gitea", "delivery": "d-1"}
 API = {"type": "api", "token_name": "ops", "role": "operator"}
 CONTROLLER = {"type": "controller"}
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        self.now += 0.25
-        return self.now
 
 
 @pytest.fixture
@@ -58,7 +51,7 @@ def key(tmp_path: Path) -> Ed25519PrivateKey:
 
 
 def write_records(path: Path, key: Ed25519PrivateKey, count: int, *, start: int = 0) -> list[dict[str, Any]]:
-    with AuditLog(path, key, clock=FakeClock()) as log:
+    with AuditLog(path, key, clock=FakeClock(T0, tick=0.25)) as log:
         return [
             log.record(
                 (WEBHOOK, API, CONTROLLER)[i % 3],
@@ -597,7 +590,7 @@ def test_caller_mutations_after_record_do_not_reach_the_log(tmp_path: Path, key:
 
 def write_batches(path: Path, key: Ed25519PrivateKey, sizes: list[int]) -> list[dict[str, Any]]:
     written: list[dict[str, Any]] = []
-    with AuditLog(path, key, clock=FakeClock()) as log:
+    with AuditLog(path, key, clock=FakeClock(T0, tick=0.25)) as log:
         for size in sizes:
             start = len(written)
             entries = [
