@@ -146,7 +146,8 @@ def build_controller(
         auditor=auditor,
     )
     api = Api(
-        config,
+        config.server,
+        config.api,
         store,
         scheduler,
         logs,

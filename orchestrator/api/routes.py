@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from orchestrator.api.auth import FailureLimiter, Principal, Role, authenticate
-from orchestrator.config import Config
+from orchestrator.config import ApiConfig, ServerConfig
 from orchestrator.evidence.attestation_store import AttestationStore
 from orchestrator.evidence.audit import AuditLog
 from orchestrator.evidence.auditor import Auditor
@@ -36,9 +36,12 @@ def _err(status: int, message: str) -> web.Response:
 
 
 class Api:
+    """`server` is for `metrics_public`, `access` the API's tokens: the slices of the config the API reads."""
+
     def __init__(
         self,
-        config: Config,
+        server: ServerConfig,
+        access: ApiConfig,
         store: JobStore,
         scheduler: Scheduler,
         logs: LogStore,
@@ -58,7 +61,8 @@ class Api:
         self.limiter = FailureLimiter()
         self.refusals = RefusalThrottle("auth")
         self.readiness_checks: list[Callable[[], tuple[str, str]]] = []  # (name, "ok" or what is wrong)
-        self.config = config
+        self.server = server
+        self.access = access
         self.store = store
         self.scheduler = scheduler
         self.logs = logs
@@ -70,7 +74,7 @@ class Api:
             web.get("/readyz", self.readyz),
             web.get(
                 "/metrics",
-                self.metrics_page if self.config.server.metrics_public else self._auth("viewer", self.metrics_page),
+                self.metrics_page if self.server.metrics_public else self._auth("viewer", self.metrics_page),
             ),
             web.get("/api/v1/jobs", self._auth("viewer", self.list_jobs)),
             web.get("/api/v1/jobs/{job_id}", self._auth("viewer", self.show_job)),
@@ -84,7 +88,7 @@ class Api:
     def _auth(self, role: Role, handler: Handler) -> Handler:
         async def wrapped(request: web.Request) -> web.StreamResponse:
             header = request.headers.get("Authorization")
-            principal = authenticate(header, self.config.api.tokens)
+            principal = authenticate(header, self.access.tokens)
             if principal is None:
                 return self._unauthenticated(request, header)
             if not principal.allows(role):

@@ -111,19 +111,8 @@ async def test_every_route_refuses_roles_below_it(controller_factory: Any) -> No
     admin = "admin-token-for-test"
     ctl: RunningController = await controller_factory()
     tokens = {"viewer": ctl.viewer_token, "operator": ctl.token}
-    cfg = ctl.config.model_copy(
-        update={
-            "api": ctl.config.api.model_copy(
-                update={
-                    "tokens": [
-                        *ctl.config.api.tokens,
-                        type(ctl.config.api.tokens[0])(name="root", role="admin", sha256=hash_token(admin)),
-                    ]
-                }
-            )
-        }
-    )
-    ctl.controller.api.config = cfg
+    admin_token = type(ctl.config.api.tokens[0])(name="root", role="admin", sha256=hash_token(admin))
+    ctl.controller.api.access = ctl.config.api.model_copy(update={"tokens": [*ctl.config.api.tokens, admin_token]})
     tokens["admin"] = admin
     spec = job_spec(commands=["sleep 30"])
     await ctl.post_webhook(spec)
