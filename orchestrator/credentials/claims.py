@@ -24,6 +24,8 @@ CLAIMS_SUPPORTED = (
     "nbf",
     "jti",
     "repository",
+    "repository_owner",
+    "repository_name",
     "ref",
     "sha",
     "job_id",
@@ -113,9 +115,24 @@ def build_claims(
         "exp": now + lifetime_s,
         "jti": jti,
     }
+    claims.update(repository_parts(identity.repository))
     if controller_id is not None:
         claims["controller_id"] = controller_id
     return claims
+
+
+def repository_parts(repository: str) -> dict[str, str]:
+    """``repository_owner`` and ``repository_name`` (GitHub's claim names) for an ``owner/name`` repository.
+
+    Vault refuses to substitute a value containing ``/`` into a templated policy path (and then fails the whole
+    ACL of the token), so a per-repository policy must template the two segments separately:
+    ``ci/<pool>/{{...repository_owner}}/{{...repository_name}}/+``. Other shapes (one segment, nested groups) get
+    neither claim: the templated path then matches nothing and such a job reads only the pool-wide secrets.
+    """
+    owner, sep, name = repository.partition("/")
+    if not sep or "/" in name or not owner or not name or {owner, name} & {".", ".."}:
+        return {}
+    return {"repository_owner": owner, "repository_name": name}
 
 
 def jwks_uri(issuer: str) -> str:

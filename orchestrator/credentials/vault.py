@@ -129,6 +129,17 @@ class VaultCredentials:
             f"{_vault_message(exc)}"
         )
 
+    def _json(self, resp: object, where: str) -> dict[str, Any]:
+        """hvac hands back the raw HTTP response when a 2xx body is not JSON: a proxy's page, a cut answer."""
+        if isinstance(resp, dict):
+            return resp
+        status = getattr(resp, "status_code", "?")
+        self.errors += 1
+        raise CredentialsError(
+            f"Vault at {self.vault.address} answered {where!r} with malformed JSON (HTTP {status}); is "
+            "[credentials.vault] address the Vault API, not a proxy or web page?"
+        )
+
     # -- the exchange --------------------------------------------------------------------------------------------
 
     async def acquire(self, job: Job) -> JobCredentials:
@@ -147,7 +158,7 @@ class VaultCredentials:
         session = _Session(token=token, accessor=accessor)
         try:
             await self._bound_ttl(session, auth, job)
-            secrets = [await self._read(session, role, request) for request in job.spec.secrets]
+            secrets = await self._read_all(session, role, job)
         except BaseException as exc:
             if isinstance(exc, CredentialsError):
                 self.auditor.credentials_denied(job.id, role=role, reason=str(exc))
@@ -176,7 +187,9 @@ class VaultCredentials:
     async def _login(self, role: str, jwt: str) -> dict[str, Any]:
         mount = self.vault.auth_mount
         try:
-            resp = await self._call(lambda: self._client().auth.jwt.jwt_login(role=role, jwt=jwt, path=mount))
+            resp = await self._call(
+                lambda: self._client().auth.jwt.jwt_login(role=role, jwt=jwt, path=mount, use_token=False)
+            )
         except hvac.exceptions.VaultError as exc:
             self.errors += 1
             if _is_transient(exc):
@@ -186,42 +199,75 @@ class VaultCredentials:
         except requests.exceptions.RequestException as exc:
             self.errors += 1
             raise self._unreachable(exc) from None
-        auth = resp.get("auth") if isinstance(resp, dict) else None
-        if not auth or not auth.get("client_token") or not auth.get("accessor"):
+        auth = self._json(resp, f"auth/{mount}/login").get("auth")
+        if not isinstance(auth, dict) or not auth.get("client_token") or not auth.get("accessor"):
             raise CredentialsError(f"Vault login as role {role!r} returned no token")
         return dict(auth)
 
     async def _bound_ttl(self, session: _Session, auth: dict[str, Any], job: Job) -> None:
-        """A job token must not outlive the job (plus grace), even if the controller dies and never revokes it."""
+        """The job token lives exactly the job's timeout plus grace: never longer, even if the controller dies and
+        never revokes it; and not shorter where the role's max TTL allows, or the leases it holds (a database
+        user) would be revoked with it in the middle of a long job."""
         limit = job.timeout_s + self.vault.ttl_grace_s
         ttl = int(auth.get("lease_duration") or 0)
-        if 0 < ttl <= limit:
+        role = self.config.vault_role(job.pool)
+        if ttl == limit:
             return
         try:
             resp = await self._call(lambda: self._client(session.token).auth.token.renew_self(increment=limit))
         except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
+            if 0 < ttl < limit:  # short already: only not extended
+                self._expires_early(job, role, ttl, limit, type(exc).__name__)
+                return
             raise CredentialsError(
                 f"could not shorten the Vault token TTL to {limit} s: {_scrub(_vault_message(exc), session.token)}"
             ) from None
         new_ttl = int((resp.get("auth") or {}).get("lease_duration") or 0)
         if not 0 < new_ttl <= limit:
-            role = self.config.vault_role(job.pool)
             raise CredentialsError(
                 f"Vault role {role!r} issues tokens with a TTL of {ttl or 'unlimited'} s that cannot be shortened to "
                 f"the job's timeout plus grace ({limit} s); set token_ttl/token_max_ttl on the role"
             )
+        if new_ttl < limit:
+            self._expires_early(job, role, new_ttl, limit, "token_max_ttl")
 
-    async def _read(self, session: _Session, role: str, request: SecretRequest) -> SecretFile:
+    def _expires_early(self, job: Job, role: str, ttl: int, limit: int, why: str) -> None:
+        log.warning(
+            "the job's Vault token expires before the job's timeout; raise token_max_ttl on the role",
+            extra={"job_id": job.id, "role": role, "ttl_s": ttl, "timeout_plus_grace_s": limit, "cause": why},
+        )
+
+    async def _read_all(self, session: _Session, role: str, job: Job) -> list[SecretFile]:
+        """One read per path, then the requested keys from that one answer: a dynamic engine (database/creds/…)
+        creates a new user per read, so username and password must come from the same read."""
+        answers: dict[str, dict[str, Any]] = {}
+        secrets = []
+        for request in job.spec.secrets:
+            where = self._where(request)
+            if where not in answers:
+                answers[where] = await self._read(session, role, request, where, job)
+            data = answers[where]
+            if request.key not in data:
+                raise CredentialsError(
+                    f"secret {where!r} has no key {request.key!r} (keys: {', '.join(sorted(map(str, data))) or 'none'})"
+                )
+            secrets.append(SecretFile(name=request.name, value=_as_text(data[request.key]), deliver=request.deliver))
+        return secrets
+
+    def _where(self, request: SecretRequest) -> str:
+        if request.engine == "kv2":
+            return f"{request.mount or self.vault.kv_mount}/data/{request.path}"
+        return f"{request.mount}/{request.path}" if request.mount else request.path
+
+    async def _read(self, session: _Session, role: str, request: SecretRequest, where: str, job: Job) -> dict[str, Any]:
         if request.engine == "kv2":
             mount = request.mount or self.vault.kv_mount
-            where = f"{mount}/data/{request.path}"
 
             def read() -> Any:
                 return self._client(session.token).secrets.kv.v2.read_secret_version(
                     path=request.path, mount_point=mount, raise_on_deleted_version=True
                 )
         else:
-            where = f"{request.mount}/{request.path}" if request.mount else request.path
 
             def read() -> Any:
                 return self._client(session.token).read(where)
@@ -246,16 +292,32 @@ class VaultCredentials:
         except requests.exceptions.RequestException as exc:
             self.errors += 1
             raise self._unreachable(exc) from None
-        if not isinstance(resp, dict):
-            raise CredentialsError(f"Vault returned no data for {where!r}")
+        resp = self._json(resp, where)
+        if resp.get("lease_id"):
+            await self._bound_lease(session, resp, where, job)
         data = resp.get("data") or {}
         if request.engine == "kv2":
             data = data.get("data") or {}
-        if request.key not in data:
-            raise CredentialsError(
-                f"secret {where!r} has no key {request.key!r} (keys: {', '.join(sorted(map(str, data))) or 'none'})"
+        return dict(data) if isinstance(data, dict) else {}
+
+    async def _bound_lease(self, session: _Session, resp: dict[str, Any], where: str, job: Job) -> None:
+        """A dynamic secret's lease belongs to the job's token, so it dies with it (revoke-self revokes the token's
+        leases, and so does its expiry). Its own TTL is set to the token's (the job's timeout plus grace) as well:
+        shortened, so that what Vault reports about the lease is true even before that; extended, so that a database
+        user does not expire in the middle of a job longer than the engine's default TTL."""
+        limit = job.timeout_s + self.vault.ttl_grace_s
+        ttl = int(resp.get("lease_duration") or 0)
+        if ttl == limit or not resp.get("renewable"):
+            return
+        lease_id = str(resp["lease_id"])
+        try:
+            client = self._client(session.token)
+            await self._call(lambda: client.sys.renew_lease(lease_id=lease_id, increment=limit))  # type: ignore[no-untyped-call]
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
+            log.warning(
+                "could not set a lease's TTL to the job's; the job token's TTL bounds it",
+                extra={"job_id": job.id, "path": where, "ttl_s": ttl, "error": type(exc).__name__},
             )
-        return SecretFile(name=request.name, value=_as_text(data[request.key]), deliver=request.deliver)
 
     # -- the end -------------------------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from orchestrator.credentials.claims import (
     JobIdentity,
     build_claims,
     discovery_document,
+    repository_parts,
     subject,
 )
 
@@ -47,6 +48,8 @@ def test_exact_claims() -> None:
         "aud": "vault",
         "sub": "repo:acme/widgets:ref:refs/heads/main:pool:linux-small",
         "repository": "acme/widgets",
+        "repository_owner": "acme",
+        "repository_name": "widgets",
         "ref": "refs/heads/main",
         "sha": "0123456789abcdef0123456789abcdef01234567",
         "job_id": "job-42",
@@ -158,6 +161,8 @@ def test_discovery_document() -> None:
             "nbf",
             "jti",
             "repository",
+            "repository_owner",
+            "repository_name",
             "ref",
             "sha",
             "job_id",
@@ -186,3 +191,20 @@ def test_discovery_claims_cover_built_claims() -> None:
 def test_discovery_rejects_empty_issuer() -> None:
     with pytest.raises(ValueError, match="issuer"):
         discovery_document("")
+
+
+@pytest.mark.parametrize(
+    ("repository", "parts"),
+    [
+        ("acme/widgets", {"repository_owner": "acme", "repository_name": "widgets"}),
+        ("acme", {}),  # one segment: no per-repository secrets
+        ("group/sub/app", {}),  # nested: a "/" in a value would fail the token's whole ACL in Vault
+        ("acme/", {}),
+        ("/widgets", {}),
+        ("../widgets", {}),
+        ("acme/..", {}),
+    ],
+)
+def test_repository_parts_only_for_owner_slash_name(repository: str, parts: dict[str, str]) -> None:
+    assert repository_parts(repository) == parts
+    assert all("/" not in value for value in parts.values())
