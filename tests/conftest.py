@@ -28,11 +28,26 @@ from orchestrator.platform.serving import app_runner
 from orchestrator.runtime.container_spec import LABEL_CONTROLLER, LABEL_MANAGED
 
 from fake_clock import FakeClock
+from openbao import OpenBao, VaultLayout
 
 TEST_IMAGE = os.environ.get("ORCHESTRATOR_TEST_IMAGE", "runner-orchestrator/test-runner:local")
 TEST_CONTROLLER_PREFIX = "test-"
 RUN_TAG = f"{os.getpid() % 4096:03x}"  # controllers of this pytest process: test-<RUN_TAG>...
 REQUIRE_DOCKER = os.environ.get("ORCHESTRATOR_REQUIRE_DOCKER") == "1"
+
+
+def pytest_report_header() -> str:
+    """The Vault-compatible server the credentials tests run against (tests/openbao.py)."""
+    import subprocess
+
+    from openbao import bao_binary
+
+    try:
+        binary = bao_binary()
+        version = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=30, check=True)
+        return f"vault server: {version.stdout.strip()} ({binary})"
+    except Exception as exc:
+        return f"vault server: UNAVAILABLE ({exc}); the credentials tests will fail"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -50,6 +65,31 @@ def _docker_client() -> docker.DockerClient | None:
         if REQUIRE_DOCKER:
             raise RuntimeError(f"Docker engine or test image {TEST_IMAGE} unavailable: {exc}") from exc
         return None
+
+
+@pytest.fixture(scope="session")
+def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBao]:
+    """One real OpenBao dev server for the session (tests/openbao.py); never a silent fallback to the double."""
+    server = OpenBao.start(tmp_path_factory.mktemp("openbao"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def vault_layout(openbao: OpenBao) -> Iterator[Callable[..., VaultLayout]]:
+    """`vault_layout(pools=("default",))`: fresh mounts and policies on the session's OpenBao, for one test's
+    controller to configure with setup-vault.sh (`layout.configure(url)`); removed after the test."""
+    made: list[VaultLayout] = []
+
+    def make(pools: tuple[str, ...] = ("default",)) -> VaultLayout:
+        made.append(VaultLayout(openbao, pools=pools))
+        return made[-1]
+
+    yield make
+    for layout in made:
+        layout.remove()
 
 
 @pytest.fixture(scope="session")

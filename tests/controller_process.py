@@ -10,6 +10,7 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ class ControllerProcess:
         retry_on_restart: bool = False,
         drain_s: float = 0.0,
         max_concurrent: int = 4,
-        vault_url: str | None = None,
+        vault: Mapping[str, str] | None = None,  # [credentials.vault] settings
         revoker_token: str | None = None,
         intake_workers: int = 0,
         webhook_port: bool = False,
@@ -58,12 +59,9 @@ class ControllerProcess:
             self.hook_url = f"http://127.0.0.1:{hook_port}"
             listener += f"webhook_port = {hook_port}\nintake_workers = {intake_workers}\n"
         credentials = ""
-        if vault_url:
-            credentials = f'''
-[credentials.vault]
-address = "{vault_url}"
-retry_budget_s = 2
-'''
+        if vault:
+            credentials = "\n[credentials.vault]\nretry_budget_s = 2\n"
+            credentials += "".join(f"{key} = {json.dumps(value)}\n" for key, value in vault.items())
             if revoker_token:
                 (tmp_path / "revoker.token").write_text(revoker_token)
                 (tmp_path / "revoker.token").chmod(0o600)

@@ -1,8 +1,14 @@
 """An in-process HashiCorp Vault HTTP API test double (aiohttp).
 
-No Vault binary is available on the test machines, so this module serves the small part of Vault's
-HTTP API that the runner orchestrator uses, answering with Vault's envelope, status codes and error
-strings (see ``/work/shared/vault-api-facts.md`` and the JWT auth plugin / ``hashicorp/cap`` sources):
+Its only role now: the failures a real server cannot be made to show on demand. The credentials suite runs
+against a real OpenBao server (tests/openbao.py); this double serves the tests where Vault must misbehave --
+sealed or gone in the middle of a job, 5xx and slow answers, malformed JSON (``down`` and the ``fault`` hook;
+tests/integration/test_vault_outage.py) -- and its own fidelity tests (tests/vault/). Do not add tests here
+that a real server can run.
+
+It serves the small part of Vault's HTTP API that the runner orchestrator uses, answering with Vault's
+envelope, status codes and error strings (see ``/work/shared/vault-api-facts.md`` and the JWT auth plugin /
+``hashicorp/cap`` sources):
 
 * ``POST /v1/auth/<mount>/login`` (JWT auth method): JWKS fetched over HTTP from ``jwks_url`` or from the
   ``jwks_uri`` of ``<oidc_discovery_url>/.well-known/openid-configuration`` (keys cached, re-fetched when
@@ -23,7 +29,6 @@ inspect it with ``live_tokens``, ``token_by_accessor``, ``live_leases`` and ``re
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import re
@@ -507,6 +512,9 @@ class VaultDouble:
         self.clock: Callable[[], float] = clock or time.time
         self.url = ""
         self.down = False
+        # Called with every request before it is served: a response it returns is the answer (a 502, garbage
+        # with status 200, a stall); None lets the request through.
+        self.fault: Callable[[web.Request], Awaitable[web.StreamResponse | None]] | None = None
         self.requests: list[tuple[str, str]] = []
         # JWT time leeways in seconds (0 = none). Semantics follow hashicorp/cap, which Vault uses:
         # ``exp``/``nbf``/``iat`` are checked with ``clock_skew_leeway`` (Vault default 60 s);
@@ -869,6 +877,8 @@ class VaultDouble:
         try:
             if self.down:
                 raise VaultHTTPError(503, [SEALED])
+            if self.fault is not None and (answer := await self.fault(request)) is not None:
+                return answer
             return await self._dispatch(request)
         except VaultHTTPError as exc:
             body = exc.body if exc.body is not None else {"errors": exc.errors}
@@ -2012,18 +2022,3 @@ class VaultDouble:
         body = self._envelope(dict(secret.data))
         body.update(lease_id=lease.lease_id, renewable=True, lease_duration=secret.lease_duration)
         return self._json(200, body)
-
-
-async def _serve(port: int, root_token: str) -> None:
-    double = VaultDouble(root_token=root_token)
-    double._port = port
-    print(await double.start(), flush=True)
-    await asyncio.Event().wait()
-
-
-if __name__ == "__main__":
-    # A local Vault stand-in for the demo (.ci/demo): `python tests/vault_double.py PORT ROOT_TOKEN`.
-    # It is a test double, not a Vault: configure a real Vault with config/vault/setup-vault.sh.
-    import sys
-
-    asyncio.run(_serve(int(sys.argv[1]), sys.argv[2]))

@@ -7,7 +7,7 @@ same mix runs first; then `ORCHESTRATOR_SOAK_JOBS` jobs (default 500) are sent a
 
 Checked at the end: every job reached the state its kind calls for; no container of this controller is left and
 no Docker volume or network appeared; the store agrees with Docker (nothing `starting`/`running`, no final job's
-container still exists); the Vault double has no live token; the process's RSS grew by less than 50 MiB between
+container still exists); OpenBao holds no live job token; the process's RSS grew by less than 50 MiB between
 the end of the warm-up and the end of the soak (the controller runs in this process, so this is its RSS plus the
 test's own small bookkeeping); no secret value is in any stored log (API or file on disk).
 
@@ -20,21 +20,17 @@ import asyncio
 import gc
 import os
 import random
-import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
-from vault_controller import start_with_vault, started_vault
 
 from conftest import RunningController, job_spec, managed_containers
-
-sys.path.insert(0, str(Path(__file__).parent.parent))
-from vault_double import VaultDouble
+from openbao import VaultLayout
+from vault_controller import start_with_openbao
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -98,20 +94,27 @@ def _mib(n: int) -> str:
 
 
 @pytest.fixture
-async def vault() -> AsyncIterator[VaultDouble]:
-    double = await started_vault(db_password=DB_PASSWORD, api_key=API_KEY, other_password="soak-other-pool-password")
-    yield double
-    await double.stop()
+def vault(vault_layout: Any) -> VaultLayout:
+    layout: VaultLayout = vault_layout()
+    return layout
 
 
-async def _start_with_vault(controller_factory: Any, vault: VaultDouble) -> RunningController:
-    return await start_with_vault(
+async def _start_with_vault(controller_factory: Any, vault: VaultLayout) -> RunningController:
+    ctl = await start_with_openbao(
         controller_factory,
         vault,
         retry_budget_s=5.0,
         top={"max_total_concurrent": CONCURRENCY},
         pool={"max_concurrent": CONCURRENCY, "memory": "32m", "pids": 32, "max_queue": 2000},
     )
+
+    def seed() -> None:
+        vault.put_kv("ci/default/db", {"password": DB_PASSWORD})
+        vault.put_kv("ci/default/api", {"key": API_KEY})
+        vault.put_kv("ci/other/db", {"password": "soak-other-pool-password"})
+
+    await asyncio.to_thread(seed)
+    return ctl
 
 
 async def _list_jobs(ctl: RunningController, status: str, limit: int = 1000) -> list[dict[str, Any]]:
@@ -180,7 +183,7 @@ def _check_outcomes(kinds: dict[str, str], views: dict[str, dict[str, Any]]) -> 
 
 @pytest.mark.timeout(900)
 async def test_soak_mixed_jobs_leave_nothing_behind(
-    controller_factory: Any, vault: VaultDouble, docker_client: docker.DockerClient
+    controller_factory: Any, vault: VaultLayout, docker_client: docker.DockerClient
 ) -> None:
     volumes_before = {v.id for v in docker_client.volumes.list()}
     networks_before = {n.id for n in docker_client.networks.list()}
@@ -233,7 +236,7 @@ async def test_soak_mixed_jobs_leave_nothing_behind(
     assert sum(1 for j in stored if j.container_id) >= (SOAK_JOBS + WARMUP_JOBS) * 8 // 10
 
     # Vault: every job token was revoked, whatever way the job ended.
-    assert vault.live_tokens() == []
+    assert await asyncio.to_thread(vault.job_tokens) == []
 
     # No secret value in any stored log, through the API or on disk; the secret jobs did see their values.
     for job_id, kind in {**warmup, **soak}.items():

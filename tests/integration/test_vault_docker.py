@@ -1,48 +1,71 @@
-"""Short-lived Vault credentials end to end: the controller's JWT is verified by the Vault double against the
-controller's real JWKS endpoint; the job reads its secret from a tmpfs file; the token dies with the job."""
+"""Short-lived Vault credentials end to end on a REAL OpenBao server (tests/openbao.py), configured by
+config/vault/setup-vault.sh as an operator would: OpenBao verifies the controller's JWTs against the controller's
+own discovery document and JWKS, the job reads its secrets from tmpfs files, and the token dies with the job.
+
+What only a real server makes meaningful is checked here: bound claims and policies (another pool's or another
+repository's secret is refused, naming the role and the path), audience, expiry and signature checks, the token's
+real TTL (token lookup), its revocation (the accessor is gone), and key rotation against Vault's JWKS cache."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sys
-from collections.abc import AsyncIterator
+import re
+import time
 from pathlib import Path
 from typing import Any
 
 import docker
+import hvac
+import hvac.exceptions
+import jwt
 import pytest
-from vault_controller import start_with_vault, started_vault
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from conftest import job_spec, managed_containers
+from orchestrator.credentials.claims import JobIdentity
+from orchestrator.credentials.vault import VaultCredentials
 
-sys.path.insert(0, str(Path(__file__).parent.parent))
-from vault_double import VaultDouble
+from conftest import RunningController, job_spec, managed_containers
+from openbao import VaultLayout
+from vault_controller import API_KEY, DB_PASSWORD, OTHER_PASSWORD, seed, start_with_openbao
 
 pytestmark = pytest.mark.docker
-
-DB_PASSWORD = "db-pa55word-7c1e4f0a9b"
-API_KEY = "api-key-0d9c8b7a6f5e4d3c"
-
-
-@pytest.fixture
-async def vault() -> AsyncIterator[VaultDouble]:
-    double = await started_vault(db_password=DB_PASSWORD, api_key=API_KEY, other_password="other-pool-password")
-    double.put_policy("orchestrator-revoker", {"auth/token/revoke-accessor": ["update"]})
-    yield double
-    await double.stop()
-
 
 SECRETS = [
     {"path": "ci/default/db", "key": "password", "name": "DB_PASSWORD"},
     {"path": "ci/default/api", "key": "key", "name": "API_KEY", "deliver": "env"},
 ]
+# OpenBao's and Vault's service and batch token formats (s., hvs., b., hvb.): none may show in a log or file.
+TOKEN_PATTERN = re.compile(rb"\b(?:hv)?[sb]\.[A-Za-z0-9_-]{20,}")
+
+
+@pytest.fixture
+def layout(vault_layout: Any) -> VaultLayout:
+    made: VaultLayout = vault_layout()
+    return made
+
+
+async def started(controller_factory: Any, layout: VaultLayout, **kw: Any) -> RunningController:
+    ctl = await start_with_openbao(controller_factory, layout, **kw)
+    await asyncio.to_thread(seed, layout)
+    return ctl
+
+
+def backend(ctl: RunningController) -> VaultCredentials:
+    credentials = ctl.controller.credentials
+    assert isinstance(credentials, VaultCredentials)
+    return credentials
+
+
+async def login(layout: VaultLayout, token: str, role: str = "ci-default") -> dict[str, Any]:
+    client = hvac.Client(url=layout.bao.url, timeout=10)
+    return await asyncio.to_thread(client.auth.jwt.jwt_login, role=role, jwt=token, path=layout.jwt_mount)  # type: ignore[no-any-return]
 
 
 async def test_job_reads_its_secrets_and_the_token_dies_with_the_job(
-    controller_factory: Any, vault: VaultDouble, docker_client: docker.DockerClient
+    controller_factory: Any, layout: VaultLayout, docker_client: docker.DockerClient
 ) -> None:
-    ctl = await start_with_vault(controller_factory, vault)
+    ctl = await started(controller_factory, layout)
     async with ctl.session.get(f"{ctl.url}/.well-known/openid-configuration") as r:
         assert (await r.json())["jwks_uri"] == f"{ctl.url}/.well-known/jwks.json"
     spec = job_spec(
@@ -59,10 +82,12 @@ async def test_job_reads_its_secrets_and_the_token_dies_with_the_job(
     )
     assert (await ctl.post_webhook(spec))[0] == 202
     running = await ctl.wait_status(spec["id"], {"running"})
-    # While it runs: the token is live and nothing about the secret shows in docker inspect.
+    # While it runs: one live token from this mount, and nothing about the secret shows in docker inspect.
     inspect = json.dumps(docker_client.api.inspect_container(running["container_id"]))
     assert DB_PASSWORD not in inspect and API_KEY not in inspect
-    assert len(vault.live_tokens()) == 1
+    (live,) = await asyncio.to_thread(layout.job_tokens)
+    assert live["policies"] == ["default", f"t{layout.suffix}-ci-default-read"]
+    assert live["meta"]["role"] == "ci-default" and live["meta"]["repository"] == "example/app"
     job = await ctl.wait_final(spec["id"])
     assert job["status"] == "succeeded", (job, await ctl.logs(spec["id"]))
     log = (await ctl.logs(spec["id"])).decode()
@@ -70,170 +95,270 @@ async def test_job_reads_its_secrets_and_the_token_dies_with_the_job(
     assert "600 runner" in log
     assert DB_PASSWORD not in log and API_KEY not in log
     assert log.count("[MASKED]") >= 2
-    # The token is revoked: the double reports it dead; the store kept only its accessor.
-    assert vault.live_tokens() == []
+    # Revoked: the accessor the store kept is unknown to the server, and no token of this mount is left.
     stored = await ctl.controller.store.get(spec["id"])
-    assert stored is not None and stored.credentials_accessor
-    token = vault.token_by_accessor(stored.credentials_accessor)
-    assert token is not None and token.revoked
-    # No secret in the store, the API or on the host's disk under the data dir.
+    assert stored is not None and stored.credentials_accessor == live["accessor"]
+    assert not await asyncio.to_thread(layout.token_exists, live["accessor"])
+    assert await asyncio.to_thread(layout.job_tokens) == []
+    # No secret or token in the store, the API or on the host's disk under the data dir.
     assert DB_PASSWORD not in json.dumps(await ctl.job(spec["id"]))
     for f in ctl.config.data_dir.rglob("*"):
         if f.is_file():
             data = f.read_bytes()
             assert DB_PASSWORD.encode() not in data and API_KEY.encode() not in data, f
-            assert token.id.encode() not in data, f
+            assert not TOKEN_PATTERN.search(data), f
     assert managed_containers(docker_client, ctl.controller_id) == []
 
 
 async def test_controller_logs_never_contain_secrets_or_tokens(
-    controller_factory: Any, vault: VaultDouble, caplog: pytest.LogCaptureFixture
+    controller_factory: Any, layout: VaultLayout, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("DEBUG")
-    ctl = await start_with_vault(controller_factory, vault)
+    ctl = await started(controller_factory, layout)
     spec = job_spec(secrets=SECRETS, commands=["echo $API_KEY"])
     await ctl.post_webhook(spec)
-    await ctl.wait_final(spec["id"])
+    assert (await ctl.wait_final(spec["id"]))["status"] == "succeeded"
     text = caplog.text + json.dumps([r.__dict__ for r in caplog.records], default=str)
     assert DB_PASSWORD not in text and API_KEY not in text
-    for tok in vault._tokens.values():
-        assert tok.id not in text
-    assert "hvs." not in text
+    assert not TOKEN_PATTERN.search(text.encode()), TOKEN_PATTERN.search(text.encode())
+    assert "eyJ" not in text  # no JWT either
 
 
-async def test_other_repository_is_refused_by_bound_claims(
-    controller_factory: Any, vault: VaultDouble, docker_client: docker.DockerClient
+async def test_bound_claims_refuse_another_repository_before_any_container(
+    controller_factory: Any, layout: VaultLayout, docker_client: docker.DockerClient
 ) -> None:
-    ctl = await start_with_vault(controller_factory, vault)
+    ctl = await started(controller_factory, layout)
+    # The operator binds the role to one repository as well as the pool.
+    await asyncio.to_thread(layout.tune_role, bound_claims={"pool": "default", "repository": "example/app"})
     spec = job_spec(repository="attacker/fork", secrets=SECRETS[:1], commands=["cat /run/secrets/DB_PASSWORD"])
     await ctl.post_webhook(spec)
     job = await ctl.wait_final(spec["id"])
     assert job["status"] == "error"
-    assert "role 'ci-default'" in job["reason"] and "error validating claims" in job["reason"]
+    assert f"role 'ci-default' at auth/{layout.jwt_mount}" in job["reason"], job["reason"]
+    assert "claim" in job["reason"] and "repository" in job["reason"], job["reason"]
     assert "eyJ" not in job["reason"]  # never the JWT
     assert job["container_id"] is None
-    assert vault.live_tokens() == []
+    assert await asyncio.to_thread(layout.job_tokens) == []
     assert managed_containers(docker_client, ctl.controller_id) == []
 
 
-async def test_other_pool_path_is_forbidden_by_policy(controller_factory: Any, vault: VaultDouble) -> None:
-    ctl = await start_with_vault(controller_factory, vault)
+async def test_another_pools_secret_is_forbidden_by_policy(controller_factory: Any, layout: VaultLayout) -> None:
+    ctl = await started(controller_factory, layout)
     spec = job_spec(secrets=[{"path": "ci/other/db", "key": "password", "name": "X"}])
     await ctl.post_webhook(spec)
     job = await ctl.wait_final(spec["id"])
     assert job["status"] == "error"
-    assert "permission denied" in job["reason"] and "ci/other/db" in job["reason"]
+    assert job["reason"] == (
+        f"credentials: Vault denied reading '{layout.kv_mount}/data/ci/other/db': "
+        "permission denied for role 'ci-default' (check its policies)"
+    )
+    assert OTHER_PASSWORD not in json.dumps(job)
     assert job["container_id"] is None
-    assert vault.live_tokens() == []  # the token that got this far was revoked too
+    assert await asyncio.to_thread(layout.job_tokens) == []  # the token that got this far was revoked too
 
 
-async def test_missing_path_and_missing_key(controller_factory: Any, vault: VaultDouble) -> None:
-    ctl = await start_with_vault(controller_factory, vault)
+async def test_repository_scope_reads_own_and_pool_wide_secrets_only(
+    controller_factory: Any, layout: VaultLayout
+) -> None:
+    ctl = await started(controller_factory, layout, setup={"ORCH_SCOPE": "repository"})
+
+    def put() -> None:
+        layout.put_kv("ci/default/acme/app/token", {"value": "acme-app-token-8c7d6e"})
+        layout.put_kv("ci/default/acme/other/token", {"value": "acme-other-token-1f2e3d"})
+        layout.put_kv("ci/default/shared", {"value": "pool-wide-value-9a8b7c"})
+
+    await asyncio.to_thread(put)
+    own = job_spec(
+        repository="acme/app",
+        secrets=[
+            {"path": "ci/default/acme/app/token", "key": "value", "name": "OWN"},
+            {"path": "ci/default/shared", "key": "value", "name": "SHARED"},
+        ],
+        commands=["test -s /run/secrets/OWN && test -s /run/secrets/SHARED && echo both"],
+    )
+    foreign = job_spec(
+        repository="acme/other", secrets=[{"path": "ci/default/acme/app/token", "key": "value", "name": "X"}]
+    )
+    parent = job_spec(repository="acme", secrets=[{"path": "ci/default/acme/app/token", "key": "value", "name": "X"}])
+    for spec in (own, foreign, parent):
+        await ctl.post_webhook(spec)
+    done = await ctl.wait_final(own["id"])
+    assert done["status"] == "succeeded", done["reason"]
+    assert b"both" in await ctl.logs(own["id"])
+    for spec in (foreign, parent):
+        job = await ctl.wait_final(spec["id"])
+        assert job["status"] == "error", job
+        assert "permission denied for role 'ci-default'" in job["reason"]
+        assert f"'{layout.kv_mount}/data/ci/default/acme/app/token'" in job["reason"]
+        assert job["container_id"] is None
+    # The pool-wide layout of ORCH_SCOPE=pool no longer applies: a secret of the pool is not every repository's.
+    assert await asyncio.to_thread(layout.job_tokens) == []
+
+
+async def test_missing_path_and_missing_key(controller_factory: Any, layout: VaultLayout) -> None:
+    ctl = await started(controller_factory, layout)
     missing = job_spec(secrets=[{"path": "ci/default/nope", "key": "k", "name": "X"}])
     nokey = job_spec(secrets=[{"path": "ci/default/db", "key": "nope", "name": "X"}])
     await ctl.post_webhook(missing)
     await ctl.post_webhook(nokey)
     j1, j2 = await ctl.wait_final(missing["id"]), await ctl.wait_final(nokey["id"])
     assert j1["status"] == j2["status"] == "error"
-    assert "no secret at 'secret/data/ci/default/nope'" in j1["reason"]
+    assert f"no secret at '{layout.kv_mount}/data/ci/default/nope'" in j1["reason"]
     assert "has no key 'nope'" in j2["reason"] and "password" in j2["reason"]
     assert DB_PASSWORD not in j2["reason"]
 
 
-async def test_expired_jwt_is_refused(controller_factory: Any, vault: VaultDouble) -> None:
-    ctl = await start_with_vault(controller_factory, vault)
-    vault.clock = lambda: __import__("time").time() + 3600  # Vault's clock is an hour ahead: the JWT is stale
+async def test_wrong_audience_is_refused(controller_factory: Any, layout: VaultLayout) -> None:
+    ctl = await started(controller_factory, layout, pool={"audience": "not-vault"})
     spec = job_spec(secrets=SECRETS[:1])
     await ctl.post_webhook(spec)
     job = await ctl.wait_final(spec["id"])
-    assert job["status"] == "error"
-    assert "token is expired" in job["reason"]
-    assert job["container_id"] is None
+    assert job["status"] == "error" and job["container_id"] is None
+    assert "Vault refused the login as role 'ci-default'" in job["reason"]
+    assert "aud" in job["reason"], job["reason"]
 
 
-async def test_vault_down_fails_closed(
-    controller_factory: Any, vault: VaultDouble, docker_client: docker.DockerClient
+async def test_expired_and_foreign_jwts_are_refused(controller_factory: Any, layout: VaultLayout) -> None:
+    """Tokens the controller never issues, presented to the configured server directly: it must refuse them."""
+    ctl = await started(controller_factory, layout)
+    issuer = backend(ctl).issuer
+    identity = JobIdentity(job_id="j1", repository="example/app", ref="refs/heads/main", sha="0" * 40, pool="default")
+    # A fresh one is accepted, so the refusals below are about what was changed.
+    assert (await login(layout, issuer.mint(identity, "vault")))["auth"]["client_token"]
+    # Expired: minted an hour ago (exp = iat + token_lifetime_s, well past Vault's 150 s leeway).
+    expired = issuer.mint(identity, "vault", now=int(time.time()) - 3600)
+    with pytest.raises(hvac.exceptions.InvalidRequest, match=r"expired|exp"):
+        await login(layout, expired)
+    # Signed by a key that is not in the JWKS, but claiming the active key's kid.
+    claims = jwt.decode(issuer.mint(identity, "vault"), options={"verify_signature": False})
+    rogue = ec.generate_private_key(ec.SECP256R1())
+    kid = jwt.get_unverified_header(issuer.mint(identity, "vault"))["kid"]
+    forged = jwt.encode(claims, rogue, algorithm="ES256", headers={"kid": kid, "typ": "JWT"})
+    with pytest.raises(hvac.exceptions.InvalidRequest, match=r"signature|verif"):
+        await login(layout, forged)
+    # The same with a kid nobody published.
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        await login(layout, jwt.encode(claims, rogue, algorithm="ES256", headers={"kid": "not-published"}))
+
+
+async def test_token_ttl_is_bounded_by_the_job_timeout(controller_factory: Any, layout: VaultLayout) -> None:
+    ctl = await started(controller_factory, layout, setup={"TOKEN_TTL": "24h", "TOKEN_MAX_TTL": "48h"}, ttl_grace_s=30)
+    spec = job_spec(secrets=SECRETS[:1], commands=["sleep 3"], timeout_s=45)
+    await ctl.post_webhook(spec)
+    await ctl.wait_status(spec["id"], {"running"})
+    (live,) = await asyncio.to_thread(layout.job_tokens)
+    assert 0 < live["ttl"] <= 45 + 30, live["ttl"]
+    assert (await ctl.wait_final(spec["id"]))["status"] == "succeeded"
+
+
+async def test_a_short_role_ttl_is_extended_to_the_job_timeout(
+    controller_factory: Any, layout: VaultLayout, caplog: pytest.LogCaptureFixture
 ) -> None:
-    ctl = await start_with_vault(controller_factory, vault)
-    vault.down = True
-    sealed = job_spec(secrets=SECRETS[:1])
-    plain = job_spec(commands=["echo no secrets needed"])
-    await ctl.post_webhook(sealed)
-    await ctl.post_webhook(plain)
-    job = await ctl.wait_final(sealed["id"])
-    assert job["status"] == "error" and "unavailable after retrying" in job["reason"]
-    assert job["container_id"] is None
-    assert (await ctl.wait_final(plain["id"]))["status"] == "succeeded"
-    await vault.stop()  # unreachable, not just sealed
-    unreachable = job_spec(secrets=SECRETS[:1])
-    await ctl.post_webhook(unreachable)
-    job = await ctl.wait_final(unreachable["id"])
-    assert job["status"] == "error" and "unavailable" in job["reason"]
-    assert managed_containers(docker_client, ctl.controller_id) == []
+    """A token that expired mid-job would take its leases (a database user) with it: the TTL is raised to the job's
+    timeout plus grace, as far as the role's max TTL allows, and a token capped below that is logged."""
+    ctl = await started(controller_factory, layout, setup={"TOKEN_TTL": "1m", "TOKEN_MAX_TTL": "2h"}, ttl_grace_s=30)
+    spec = job_spec(secrets=SECRETS[:1], commands=["sleep 3"], timeout_s=240)
+    await ctl.post_webhook(spec)
+    await ctl.wait_status(spec["id"], {"running"})
+    (live,) = await asyncio.to_thread(layout.job_tokens)
+    assert 240 < live["ttl"] <= 240 + 30, live["ttl"]
+    assert (await ctl.wait_final(spec["id"]))["status"] == "succeeded"
+    assert "expires before the job's timeout" not in caplog.text
+
+    await asyncio.to_thread(layout.tune_role, token_max_ttl=120)
+    capped = job_spec(secrets=SECRETS[:1], commands=["sleep 3"], timeout_s=240)
+    await ctl.post_webhook(capped)
+    await ctl.wait_status(capped["id"], {"running"})
+    (live,) = await asyncio.to_thread(layout.job_tokens)
+    assert 60 < live["ttl"] <= 120, live["ttl"]
+    assert (await ctl.wait_final(capped["id"]))["status"] == "succeeded"
+    assert "expires before the job's timeout; raise token_max_ttl on the role" in caplog.text
+
+
+async def test_role_whose_ttl_cannot_be_shortened_is_an_error(controller_factory: Any, layout: VaultLayout) -> None:
+    """Renewal can only extend up to the role's max TTL; here it is the TTL itself and too long for the job."""
+    ctl = await started(controller_factory, layout, setup={"TOKEN_TTL": "24h", "TOKEN_MAX_TTL": "24h"})
+    await asyncio.to_thread(layout.tune_role, token_period=86400)  # periodic: renew-self resets to the period
+    spec = job_spec(secrets=SECRETS[:1], timeout_s=45)
+    await ctl.post_webhook(spec)
+    job = await ctl.wait_final(spec["id"])
+    assert job["status"] == "error" and job["container_id"] is None
+    assert "cannot be shortened" in job["reason"] and "'ci-default'" in job["reason"], job["reason"]
+    assert await asyncio.to_thread(layout.job_tokens) == []
 
 
 @pytest.mark.parametrize("ending", ["timeout", "cancel", "failure"])
-async def test_token_is_revoked_however_the_job_ends(controller_factory: Any, vault: VaultDouble, ending: str) -> None:
-    ctl = await start_with_vault(controller_factory, vault)
+async def test_token_is_revoked_however_the_job_ends(controller_factory: Any, layout: VaultLayout, ending: str) -> None:
+    ctl = await started(controller_factory, layout)
     commands = {"timeout": ["sleep 600"], "cancel": ["sleep 600"], "failure": ["exit 4"]}[ending]
     spec = job_spec(secrets=SECRETS[:1], commands=commands, timeout_s=2 if ending == "timeout" else 60)
     await ctl.post_webhook(spec)
     if ending == "cancel":
         await ctl.wait_status(spec["id"], {"running"})
-        assert len(vault.live_tokens()) == 1
+        assert len(await asyncio.to_thread(layout.job_tokens)) == 1
         await ctl.api("POST", f"/api/v1/jobs/{spec['id']}/cancel")
     job = await ctl.wait_final(spec["id"])
     assert job["status"] == {"timeout": "timed_out", "cancel": "cancelled", "failure": "failed"}[ending]
-    assert vault.live_tokens() == []
+    assert await asyncio.to_thread(layout.job_tokens) == []
 
 
-async def test_token_ttl_is_bounded_by_the_job_timeout(controller_factory: Any, vault: VaultDouble) -> None:
-    ctl = await start_with_vault(controller_factory, vault, role={"token_ttl": 86400}, ttl_grace_s=30)
-    spec = job_spec(secrets=SECRETS[:1], commands=["sleep 3"], timeout_s=45)
-    await ctl.post_webhook(spec)
-    await ctl.wait_status(spec["id"], {"running"})
-    (token,) = vault.live_tokens()
-    assert token.ttl(vault.clock()) <= 45 + 30
-    await ctl.wait_final(spec["id"])
-
-
-async def test_num_uses_bounded_role_still_works(controller_factory: Any, vault: VaultDouble) -> None:
-    ctl = await start_with_vault(controller_factory, vault, role={"token_num_uses": 3})
+async def test_num_uses_bounded_role_still_works(controller_factory: Any, layout: VaultLayout) -> None:
+    ctl = await started(controller_factory, layout)
+    await asyncio.to_thread(layout.tune_role, token_num_uses=3)  # two reads and the revocation
     spec = job_spec(secrets=SECRETS, commands=["echo ok"])
     await ctl.post_webhook(spec)
     job = await ctl.wait_final(spec["id"])
     assert job["status"] == "succeeded", job
-    assert vault.live_tokens() == []
+    assert await asyncio.to_thread(layout.job_tokens) == []
 
 
-async def test_dynamic_secret_lease_is_revoked_with_the_token(controller_factory: Any, vault: VaultDouble) -> None:
-    vault.put_policy("ci-default-read", {"secret/data/ci/default/*": ["read"], "database/creds/ci": ["read"]})
-    vault.put_dynamic("database/creds/ci", {"username": "v-ci-123", "password": "dyn-pass-5a4b3c2d1e"})
-    ctl = await start_with_vault(controller_factory, vault)
-    spec = job_spec(
-        secrets=[{"path": "database/creds/ci", "key": "password", "name": "DB", "engine": "generic"}],
-        commands=["test -s /run/secrets/DB && echo got-it", "cat /run/secrets/DB"],
+async def test_key_rotation_new_jobs_log_in_with_the_new_key(controller_factory: Any, layout: VaultLayout) -> None:
+    """Vault caches the JWKS it fetched through discovery; a token signed by a key it has not seen makes it
+    fetch again, so a job started after rotation logs in, and a token of the retired key still verifies."""
+    ctl = await started(controller_factory, layout)
+    keys = backend(ctl).issuer._keys
+    first = job_spec(secrets=SECRETS[:1], commands=["echo before"])
+    await ctl.post_webhook(first)
+    assert (await ctl.wait_final(first["id"]))["status"] == "succeeded"
+    old_kid = keys.active_kid
+    old_token = backend(ctl).issuer.mint(
+        JobIdentity(job_id="j", repository="example/app", ref="refs/heads/main", sha="0" * 40, pool="default"),
+        "vault",
     )
-    await ctl.post_webhook(spec)
-    job = await ctl.wait_final(spec["id"])
+    await asyncio.to_thread(keys.rotate)
+    assert keys.active_kid != old_kid
+    second = job_spec(secrets=SECRETS[:1], commands=["echo after"])
+    await ctl.post_webhook(second)
+    job = await ctl.wait_final(second["id"])
     assert job["status"] == "succeeded", job
-    log = await ctl.logs(spec["id"])
-    assert b"got-it" in log and b"dyn-pass-5a4b3c2d1e" not in log
-    assert vault.live_leases() == []
-    await asyncio.sleep(0)
+    async with ctl.session.get(f"{ctl.url}/.well-known/jwks.json") as r:
+        assert {k["kid"] for k in (await r.json())["keys"]} == {old_kid, keys.active_kid}
+    assert (await login(layout, old_token))["auth"]["client_token"]  # inside the overlap: still trusted
 
 
 async def test_revoker_token_is_renewed_and_never_needed_for_normal_jobs(
-    controller_factory: Any, vault: VaultDouble, tmp_path: Path
+    controller_factory: Any, layout: VaultLayout, tmp_path: Path
 ) -> None:
-    revoker = vault.create_token(policies=["orchestrator-revoker"], ttl=0, period=600)
     token_file = tmp_path / "revoker.token"
-    token_file.write_text(revoker.id + "\n")
+    token_file.write_text("created once the layout exists\n")  # the controller reads it when it renews
     token_file.chmod(0o600)
-    ctl = await start_with_vault(controller_factory, vault, revoker_token_file=str(token_file))
-    backend = ctl.controller.credentials
-    assert await backend.renew_revoker() is True  # type: ignore[union-attr]
+    ctl = await started(controller_factory, layout, revoker_token_file=str(token_file))
+    revoker = await asyncio.to_thread(layout.create_revoker_token, token_file)
+    assert await backend(ctl).renew_revoker() is True
     spec = job_spec(secrets=SECRETS[:1], commands=["echo ok"])
     await ctl.post_webhook(spec)
     assert (await ctl.wait_final(spec["id"]))["status"] == "succeeded"
-    assert [t.id for t in vault.live_tokens()] == [revoker.id]
+    assert await asyncio.to_thread(layout.job_tokens) == []
+    # The revoker lives on, and can do nothing but revoke by accessor.
+    client = layout.bao.client(revoker)
+    assert (await asyncio.to_thread(client.auth.token.lookup_self))["data"]["policies"] == [
+        "default",
+        f"t{layout.suffix}-orchestrator-revoker",
+    ]
+    with pytest.raises(hvac.exceptions.Forbidden):
+        await asyncio.to_thread(
+            client.secrets.kv.v2.read_secret_version,
+            path="ci/default/db",
+            mount_point=layout.kv_mount,
+            raise_on_deleted_version=True,
+        )

@@ -1,14 +1,12 @@
 """Faithfulness tests for the Vault test double, driven the way production code drives Vault: with hvac
-(synchronous, so through ``asyncio.to_thread`` -- the double serves on the test's event loop), raw HTTP,
-and the real ``config/vault/setup-vault.sh`` over curl."""
+(synchronous, so through ``asyncio.to_thread`` -- the double serves on the test's event loop) and raw HTTP.
+The double only serves the outage tests (tests/integration/test_vault_outage.py); setup-vault.sh and the
+credentials flow are tested on a real OpenBao server (tests/vault/test_setup_script.py, test_vault_docker.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import pathlib
-import shutil
-import stat
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -641,102 +639,3 @@ async def test_configuration_through_hvac_admin_methods(jwks_server: JwksServer)
             await call(job.sys.create_or_update_acl_policy, "mine", 'path "*" { capabilities = ["sudo"] }')
         with pytest.raises(hvac.exceptions.Forbidden):
             await call(job.secrets.kv.v2.create_or_update_secret, path="ci/linux/db", secret={}, mount_point="secret")
-
-
-# ---------------------------------------------------------------------------------------- setup script
-
-
-async def run_setup_script(env: dict[str, str], *args: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        "bash",
-        str(SETUP_SCRIPT),
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, output.decode()
-
-
-@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("curl") is None, reason="needs bash and curl")
-async def test_setup_script_configures_vault_over_curl(jwks_server: JwksServer, tmp_path: pathlib.Path) -> None:
-    async with VaultDouble(root_token=ROOT_TOKEN) as vault:
-        token_file = tmp_path / "revoker-token"
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(tmp_path),
-            "VAULT_ADDR": vault.url,
-            "VAULT_TOKEN": ROOT_TOKEN,
-            "ORCH_DISCOVERY_URL": jwks_server.issuer,
-            "ORCH_POOLS": "linux,gpu",
-            "VAULT_SETUP_MODE": "curl",
-            "ORCH_CREATE_REVOKER_TOKEN": "1",
-            "ORCH_REVOKER_TOKEN_FILE": str(token_file),
-        }
-        code, output = await run_setup_script(env)
-        assert code == 0, output
-        assert ROOT_TOKEN not in output
-        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
-        revoker_token = token_file.read_text().strip()
-        assert revoker_token not in output
-
-        # idempotent (second run: mounts already exist), pools also accepted as arguments
-        env.pop("ORCH_CREATE_REVOKER_TOKEN")
-        env.pop("ORCH_POOLS")
-        code, output = await run_setup_script(env, "linux", "gpu")
-        assert code == 0, output
-        assert "already enabled" in output and "vault token create -orphan" in output
-
-        root = hvac.Client(url=vault.url, token=ROOT_TOKEN)
-        policy = (await call(root.sys.read_acl_policy, "ci-linux-read"))["data"]["policy"]
-        assert 'path "secret/data/ci/linux/*"' in policy and "@" not in policy
-        assert parse_policy(policy) == {"secret/data/ci/linux/*": ["read"]}
-        revoker_policy = (await call(root.sys.read_acl_policy, "orchestrator-revoker"))["data"]["policy"]
-        assert parse_policy(revoker_policy) == {"auth/token/revoke-accessor": ["update"]}
-        vault.put_kv("secret", "ci/linux/db", {"password": "linux-pw"})
-        vault.put_kv("secret", "ci/gpu/license", {"key": "gpu"})
-        job = hvac.Client(url=vault.url)
-        auth = (await login(job, jwks_server.mint(pool="linux")))["auth"]
-        assert auth["policies"] == ["ci-linux-read", "default"]
-        assert auth["lease_duration"] == 900
-        assert (await read_kv(job, "ci/linux/db"))["data"]["data"] == {"password": "linux-pw"}
-        with pytest.raises(hvac.exceptions.Forbidden):
-            await read_kv(job, "ci/gpu/license")
-        assert (
-            "error validating claims"
-            in (await login_error(hvac.Client(url=vault.url), jwks_server.mint(pool="gpu")))[0]
-        )
-        assert "invalid audience" in (await login_error(hvac.Client(url=vault.url), jwks_server.mint(aud="other")))[0]
-
-        revoker = hvac.Client(url=vault.url, token=revoker_token)
-        revoker_info = (await call(revoker.auth.token.lookup_self))["data"]
-        assert revoker_info["policies"] == ["default", "orchestrator-revoker"]
-        assert revoker_info["period"] == 86400 and revoker_info["orphan"] is True
-        with pytest.raises(hvac.exceptions.Forbidden):
-            await read_kv(revoker, "ci/linux/db")
-        await call(revoker.auth.token.revoke_accessor, auth["accessor"])
-        with pytest.raises(hvac.exceptions.Forbidden):
-            await read_kv(job, "ci/linux/db")
-
-
-@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("curl") is None, reason="needs bash and curl")
-async def test_setup_script_reports_failures(jwks_server: JwksServer, tmp_path: pathlib.Path) -> None:
-    async with VaultDouble(root_token=ROOT_TOKEN) as vault:
-        base = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(tmp_path),
-            "VAULT_ADDR": vault.url,
-            "ORCH_DISCOVERY_URL": jwks_server.issuer,
-            "ORCH_POOLS": "linux",
-            "VAULT_SETUP_MODE": "curl",
-        }
-        code, output = await run_setup_script({**base, "VAULT_TOKEN": "hvs.wrong"})
-        assert code != 0 and "HTTP 403" in output and "permission denied" in output
-        code, output = await run_setup_script({**base, "VAULT_TOKEN": ROOT_TOKEN, "ORCH_POOLS": "bad pool!"})
-        assert code != 0 and "invalid pool name" in output
-        code, output = await run_setup_script(
-            {**base, "VAULT_TOKEN": ROOT_TOKEN, "ORCH_DISCOVERY_URL": jwks_server.issuer + "/wrong"}
-        )
-        assert code != 0 and "error checking oidc discovery URL" in output
