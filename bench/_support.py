@@ -66,7 +66,8 @@ def make_config(
     pools: dict[str, dict[str, Any]] | None = None,
     **pool: Any,
 ) -> Config:
-    """Same shape as tests/conftest.py `make_config` (kept in sync by hand; bench/ must not import tests/).
+    """Same shape as tests/conftest.py `make_config` (kept in sync by hand: bench/ imports nothing from tests/ but
+    the pytest-free tests/openbao.py and tests/ports.py).
     `top` overrides top-level fields (e.g. queue caps); `pool` overrides the default pool's fields; `pools` adds
     pools, each the default pool with the given overrides."""
     pool_cfg: dict[str, Any] = {
