@@ -149,9 +149,14 @@ async def test_pools_share_the_global_limit_fairly(rig: Any) -> None:
 async def test_slots_that_free_up_go_to_the_pools_in_turn(rig: Any) -> None:
     """Before, each freed slot went to the first pool in the config that had a queue: pool b waited until pool a
     had nothing left."""
-    r: Rig = await rig(lambda spec: runs(b"x\n", 0.02), total=1, a={"max_concurrent": 1}, b={"max_concurrent": 1})
+    programs = iter([runs(exit_code=None)])  # the blocker runs until cancelled, so every job queues behind it
+    r: Rig = await rig(
+        lambda spec: next(programs, runs(b"x\n", 0.02)), total=1, a={"max_concurrent": 1}, b={"max_concurrent": 1}
+    )
     blocker = await r.submit("a")
     jobs = [await r.submit(pool) for pool in "aaabbb"]
+    await eventually(lambda: r.scheduler.queue_depth() == 6)
+    await r.scheduler.cancel(blocker.id)
     for job in [blocker, *jobs]:
         await r.final(job)
     pool_of = {j.id: j.pool for j in [blocker, *jobs]}
