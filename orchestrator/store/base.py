@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from orchestrator.forges.records import UPDATABLE, RunnerRecord
 from orchestrator.jobs.spec import JobSpec
 from orchestrator.jobs.states import Job, JobState
 
@@ -70,6 +72,39 @@ def job_from_row(row: Sequence[Any]) -> Job:
     )
 
 
+# Column order of the `runners` table, read and written positionally: RunnerRecord's fields in declaration order.
+RUNNER_FIELDS = tuple(f.name for f in dataclasses.fields(RunnerRecord))
+RUNNER_COLUMNS = ", ".join(RUNNER_FIELDS)
+
+
+class RunnerNameTaken(ValueError):
+    """`create_runner` for a new job with a runner name another job's record already holds: the forge knows a
+    runner by its name, so two records with one name could not be told apart."""
+
+    def __init__(self, name: str, job_id: str) -> None:
+        super().__init__(f"runner name {name!r} is already taken by job {job_id}")
+        self.name = name
+        self.job_id = job_id
+
+
+def runner_to_row(record: RunnerRecord) -> tuple[object, ...]:
+    return tuple(getattr(record, field) for field in RUNNER_FIELDS)
+
+
+def runner_from_row(row: Sequence[Any]) -> RunnerRecord:
+    return RunnerRecord(*row)
+
+
+def runner_assignments(fields: Mapping[str, object], placeholder: str) -> tuple[str, list[object]]:
+    """The SET clause and parameters of `update_runner`, for both SQL stores. Column names come only from
+    UPDATABLE (anything else is refused with a ValueError naming it); values are always parameters."""
+    unknown = sorted(set(fields) - UPDATABLE)
+    if unknown:
+        raise ValueError(f"runner fields cannot be updated: {', '.join(unknown)} (updatable: {sorted(UPDATABLE)})")
+    names = sorted(fields)  # a stable statement text whatever the keyword order
+    return ", ".join(f"{name} = {placeholder}" for name in names), [fields[name] for name in names]
+
+
 class JobStore(Protocol):
     async def open(self) -> None: ...
 
@@ -95,4 +130,36 @@ class JobStore(Protocol):
 
     async def check_writable(self) -> None:
         """Raises if a write would fail now (readiness probe)."""
+        ...
+
+    # --- forge runners: one RunnerRecord per job that runs a single-use forge runner -------------------------
+
+    async def create_runner(self, record: RunnerRecord) -> tuple[RunnerRecord, bool]:
+        """Insert unless a record for `record.job_id` exists; returns (stored record, created). A webhook and
+        reconciliation may both ask for the same job's runner, so a repeat returns what is stored and overwrites
+        nothing. Raises RunnerNameTaken if another job's record has `record.name` (the forge's key for it)."""
+        ...
+
+    async def update_runner(self, job_id: str, /, **fields: object) -> RunnerRecord | None:
+        """Sets only `fields` (each in records.UPDATABLE, else ValueError naming it) and returns the record as
+        stored, or None for an unknown job_id. Field by field, not the whole row: the registration and the forge's
+        webhooks (in_progress, completed) arrive concurrently, possibly at different controllers, and a writer
+        must not undo the field another one just set."""
+        ...
+
+    async def get_runner(self, job_id: str) -> RunnerRecord | None:
+        """The runner of one of our jobs (what its container, cancel and logs belong to)."""
+        ...
+
+    async def runner_by_name(self, name: str) -> RunnerRecord | None:
+        """The record the forge means when its webhooks name a runner (`runner_name`)."""
+        ...
+
+    async def list_runners(self, *, source: str | None = None, limit: int = 100) -> list[RunnerRecord]:
+        """Newest first (created_at, then job_id, descending); a negative limit means none, as in list_jobs."""
+        ...
+
+    async def runners_of_unfinished_jobs(self, source: str | None = None) -> list[RunnerRecord]:
+        """Records whose job is not in a final state, oldest first: the runners the forge supervisor must still
+        watch (and settle after a restart). A record without a job row is not included."""
         ...

@@ -9,6 +9,9 @@ Same contract as the SQLite store (orchestrator/store/sqlite.py):
 - `update` is a compare-and-set on `state` (`UPDATE … WHERE id = %s AND state = %s`); a concurrent writer that
   got there first changes the row's state, PostgreSQL re-checks the WHERE clause against it, and the loser
   updates nothing.
+- Forge runner records (`runners`): `create_runner` is the same insert-or-read-the-winner as `create` (a name
+  another job holds violates its UNIQUE constraint: RunnerNameTaken); `update_runner` sets only the columns it
+  is given in one `UPDATE … RETURNING`, so writers of different fields, in any controller, keep each other's.
 - Every write commits before the call returns, with `synchronous_commit` at least `on`: a server whose default is
   `off` is overridden per connection, because a webhook's 202 promises the job is on disk. The server already
   groups concurrent commits into one WAL flush, so there is no client-side batching as in the SQLite store.
@@ -33,8 +36,20 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from orchestrator.forges.records import RunnerRecord
 from orchestrator.jobs.states import FINAL_STATES, Job, JobState
-from orchestrator.store.base import COLUMNS, job_from_row, job_to_row, list_filter
+from orchestrator.store.base import (
+    COLUMNS,
+    RUNNER_COLUMNS,
+    RUNNER_FIELDS,
+    RunnerNameTaken,
+    job_from_row,
+    job_to_row,
+    list_filter,
+    runner_assignments,
+    runner_from_row,
+    runner_to_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +59,8 @@ Connection = psycopg.AsyncConnection[TupleRow]
 # otherwise fail with a unique violation in the catalog. Any fixed 64-bit key; this one spells "orchjobs".
 _SCHEMA_LOCK_KEY = 0x6F7263686A6F6273
 
-# `id` compares bytewise (COLLATE "C") so that list order matches the SQLite store whatever the database's locale.
+# `id` and `job_id` compare bytewise (COLLATE "C") so that list order matches the SQLite store whatever the
+# database's locale.
 # `spec` is the JSON text as written: JSONB would refuse a \u0000 escape and reorder keys.
 _SCHEMA = (
     """
@@ -71,9 +87,30 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at)",
     "CREATE INDEX IF NOT EXISTS jobs_pool ON jobs (pool, created_at)",
     "CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at DOUBLE PRECISION NOT NULL)",
+    # Forge ids (job, runner) outgrow 32 bits: BIGINT.
+    """
+    CREATE TABLE IF NOT EXISTS runners (
+        job_id TEXT COLLATE "C" PRIMARY KEY,
+        source TEXT NOT NULL,
+        name TEXT NOT NULL CONSTRAINT runners_name_key UNIQUE,
+        scope TEXT NOT NULL,
+        trigger_job_id BIGINT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        registration_id BIGINT,
+        ran_job_id BIGINT,
+        ran_job_name TEXT,
+        ran_repository TEXT,
+        online_at DOUBLE PRECISION,
+        completed_at DOUBLE PRECISION,
+        conclusion TEXT
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS runners_source ON runners (source, created_at)",
 )
 
-_SCHEMA_OBJECTS = ("jobs", "jobs_state", "jobs_created", "jobs_pool", "probe")
+# Everything _SCHEMA creates: a database made by an older version lacks some (e.g. `runners`), and then the whole
+# of _SCHEMA runs again (each statement IF NOT EXISTS), so a new table must be named here too.
+_SCHEMA_OBJECTS = ("jobs", "jobs_state", "jobs_created", "jobs_pool", "probe", "runners", "runners_source")
 _SCHEMA_EXISTS = "SELECT " + ", ".join(["to_regclass(%s)"] * len(_SCHEMA_OBJECTS))
 
 _COLUMNS = COLUMNS
@@ -87,6 +124,18 @@ _UPDATE = (
     "WHERE id = %s AND state = %s"
 )
 _UNFINISHED = f"SELECT {_COLUMNS} FROM jobs WHERE NOT (state = ANY(%s)) ORDER BY created_at, id"  # noqa: S608
+_RUNNER_SELECT = f"SELECT {RUNNER_COLUMNS} FROM runners"  # noqa: S608
+_RUNNER_INSERT = (
+    f"INSERT INTO runners ({RUNNER_COLUMNS}) VALUES ({', '.join(['%s'] * len(RUNNER_FIELDS))}) "  # noqa: S608
+    "ON CONFLICT (job_id) DO NOTHING RETURNING job_id"
+)
+_RUNNERS_OF_UNFINISHED = (
+    f"SELECT {', '.join(f'r.{field}' for field in RUNNER_FIELDS)} FROM runners r "  # noqa: S608
+    "JOIN jobs j ON j.id = r.job_id WHERE NOT (j.state = ANY(%s)) AND (%s::text IS NULL OR r.source = %s) "
+    "ORDER BY r.created_at, r.job_id"
+)
+# Free-form text the forge sends back (job name, repository, conclusion): a NUL in it must not make a write fail.
+_FORGE_TEXT = frozenset({"ran_job_name", "ran_repository", "conclusion"})
 _PROBE = "INSERT INTO probe (id, at) VALUES (1, %s) ON CONFLICT (id) DO UPDATE SET at = EXCLUDED.at"
 
 _SECRET_KEYS = ("password", "sslpassword")
@@ -165,6 +214,16 @@ def _row(job: Job) -> tuple[object, ...]:
 
 def _job(row: TupleRow) -> Job:
     return job_from_row(row)
+
+
+def _without_nul(field: str, value: object) -> object:
+    if field in _FORGE_TEXT and isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value
+
+
+def _runner_row(record: RunnerRecord) -> tuple[object, ...]:
+    return tuple(_without_nul(f, v) for f, v in zip(RUNNER_FIELDS, runner_to_row(record), strict=True))
 
 
 async def _configure(conn: Connection) -> None:
@@ -303,3 +362,65 @@ class PostgresJobStore:
         now = time.time()
         async with self._conn() as conn:
             await conn.execute(_PROBE, (now,))
+
+    async def create_runner(self, record: RunnerRecord) -> tuple[RunnerRecord, bool]:
+        row = _runner_row(record)
+        async with self._conn() as conn:
+            # As in `create`: the second pass is only for a conflicting insert that rolled back.
+            for _ in range(3):
+                try:
+                    cur = await conn.execute(_RUNNER_INSERT, row)
+                except psycopg.errors.UniqueViolation as exc:
+                    if exc.diag.constraint_name != "runners_name_key":
+                        raise
+                    cur = await conn.execute("SELECT job_id FROM runners WHERE name = %s", (record.name,))
+                    holder = await cur.fetchone()
+                    if holder is None:  # the record that held the name rolled back
+                        continue
+                    raise RunnerNameTaken(record.name, holder[0]) from None
+                if await cur.fetchone() is not None:
+                    return runner_from_row(row), True
+                cur = await conn.execute(f"{_RUNNER_SELECT} WHERE job_id = %s", (record.job_id,))
+                stored = await cur.fetchone()
+                if stored is not None:
+                    return runner_from_row(stored), False
+        raise RuntimeError(f"runner of job {record.job_id}: neither inserted nor found")
+
+    async def update_runner(self, job_id: str, /, **fields: object) -> RunnerRecord | None:
+        if not fields:
+            return await self.get_runner(job_id)
+        assignments, params = runner_assignments({f: _without_nul(f, v) for f, v in fields.items()}, "%s")
+        sql = f"UPDATE runners SET {assignments} WHERE job_id = %s RETURNING {RUNNER_COLUMNS}"  # noqa: S608
+        async with self._conn() as conn:
+            cur = await conn.execute(sql, (*params, job_id))
+            row = await cur.fetchone()
+        return runner_from_row(row) if row is not None else None
+
+    async def get_runner(self, job_id: str) -> RunnerRecord | None:
+        return await self._one_runner(f"{_RUNNER_SELECT} WHERE job_id = %s", job_id)
+
+    async def runner_by_name(self, name: str) -> RunnerRecord | None:
+        return await self._one_runner(f"{_RUNNER_SELECT} WHERE name = %s", name)
+
+    async def _one_runner(self, sql: str, key: str) -> RunnerRecord | None:
+        async with self._conn() as conn:
+            cur = await conn.execute(sql, (key,))
+            row = await cur.fetchone()
+        return runner_from_row(row) if row is not None else None
+
+    async def list_runners(self, *, source: str | None = None, limit: int = 100) -> list[RunnerRecord]:
+        params: list[object] = [] if source is None else [source]
+        where = "" if source is None else "WHERE source = %s"
+        sql = f"{_RUNNER_SELECT} {where} ORDER BY created_at DESC, job_id DESC LIMIT %s"
+        params.append(limit if limit >= 0 else None)  # LIMIT NULL: no limit, as in list_jobs
+        async with self._conn() as conn:
+            cur = await conn.execute(sql, params)
+            rows = await cur.fetchall()
+        return [runner_from_row(r) for r in rows]
+
+    async def runners_of_unfinished_jobs(self, source: str | None = None) -> list[RunnerRecord]:
+        final = sorted(s.value for s in FINAL_STATES)
+        async with self._conn() as conn:
+            cur = await conn.execute(_RUNNERS_OF_UNFINISHED, (final, source, source))
+            rows = await cur.fetchall()
+        return [runner_from_row(r) for r in rows]

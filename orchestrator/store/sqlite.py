@@ -2,7 +2,8 @@
 
 Durability is chosen per write: accepting a job commits with synchronous=FULL (the WAL is fsynced before the
 webhook gets its 202), while state changes use NORMAL (durable across a controller crash; a power loss may undo
-the last few, which start-up reconciliation settles anyway). Concurrent job creations are group-committed: one
+the last few, which start-up reconciliation settles anyway); forge runner records are written like state changes.
+Concurrent job creations are group-committed: one
 transaction and one fsync for every webhook that arrived while the previous commit ran or within a short linger.
 
 All calls run on one dedicated thread: SQLite connections are not shareable across threads and fsync must not
@@ -20,8 +21,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from orchestrator.forges.records import RunnerRecord
 from orchestrator.jobs.states import FINAL_STATES, Job, JobState
-from orchestrator.store.base import COLUMNS, job_from_row, job_to_row, list_filter
+from orchestrator.store.base import (
+    COLUMNS,
+    RUNNER_COLUMNS,
+    RUNNER_FIELDS,
+    RunnerNameTaken,
+    job_from_row,
+    job_to_row,
+    list_filter,
+    runner_assignments,
+    runner_from_row,
+    runner_to_row,
+)
 
 T = TypeVar("T")
 
@@ -47,6 +60,22 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created_at);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
 CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS runners (
+    job_id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    name TEXT NOT NULL UNIQUE,
+    scope TEXT NOT NULL,
+    trigger_job_id INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    registration_id INTEGER,
+    ran_job_id INTEGER,
+    ran_job_name TEXT,
+    ran_repository TEXT,
+    online_at REAL,
+    completed_at REAL,
+    conclusion TEXT
+);
+CREATE INDEX IF NOT EXISTS runners_source ON runners(source, created_at);
 """
 
 _COLUMNS = COLUMNS
@@ -55,6 +84,36 @@ _row = job_to_row
 
 def _job(row: sqlite3.Row) -> Job:
     return job_from_row(tuple(row))
+
+
+def _runner(row: sqlite3.Row) -> RunnerRecord:
+    return runner_from_row(tuple(row))
+
+
+_RUNNER_SELECT = f"SELECT {RUNNER_COLUMNS} FROM runners"  # noqa: S608
+_RUNNER_INSERT = f"INSERT INTO runners ({RUNNER_COLUMNS}) VALUES ({', '.join('?' * len(RUNNER_FIELDS))})"  # noqa: S608
+_RUNNER_COLUMNS_OF_R = ", ".join(f"r.{field}" for field in RUNNER_FIELDS)
+
+
+def _create_runner(conn: sqlite3.Connection, record: RunnerRecord) -> tuple[RunnerRecord, bool]:
+    """One write transaction (BEGIN IMMEDIATE also excludes another controller on the same file): an existing
+    record for the job wins, then a name held by another job is refused, then the insert."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = conn.execute(f"{_RUNNER_SELECT} WHERE job_id = ?", (record.job_id,)).fetchone()
+        if row is not None:
+            conn.execute("COMMIT")
+            return _runner(row), False
+        holder = conn.execute("SELECT job_id FROM runners WHERE name = ?", (record.name,)).fetchone()
+        if holder is not None:
+            raise RunnerNameTaken(record.name, holder[0])
+        conn.execute(_RUNNER_INSERT, runner_to_row(record))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return record, True
 
 
 _MAX_BATCH = 256  # 16 bound values per row: well under SQLite's 32766-variable limit
@@ -197,3 +256,51 @@ class SQLiteJobStore:
     async def check_writable(self) -> None:
         now = time.time()
         await self._run(lambda c: c.execute("INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?)", (now,)))
+
+    async def create_runner(self, record: RunnerRecord) -> tuple[RunnerRecord, bool]:
+        return await self._run(functools.partial(_create_runner, record=record))
+
+    async def update_runner(self, job_id: str, /, **fields: object) -> RunnerRecord | None:
+        if not fields:
+            return await self.get_runner(job_id)
+        assignments, params = runner_assignments(fields, "?")
+        sql = f"UPDATE runners SET {assignments} WHERE job_id = ? RETURNING {RUNNER_COLUMNS}"  # noqa: S608
+
+        def _update(conn: sqlite3.Connection) -> RunnerRecord | None:
+            row = conn.execute(sql, (*params, job_id)).fetchone()
+            return _runner(row) if row else None
+
+        return await self._run(_update)
+
+    async def get_runner(self, job_id: str) -> RunnerRecord | None:
+        def _get(conn: sqlite3.Connection) -> RunnerRecord | None:
+            row = conn.execute(f"{_RUNNER_SELECT} WHERE job_id = ?", (job_id,)).fetchone()
+            return _runner(row) if row else None
+
+        return await self._run(_get)
+
+    async def runner_by_name(self, name: str) -> RunnerRecord | None:
+        def _get(conn: sqlite3.Connection) -> RunnerRecord | None:
+            row = conn.execute(f"{_RUNNER_SELECT} WHERE name = ?", (name,)).fetchone()
+            return _runner(row) if row else None
+
+        return await self._run(_get)
+
+    async def list_runners(self, *, source: str | None = None, limit: int = 100) -> list[RunnerRecord]:
+        params: list[object] = [] if source is None else [source]
+        where = "" if source is None else "WHERE source = ?"
+        sql = f"{_RUNNER_SELECT} {where} ORDER BY created_at DESC, job_id DESC LIMIT ?"
+        return await self._run(lambda c: [_runner(r) for r in c.execute(sql, (*params, limit))])
+
+    async def runners_of_unfinished_jobs(self, source: str | None = None) -> list[RunnerRecord]:
+        final = tuple(s.value for s in FINAL_STATES)
+        params: list[object] = list(final)
+        by_source = ""
+        if source is not None:
+            by_source = " AND r.source = ?"
+            params.append(source)
+        sql = (
+            f"SELECT {_RUNNER_COLUMNS_OF_R} FROM runners r JOIN jobs j ON j.id = r.job_id "  # noqa: S608
+            f"WHERE j.state NOT IN ({', '.join('?' * len(final))}){by_source} ORDER BY r.created_at, r.job_id"
+        )
+        return await self._run(lambda c: [_runner(r) for r in c.execute(sql, params)])

@@ -11,6 +11,7 @@ A backend's test module subclasses `JobStoreContract` (as `Test…`, so pytest c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,9 +19,10 @@ from typing import Any
 
 import pytest
 
+from orchestrator.forges.records import UPDATABLE, RunnerRecord
 from orchestrator.jobs.spec import JobSpec
-from orchestrator.jobs.states import Job, JobState, new_job, transition
-from orchestrator.store.base import JobStore
+from orchestrator.jobs.states import FINAL_STATES, Job, JobState, new_job, transition
+from orchestrator.store.base import JobStore, RunnerNameTaken
 
 MakeStore = Callable[[], JobStore]
 OpenStore = Callable[[], Awaitable[JobStore]]
@@ -46,6 +48,42 @@ def make_job(job_id: str, *, pool: str = "default", now: float = 1_000.0, **over
 
 def ids(jobs: list[Job]) -> list[str]:
     return [j.id for j in jobs]
+
+
+def make_runner(job_id: str, *, source: str = "gh", now: float = 1_000.0, **fields: object) -> RunnerRecord:
+    return RunnerRecord(
+        job_id=job_id,
+        source=source,
+        name=f"ctl-{job_id}",
+        scope="repo:owner/app",
+        trigger_job_id=2**40 + 1,  # forge ids outgrow 32 bits
+        created_at=now,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def job_ids(records: list[RunnerRecord]) -> list[str]:
+    return [r.job_id for r in records]
+
+
+# A value of the right type for each updatable field, none of them the default.
+UPDATES: dict[str, object] = {
+    "registration_id": 2**33 + 7,
+    "ran_job_id": 2**41 + 3,
+    "ran_job_name": "build (ubuntu) — ü",
+    "ran_repository": "owner/app",
+    "online_at": 1_700_000_000.123456789,
+    "completed_at": 0.1 + 0.2,
+    "conclusion": "success",
+}
+
+
+async def _table_exists(query: Query, table: str) -> bool:
+    try:
+        await query(f"SELECT COUNT(*) FROM {table}")
+    except Exception:
+        return False
+    return True
 
 
 async def _seed(store: JobStore) -> None:
@@ -449,3 +487,224 @@ class JobStoreContract:
         await store.check_writable()
         await store.check_writable()
         assert await query("SELECT id FROM probe") == [(1,)]
+
+    # --- forge runner records -----------------------------------------------------------------------
+
+    async def test_runner_round_trips_every_field(self, store: JobStore) -> None:
+        assert set(UPDATES) == UPDATABLE
+        bare = make_runner("j1", now=1_700_000_000.987654321)
+        assert await store.create_runner(bare) == (bare, True)
+        assert await store.get_runner("j1") == bare
+        assert (await store.get_runner("j1")).registration_id is None  # type: ignore[union-attr]
+
+        full = dataclasses.replace(make_runner("j2"), name="ctl-ü-j2", scope="org:owner", **UPDATES)  # type: ignore[arg-type]
+        assert await store.create_runner(full) == (full, True)
+        assert await store.get_runner("j2") == full
+        assert await store.runner_by_name("ctl-ü-j2") == full
+        assert await store.get_runner("nope") is None
+        assert await store.runner_by_name("nope") is None
+
+    async def test_create_runner_is_idempotent_and_never_overwrites(self, store: JobStore, query: Query) -> None:
+        first = make_runner("j", now=1.0)
+        assert await store.create_runner(first) == (first, True)
+        again = make_runner("j", source="other", now=2.0, registration_id=5)
+        assert await store.create_runner(again) == (first, False)
+        updated = await store.update_runner("j", registration_id=9)
+        assert updated == dataclasses.replace(first, registration_id=9)
+        # A repeat after an update returns the current row, even under another name.
+        renamed = dataclasses.replace(first, name="another-name")
+        assert await store.create_runner(renamed) == (updated, False)
+        assert await store.runner_by_name("another-name") is None
+        assert (await query("SELECT COUNT(*) FROM runners"))[0] == (1,)
+
+    async def test_concurrent_create_runner_exactly_one_winner(self, open_store: OpenStore) -> None:
+        a, b = await open_store(), await open_store()
+        attempts = [(a if i % 2 else b, make_runner(f"r{i % 5}", now=float(i))) for i in range(30)]
+        results = await asyncio.gather(*(s.create_runner(r) for s, r in attempts))
+        assert Counter(r.job_id for r, created in results if created) == Counter({f"r{i}": 1 for i in range(5)})
+        winners = {r.job_id: r for r, created in results if created}
+        assert all(r == winners[r.job_id] for r, _ in results)
+        assert len(await a.list_runners(limit=-1)) == 5
+
+    async def test_runner_name_is_unique(self, open_store: OpenStore) -> None:
+        a, b = await open_store(), await open_store()
+        first = make_runner("j1")
+        await a.create_runner(first)
+        clash = dataclasses.replace(make_runner("j2"), name=first.name)
+        with pytest.raises(RunnerNameTaken, match="j1") as exc:
+            await b.create_runner(clash)
+        assert isinstance(exc.value, ValueError)
+        assert (exc.value.name, exc.value.job_id) == (first.name, "j1")
+        assert await a.get_runner("j2") is None
+        assert await a.runner_by_name(first.name) == first
+        # The store still works after the refusal.
+        assert (await b.create_runner(make_runner("j2")))[1] is True
+
+    async def test_concurrent_create_runner_same_name_one_winner(self, open_store: OpenStore) -> None:
+        a, b = await open_store(), await open_store()
+        records = [dataclasses.replace(make_runner(f"j{i}"), name="shared") for i in range(8)]
+        results = await asyncio.gather(
+            *((a if i % 2 else b).create_runner(r) for i, r in enumerate(records)), return_exceptions=True
+        )
+        won = [r for r in results if isinstance(r, tuple)]
+        assert len(won) == 1 and won[0][1] is True
+        assert all(isinstance(r, RunnerNameTaken) for r in results if not isinstance(r, tuple))
+        assert await a.runner_by_name("shared") == won[0][0]
+
+    async def test_update_runner_sets_only_the_given_fields(self, store: JobStore) -> None:
+        record = make_runner("u", registration_id=1, conclusion="pending")
+        await store.create_runner(record)
+        other = make_runner("v")
+        await store.create_runner(other)
+        got = await store.update_runner("u", ran_job_id=77, online_at=5.5)
+        expected = dataclasses.replace(record, ran_job_id=77, online_at=5.5)
+        assert got == expected
+        assert await store.get_runner("u") == expected
+        assert await store.get_runner("v") == other
+        # None is a value like any other; no fields is a read.
+        cleared = await store.update_runner("u", conclusion=None)
+        assert cleared == dataclasses.replace(expected, conclusion=None)
+        assert await store.update_runner("u") == cleared
+
+    async def test_update_runner_every_updatable_field(self, store: JobStore) -> None:
+        record = make_runner("all")
+        await store.create_runner(record)
+        assert await store.update_runner("all", **UPDATES) == dataclasses.replace(record, **UPDATES)  # type: ignore[arg-type]
+        assert await store.get_runner("all") == dataclasses.replace(record, **UPDATES)  # type: ignore[arg-type]
+
+    async def test_update_runner_unknown_job_is_none(self, store: JobStore) -> None:
+        assert await store.update_runner("ghost", conclusion="success") is None
+        assert await store.update_runner("ghost") is None
+        assert await store.get_runner("ghost") is None
+
+    @pytest.mark.parametrize("field", ["name", "job_id", "source", "scope", "trigger_job_id", "created_at", "nope"])
+    async def test_update_runner_refuses_fields_not_updatable(self, store: JobStore, field: str) -> None:
+        record = make_runner("fixed")
+        await store.create_runner(record)
+        with pytest.raises(ValueError, match=field):
+            await store.update_runner("fixed", **{field: "x", "conclusion": "success"})
+        assert await store.get_runner("fixed") == record, "a refused update changes nothing"
+
+    async def test_update_runner_values_are_parameters(self, store: JobStore) -> None:
+        record = make_runner("p")
+        await store.create_runner(record)
+        await store.create_runner(make_runner("q"))
+        text = "x', conclusion = 'pwned"
+        assert await store.update_runner("p", ran_job_name=text) == dataclasses.replace(record, ran_job_name=text)
+        assert (await store.get_runner("q")).ran_job_name is None  # type: ignore[union-attr]
+        assert await store.update_runner("p' OR '1'='1", conclusion="x") is None
+
+    async def test_forge_text_with_nul_does_not_fail_a_write(self, store: JobStore) -> None:
+        """What the forge sends back is stored as sent, or (PostgreSQL text) with NUL as U+FFFD."""
+        await store.create_runner(make_runner("nul", ran_job_name="a\x00b"))
+        got = await store.update_runner("nul", ran_repository="o/r\x00", conclusion="\x00")
+        assert got is not None
+        assert got.ran_job_name in ("a\x00b", "a\ufffdb")
+        assert (got.ran_repository, got.conclusion) in (("o/r\x00", "\x00"), ("o/r\ufffd", "\ufffd"))
+        assert await store.get_runner("nul") == got
+
+    async def test_concurrent_updates_of_different_fields_all_survive(self, open_store: OpenStore) -> None:
+        """The registration and the forge's webhooks land at once, possibly at two controllers."""
+        a, b = await open_store(), await open_store()
+        records = [make_runner(f"c{i}") for i in range(10)]
+        for record in records:
+            await a.create_runner(record)
+        calls = [
+            (a if n % 2 else b, record.job_id, field, value)
+            for record in records
+            for n, (field, value) in enumerate(UPDATES.items())
+        ]
+        results = await asyncio.gather(*(s.update_runner(job_id, **{f: v}) for s, job_id, f, v in calls))
+        for (_, job_id, field, value), result in zip(calls, results, strict=True):
+            assert result is not None and result.job_id == job_id
+            assert getattr(result, field) == value
+        for record in records:
+            assert await b.get_runner(record.job_id) == dataclasses.replace(record, **UPDATES)  # type: ignore[arg-type]
+
+    async def test_list_runners_newest_first_limit_and_source(self, store: JobStore) -> None:
+        for job_id, source, now in (("a", "gh", 1.0), ("b", "gt", 2.0), ("c", "gh", 3.0), ("d", "gt", 4.0)):
+            await store.create_runner(make_runner(job_id, source=source, now=now))
+        for job_id in ("m", "z", "e"):  # a tie on created_at: job_id descending, bytewise
+            await store.create_runner(make_runner(job_id, source="gh", now=5.0))
+        await store.create_runner(make_runner("Z", source="gh", now=5.0))
+        assert job_ids(await store.list_runners()) == ["z", "m", "e", "Z", "d", "c", "b", "a"]
+        assert job_ids(await store.list_runners(limit=3)) == ["z", "m", "e"]
+        assert job_ids(await store.list_runners(limit=0)) == []
+        assert job_ids(await store.list_runners(limit=-1)) == ["z", "m", "e", "Z", "d", "c", "b", "a"]
+        assert job_ids(await store.list_runners(source="gh")) == ["z", "m", "e", "Z", "c", "a"]
+        assert job_ids(await store.list_runners(source="gt", limit=1)) == ["d"]
+        assert job_ids(await store.list_runners(source="gt", limit=-1)) == ["d", "b"]
+        assert await store.list_runners(source="nope") == []
+        assert await store.list_runners(source="gh' OR '1'='1") == []
+
+    async def test_runners_of_unfinished_jobs_follow_the_job_state(self, store: JobStore) -> None:
+        jobs = {name: make_job(name, now=t) for name, t in (("q", 1.0), ("s", 2.0), ("r", 3.0), ("done", 4.0))}
+        for job in jobs.values():
+            await store.create(job)
+        # Runner order (created_at) differs from job order on purpose: the records' order counts.
+        for name, source, t in (("r", "gh", 10.0), ("q", "gh", 12.0), ("s", "gt", 11.0), ("done", "gh", 9.0)):
+            await store.create_runner(make_runner(name, source=source, now=t))
+        await store.create_runner(make_runner("no-job", now=8.0))  # a record without a job row is not watched
+        await store.create(make_job("no-runner", now=0.5))
+
+        s = transition(jobs["s"], JobState.STARTING, now=20.0)
+        assert await store.update(s, expected=JobState.QUEUED)
+        r = transition(transition(jobs["r"], JobState.STARTING, now=21.0), JobState.RUNNING, now=22.0)
+        assert await store.update(r, expected=JobState.QUEUED)
+        assert await store.update(transition(jobs["done"], JobState.CANCELLED, now=23.0), expected=JobState.QUEUED)
+
+        assert job_ids(await store.runners_of_unfinished_jobs()) == ["r", "s", "q"]
+        assert job_ids(await store.runners_of_unfinished_jobs("gh")) == ["r", "q"]
+        assert job_ids(await store.runners_of_unfinished_jobs(source="gt")) == ["s"]
+        assert await store.runners_of_unfinished_jobs("nope") == []
+        assert (await store.runners_of_unfinished_jobs())[0] == make_runner("r", now=10.0)
+
+        # Every final state takes a job's runner off the list; a restart's re-queue keeps it on.
+        assert await store.update(transition(r, JobState.QUEUED, now=24.0), expected=JobState.RUNNING)
+        assert job_ids(await store.runners_of_unfinished_jobs()) == ["r", "s", "q"]
+        for job_id, final in zip(("q", "s"), sorted(FINAL_STATES), strict=False):
+            current = await store.get(job_id)
+            assert current is not None
+            assert await store.update(transition(current, final, now=30.0), expected=current.state)
+        assert job_ids(await store.runners_of_unfinished_jobs()) == ["r"]
+
+    async def test_runners_of_unfinished_jobs_every_final_state(self, store: JobStore) -> None:
+        for i, final in enumerate(sorted(FINAL_STATES)):
+            job = make_job(f"f{i}")
+            await store.create(job)
+            await store.create_runner(make_runner(job.id, now=float(i)))
+            running = transition(transition(job, JobState.STARTING, now=2.0), JobState.RUNNING, now=3.0)
+            assert await store.update(running, expected=JobState.QUEUED)
+            assert job_ids(await store.runners_of_unfinished_jobs()) == [job.id]
+            assert await store.update(transition(running, final, now=4.0), expected=JobState.RUNNING)
+            assert await store.runners_of_unfinished_jobs() == []
+        assert await store.runners_of_unfinished_jobs("gh") == []
+
+    async def test_runners_survive_close_and_reopen(self, open_store: OpenStore) -> None:
+        first = await open_store()
+        record = make_runner("durable")
+        await first.create(make_job("durable"))
+        await first.create_runner(record)
+        await first.update_runner("durable", registration_id=3)
+        await first.close()
+        second = await open_store()
+        assert await second.get_runner("durable") == dataclasses.replace(record, registration_id=3)
+        assert job_ids(await second.runners_of_unfinished_jobs()) == ["durable"]
+
+    async def test_a_database_from_before_runners_gets_the_table(self, open_store: OpenStore, query: Query) -> None:
+        """An existing database whose schema predates `runners`: opening it adds the table, keeping the jobs."""
+        old = await open_store()
+        job = make_job("old")
+        await old.create(job)
+        await old.close()
+        with contextlib.suppress(Exception):  # the DROP has run; psycopg refuses to fetch rows it has not
+            await query("DROP TABLE runners")
+        assert not await _table_exists(query, "runners")
+
+        store = await open_store()
+        assert await store.get("old") == job
+        record = make_runner("old")
+        assert await store.create_runner(record) == (record, True)
+        assert job_ids(await store.runners_of_unfinished_jobs()) == ["old"]
+        with pytest.raises(RunnerNameTaken):
+            await store.create_runner(dataclasses.replace(make_runner("new"), name=record.name))
