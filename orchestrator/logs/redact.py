@@ -328,8 +328,34 @@ class _AhoCorasickMatcher:
         return [(start, end) for _, start, end in self._automaton.find_matches_as_indexes(data, True)]
 
 
+class _UnionMatcher:
+    """Several matchers over the same data: every hit of each."""
+
+    def __init__(self, matchers: Sequence[_Matcher]) -> None:
+        self._matchers = list(matchers)
+
+    def clone(self) -> _UnionMatcher:
+        return _UnionMatcher([m.clone() for m in self._matchers])
+
+    def find(self, parts: Sequence[bytes]) -> list[tuple[int, int]]:
+        return [hit for matcher in self._matchers for hit in matcher.find(parts)]
+
+
+# Hyperscan refuses a pattern longer than its limit (each byte is written as 4 characters, see _HyperscanMatcher), and
+# some secrets are long: a forge runner's one-time registration is kilobytes of base64. Those go to aho-corasick.
+_HYPERSCAN_MAX_FORM = 1024
+
+
+def _hyperscan_or_split(patterns: Sequence[bytes]) -> _Matcher:
+    long = [p for p in patterns if len(p) > _HYPERSCAN_MAX_FORM]
+    if not long:
+        return _HyperscanMatcher(patterns)
+    short = [p for p in patterns if len(p) <= _HYPERSCAN_MAX_FORM]
+    return _UnionMatcher([*([_HyperscanMatcher(short)] if short else []), _AhoCorasickMatcher(long)])
+
+
 _BACKENDS: Final[dict[str, Callable[[Sequence[bytes]], _Matcher]]] = {
-    "hyperscan": _HyperscanMatcher,
+    "hyperscan": _hyperscan_or_split,
     "aho-corasick": _AhoCorasickMatcher,
 }
 _BACKEND: str = "hyperscan" if importlib.util.find_spec("hyperscan") is not None else "aho-corasick"

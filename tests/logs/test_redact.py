@@ -831,3 +831,21 @@ class TestToolFormProperties:
             for start in range(len(secret_part) - window + 1):
                 piece = secret_part[start : start + window]
                 assert piece not in stretch or piece in before or piece in after, (name, piece, output)
+
+
+def test_a_secret_of_kilobytes_is_masked_in_every_form_and_stream_split() -> None:
+    """A forge runner's one-time registration is kilobytes of base64: longer than Hyperscan accepts as a pattern
+    (it refused to compile), so long forms go to aho-corasick next to the short ones."""
+    long_secret = base64.b64encode(os.urandom(3000)).decode()
+    short_secret = "short-secret-value"
+    secrets = SecretSet()
+    secrets.add(long_secret, name="JITCONFIG")
+    secrets.add(short_secret, name="OTHER")
+    text = f"config: {long_secret}\nb64: {base64.b64encode(long_secret.encode()).decode()}\nshort: {short_secret}\n"
+    out = secrets.redact(text.encode(), b"[MASKED]")
+    assert long_secret.encode() not in out and short_secret.encode() not in out
+    assert base64.b64encode(long_secret.encode()) not in out and out.count(b"[MASKED]") >= 3
+    redactor = StreamRedactor(secrets, mask=b"[MASKED]")
+    data = text.encode()
+    streamed = b"".join(redactor.feed(data[i : i + 97]) for i in range(0, len(data), 97)) + redactor.flush()
+    assert streamed == out
