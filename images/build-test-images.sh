@@ -31,6 +31,11 @@ if ! docker image inspect "$base" >/dev/null 2>&1; then
 fi
 docker build -q -t "$image" -f "$here/test-runner/Dockerfile" "$here/test-runner" >/dev/null
 
+# test-forge-agent: a busybox stand-in for a forge's runner agent, speaking the agent protocol of
+# tests/forges/fake_github.py (tests/forges/test_fake_github.py runs it against real Docker).
+forge_agent_image=${FORGE_AGENT_IMAGE:-runner-orchestrator/test-forge-agent:local}
+docker build -q -t "$forge_agent_image" -f "$here/test-forge-agent/Dockerfile" "$here/test-forge-agent" >/dev/null
+
 # psql-runner: the base plus the host's psql. Rebuilt only when its inputs change (the base image, the binary, a
 # library): their digest is a label of the image, so a run with nothing to do costs one `docker image inspect`.
 psql_bin=/usr/lib/postgresql/15/bin/psql

@@ -28,9 +28,13 @@ from orchestrator.evidence.audit import (
 )
 from orchestrator.evidence.auditor import Auditor
 from orchestrator.evidence.keys import export_public_key, load_or_create, public_pem
+from orchestrator.forges.intake import ForgeIntake
+from orchestrator.forges.protocol import ForgeAPI
+from orchestrator.forges.runners import ForgeRunners
 from orchestrator.intake.receive import WebhookSource
 from orchestrator.intake.webhook_listener import WebhookListener
 from orchestrator.intake.webhooks import WebhookIntake
+from orchestrator.jobs.states import Job
 from orchestrator.logs.store import LogStore
 from orchestrator.platform.connections import (
     ConnectionGuard,
@@ -68,6 +72,7 @@ class Controller:
     audit_log: AuditLog
     credentials: CredentialsBackend | None = None
     signing_keys: SigningKeys | None = None
+    runners: ForgeRunners | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
     webhook_listener: WebhookListener | None = None
     descriptors: DescriptorPlan | None = None
@@ -91,10 +96,15 @@ def plan_connections(config: Config, soft_limit: int) -> tuple[ConnectionLimits,
 
 
 def build_controller(
-    config: Config, *, runtime: ContainerRuntime | None = None, credentials: CredentialsBackend | None = None
+    config: Config,
+    *,
+    runtime: ContainerRuntime | None = None,
+    credentials: CredentialsBackend | None = None,
+    forges: dict[str, ForgeAPI] | None = None,
 ) -> Controller:
-    """Everything the config describes, wired together. `runtime` replaces the Docker engine the config names
-    and `credentials` the backend it names (tests and benches pass in-memory ones)."""
+    """Everything the config describes, wired together. `runtime` replaces the Docker engine the config names,
+    `credentials` the backend it names and `forges` the forge API clients of its forge sources (tests and benches
+    pass in-memory or loopback ones)."""
     limits, descriptors = plan_connections(config, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     guards: dict[str, ConnectionGuard] = {}
     data = config.data_dir
@@ -132,7 +142,16 @@ def build_controller(
     export_public_key(data / ATTESTATION_PUBLIC_KEY, attest_key)
     attestations = AttestationStore(data / "attestations", attest_key)
     events = ControllerJobEvents(auditor, metrics)
-    runner = JobRunner(config, store, engine, logs, events, credentials=credentials, attestations=attestations)
+    runners: ForgeRunners | None = None
+    if any(src.forge is not None for src in config.sources.values()):
+        if forges is None:
+            from orchestrator.forges.clients import build_forges
+
+            forges = build_forges(config)
+        runners = ForgeRunners(config, store, forges, auditor, metrics=metrics)
+    runner = JobRunner(
+        config, store, engine, logs, events, credentials=credentials, registrar=runners, attestations=attestations
+    )
     scheduler = Scheduler(config, store, engine, runner, events, auditor, credentials=credentials)
     sources = {
         name: WebhookSource(name, src.scheme, tuple(read_source_secrets(src))) for name, src in config.sources.items()
@@ -144,6 +163,7 @@ def build_controller(
         credentials_configured=credentials is not None,
         metrics=metrics,
         auditor=auditor,
+        forges=ForgeIntake(config, runners, auditor, metrics.forge_events) if runners is not None else None,
     )
     api = Api(
         config.server,
@@ -167,6 +187,8 @@ def build_controller(
         }
         if credentials is not None:
             stats["vault"] = credentials.stats()
+        if runners is not None:
+            stats["runners"] = runners.stats()
         return stats
 
     metrics.watch(live)
@@ -188,6 +210,7 @@ def build_controller(
         audit_log,
         credentials,
         signing_keys,
+        runners,
         webhook_listener=listener,
         descriptors=descriptors,
         connection_limits=limits,
@@ -291,6 +314,14 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
         sweep = controller.scheduler.sweep_forever(controller.config.docker.sweep_interval_s)
         controller.background.append(asyncio.create_task(sweep))
         controller.background.append(asyncio.create_task(_summarise_refusals_periodically(controller)))
+        if controller.runners is not None:
+            scheduler = controller.scheduler
+
+            async def admit(job: Job) -> tuple[Job, bool]:
+                return await scheduler.admit(job, lambda stored, created: None, capped=False)
+
+            supervise = controller.runners.run_forever(admit, scheduler.cancel)
+            controller.background.append(asyncio.create_task(supervise, name="forge-runners"))
         log.info(
             "controller started",
             extra={"controller_id": controller.config.controller_id, "config_digest": controller.config.digest()},
@@ -307,6 +338,9 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         summarise_refusals(controller, final=True)  # before the audit trail closes
+        if controller.runners is not None:
+            for forge in controller.runners.forges.values():
+                await forge.close()
         await controller.store.close()
         await controller.engine.close()
         await asyncio.to_thread(controller.auditor.close)

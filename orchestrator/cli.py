@@ -194,6 +194,24 @@ async def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _runners(args: argparse.Namespace) -> int:
+    query = f"?source={args.source}" if args.source else ""
+    status, body = await _request(args, "GET", "/api/v1/runners" + query)
+    if status >= 400:
+        return _fail(f"{status}: {body.get('error', body)}")
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return 0
+    print(f"{'RUNNER JOB':28} {'STATUS':10} {'POOL':12} {'ASKED BY':>12} {'RAN':>12} {'CONCLUSION':10} {'CREATED':19}")
+    for r in body["runners"]:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"]))
+        print(
+            f"{r['job_id']:28} {r['status'] or '-':10} {r['pool'] or '-':12} {r['trigger_job_id']:>12} "
+            f"{r['ran_job_id'] or '-':>12} {r['conclusion'] or '-':10} {created:19}"
+        )
+    return 0
+
+
 async def _follow_logs(args: argparse.Namespace) -> int:
     """Prints the log; with -f follows it live and reconnects from the last byte received after a drop."""
     offset = 0
@@ -275,6 +293,14 @@ def _parser() -> argparse.ArgumentParser:
     jlog.add_argument("job_id")
     jlog.add_argument("-f", "--follow", action="store_true")
 
+    runners = sub.add_parser("runners", help="forge runners (GitHub, Gitea) through the API")
+    runners.add_argument("--url", default=os.environ.get("ORCHESTRATOR_URL", DEFAULT_URL))
+    runners.add_argument("--token-file", help="file holding the API bearer token (default: $ORCHESTRATOR_TOKEN)")
+    rsub = runners.add_subparsers(dest="runners_cmd", required=True)
+    rl = rsub.add_parser("list")
+    rl.add_argument("--source")
+    rl.add_argument("--json", action="store_true")
+
     audit = sub.add_parser("audit", help="the tamper-evident audit trail").add_subparsers(
         dest="audit_cmd", required=True
     )
@@ -318,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             return _attest_verify(args)
         if args.cmd == "jobs":
             return asyncio.run(_jobs(args))
+        if args.cmd == "runners":
+            return asyncio.run(_runners(args))
         if args.cmd == "send-webhook":
             from orchestrator.intake.signatures import decode_secret
 

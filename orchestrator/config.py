@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from orchestrator.intake.signatures import SCHEMES, decode_secret
+from orchestrator.intake.signatures import GITEA_SHA256, HUB_SHA256, SCHEMES, decode_secret
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 _MEMORY = re.compile(r"^(\d+)([kmg]?)$", re.IGNORECASE)
@@ -143,9 +143,53 @@ class ApiConfig(_Strict):
         return tokens
 
 
+# What each forge signs its webhooks with (Gitea also sends GitHub's X-Hub-Signature-256).
+FORGE_SCHEMES = {"github": frozenset({HUB_SHA256}), "gitea": frozenset({GITEA_SHA256, HUB_SHA256})}
+
+
+class ForgeConfig(_Strict):
+    """The forge whose `workflow_job` webhooks a source delivers, and how the controller reaches its API to register
+    single-use runners. GitHub: a GitHub App (app_id + private_key_file) or a fine-grained token (token_file);
+    Gitea/Forgejo: an access token (token_file). Files must be chmod 600."""
+
+    kind: Literal["github", "gitea"]
+    api_url: str | None = Field(
+        None, pattern=r"^https?://", description="default https://api.github.com; GHES: https://HOST/api/v3"
+    )
+    app_id: int | None = Field(None, ge=1)
+    private_key_file: Path | None = None
+    token_file: Path | None = None
+    installation_id: int | None = Field(None, ge=1, description="default: the one each webhook names")
+    reconcile_interval_s: float = Field(60.0, ge=5, le=3600, description="how often runners are checked at the forge")
+    request_timeout_s: float = Field(15.0, gt=0, le=120)
+    retry_budget_s: float = Field(30.0, ge=0, le=600, description="transient failures (5xx, rate limits) waited for")
+
+    @model_validator(mode="after")
+    def _credentials(self) -> ForgeConfig:
+        app = self.app_id is not None or self.private_key_file is not None
+        if self.kind == "github":
+            if app and (self.app_id is None or self.private_key_file is None):
+                raise ValueError("a GitHub App needs both app_id and private_key_file")
+            if app == (self.token_file is not None):
+                raise ValueError("give a GitHub App (app_id + private_key_file) or a token_file, exactly one")
+        else:
+            if app or self.installation_id is not None:
+                raise ValueError("gitea: app_id, private_key_file and installation_id are GitHub settings")
+            if self.token_file is None:
+                raise ValueError("gitea needs token_file (an access token allowed to manage runners)")
+            if self.api_url is None:
+                raise ValueError("gitea needs api_url (the instance's base URL, e.g. https://gitea.example)")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return (self.api_url or "https://api.github.com").rstrip("/")
+
+
 class SourceConfig(_Strict):
     scheme: str
     secret_files: list[Path] = Field(min_length=1, description="one or more files; several allow key rotation")
+    forge: ForgeConfig | None = Field(None, description="deliveries are this forge's events, not job specs")
 
     @field_validator("scheme")
     @classmethod
@@ -153,6 +197,13 @@ class SourceConfig(_Strict):
         if scheme not in SCHEMES:
             raise ValueError(f"unknown scheme {scheme!r}; expected one of {', '.join(sorted(SCHEMES))}")
         return scheme
+
+    @model_validator(mode="after")
+    def _forge_scheme(self) -> SourceConfig:
+        if self.forge is not None and self.scheme not in FORGE_SCHEMES[self.forge.kind]:
+            expected = " or ".join(sorted(FORGE_SCHEMES[self.forge.kind]))
+            raise ValueError(f"a {self.forge.kind} source signs with {expected}, not {self.scheme!r}")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -291,6 +342,40 @@ class UnsafeOptIns(_Strict):
 RUNSC_MIN_PIDS = 1024
 
 
+class RunnerPoolConfig(_Strict):
+    """What a pool of single-use forge runners serves (forges/matching.py has the rule): a job is served when every
+    one of its labels is one of `labels` (case-insensitive; `self-hosted` implied) and its repository matches
+    `repositories` or its owner `organizations` (globs, case-insensitive). Nothing else ever gets a runner."""
+
+    source: str = Field(pattern=_NAME, description="the [sources.NAME] with a [forge] whose jobs this pool serves")
+    labels: list[str] = Field(min_length=1, description="the runner's labels, besides self-hosted")
+    repositories: list[str] = Field(default_factory=list, description="owner/repo globs, e.g. acme/*")
+    organizations: list[str] = Field(default_factory=list, description="owner globs: any repository of theirs")
+    scope: Literal["repo", "org"] = Field("repo", description="register runners on the repository or its org")
+    runner_group_id: int | None = Field(None, ge=1, description="GitHub runner group (org scope); default 1")
+    bootstrap_timeout_s: int = Field(600, ge=30, description="a runner that took no job by then is removed")
+    completed_grace_s: float = Field(30.0, ge=0, le=600, description="after 'completed', the agent's time to exit")
+    command: str = Field(
+        "/usr/local/bin/runner-entrypoint",
+        pattern=r"^/[A-Za-z0-9._/-]+$",
+        description="the image's agent start script: reads the registration from /run/secrets and runs one job",
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: list[str]) -> list[str]:
+        for label in labels:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}", label):
+                raise ValueError(f"label {label!r}: letters, digits, '.', '_', ':', '-', at most 100 characters")
+        return labels
+
+    @model_validator(mode="after")
+    def _something_allowed(self) -> RunnerPoolConfig:
+        if not self.repositories and not self.organizations:
+            raise ValueError("give repositories or organizations: a runner pool that allows none serves nothing")
+        return self
+
+
 class PoolConfig(_Strict):
     image: str = Field(min_length=1)
     user: str = Field("10001:10001", description="uid:gid the job runs as; never root")
@@ -318,6 +403,7 @@ class PoolConfig(_Strict):
         default_factory=dict
     )
     unsafe: UnsafeOptIns = Field(default_factory=UnsafeOptIns)
+    runner: RunnerPoolConfig | None = Field(None, description="serve a forge's jobs with single-use runners")
 
     @field_validator("memory", mode="before")
     @classmethod
@@ -445,6 +531,25 @@ class Config(_Strict):
     max_queued_total: int = Field(10_000, ge=1, description="accepted-but-waiting jobs across pools; then 429")
 
     @model_validator(mode="after")
+    def _runner_pools_name_forge_sources(self) -> Config:
+        for name, pool in self.pools.items():
+            if pool.runner is None:
+                continue
+            source = self.sources.get(pool.runner.source)
+            if source is None:
+                raise ValueError(f"pools.{name}.runner.source: no source named {pool.runner.source!r}")
+            if source.forge is None:
+                raise ValueError(
+                    f"pools.{name}.runner.source: sources.{pool.runner.source} has no [forge] section, so its "
+                    "deliveries are job specs, not forge jobs"
+                )
+        return self
+
+    def runner_pools(self, source: str) -> list[str]:
+        """The pools serving a forge source's jobs, in config order."""
+        return [name for name, pool in self.pools.items() if pool.runner and pool.runner.source == source]
+
+    @model_validator(mode="after")
     def _issuer_needs_public_url(self) -> Config:
         if self.credentials is not None and not self.server.public_url:
             raise ValueError("server.public_url is required with [credentials]: it is the OIDC issuer Vault trusts")
@@ -545,6 +650,7 @@ def load_config(path: Path) -> Config:
     ]
     problems += _check_mount_symlinks(config, os.environ.get("DOCKER_HOST"))
     problems += _check_dsn_file(config.storage)
+    problems += [p for name, src in config.sources.items() if src.forge for p in _check_forge_files(name, src.forge)]
     if problems:
         raise ConfigError(str(path), problems)
     return config
@@ -623,6 +729,38 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
                     src[key] = str(base / val)
                 elif isinstance(val, list):
                     src[key] = [str(base / v) if isinstance(v, str) else v for v in val]
+            forge = src.get("forge")
+            if isinstance(forge, dict):
+                for key in ("private_key_file", "token_file"):
+                    if isinstance(forge.get(key), str):
+                        forge[key] = str(base / forge[key])
+
+
+def _check_forge_files(name: str, forge: ForgeConfig) -> list[str]:
+    """The forge's key or token file: readable, not empty, chmod 600; errors never quote the content."""
+    problems = []
+    for key, file in (("private_key_file", forge.private_key_file), ("token_file", forge.token_file)):
+        if file is None:
+            continue
+        where = f"sources.{name}.forge.{key}: {file}"
+        try:
+            text = file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            problems.append(f"{where}: file not found")
+            continue
+        except PermissionError:
+            problems.append(f"{where}: not readable by this user")
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{where}: cannot read: {getattr(exc, 'strerror', None) or type(exc).__name__}")
+            continue
+        if not text:
+            problems.append(f"{where}: empty")
+        elif key == "private_key_file" and "PRIVATE KEY-----" not in text:
+            problems.append(f"{where}: not a PEM private key (download it from the GitHub App's settings)")
+        if file.stat().st_mode & 0o077:
+            problems.append(f"{where}: readable by group/others; run chmod 600 on it")
+    return problems
 
 
 def _check_secret_files(name: str, src: SourceConfig) -> list[str]:

@@ -271,6 +271,7 @@ async def _controllers(tmp_path: Path, runtime: Callable[[], Any] | None) -> Asy
         credentials: CredentialsBackend | None = None,
         config: Config | None = None,
         settings: dict[str, Any] | None = None,
+        forges: dict[str, Any] | None = None,
         **pool: Any,
     ) -> RunningController:
         token, viewer = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
@@ -283,7 +284,9 @@ async def _controllers(tmp_path: Path, runtime: Callable[[], Any] | None) -> Asy
             settings=settings,
             **pool,
         )
-        controller = build_controller(cfg, credentials=credentials, runtime=runtime() if runtime else None)
+        controller = build_controller(
+            cfg, credentials=credentials, runtime=runtime() if runtime else None, forges=forges
+        )
         app = build_app(controller)
         runner = app_runner(app)
         await runner.setup()

@@ -43,6 +43,7 @@ class ControllerProcess:
         webhook_port: bool = False,
         server_extra: str = "",
         nofile: int | tuple[int, int] | None = None,
+        extra_toml: str = "",
     ) -> None:
         self.nofile = (nofile, nofile) if isinstance(nofile, int) else nofile
         self.tmp = tmp_path
@@ -94,7 +95,7 @@ memory = "64m"
 pids = 32
 max_concurrent = {max_concurrent}
 retry_on_restart = {str(retry_on_restart).lower()}
-{credentials}"""
+{credentials}{extra_toml}"""
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

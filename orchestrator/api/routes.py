@@ -16,7 +16,7 @@ from orchestrator.evidence.audit import AuditLog
 from orchestrator.evidence.auditor import Auditor
 from orchestrator.evidence.refusals import RefusalThrottle, address_key
 from orchestrator.jobs.states import JobState
-from orchestrator.jobs.views import job_view
+from orchestrator.jobs.views import job_view, runner_view
 from orchestrator.logs.sse import SseEncoder, parse_last_event_id
 from orchestrator.logs.store import LogStore
 from orchestrator.platform.metrics import CONTENT_TYPE, Metrics
@@ -78,6 +78,7 @@ class Api:
             ),
             web.get("/api/v1/jobs", self._auth("viewer", self.list_jobs)),
             web.get("/api/v1/jobs/{job_id}", self._auth("viewer", self.show_job)),
+            web.get("/api/v1/runners", self._auth("viewer", self.list_runners)),
             web.get("/api/v1/jobs/{job_id}/logs", self._auth("viewer", self.job_logs)),
             web.post("/api/v1/jobs/{job_id}/cancel", self._auth("operator", self.cancel_job)),
             web.get("/api/v1/jobs/{job_id}/attestation", self._auth("viewer", self.job_attestation)),
@@ -165,6 +166,14 @@ class Api:
             return _err(400, "limit must be an integer")
         jobs = await self.store.list_jobs(state=state, pool=request.query.get("pool"), limit=limit)
         return web.json_response({"jobs": [job_view(j) for j in jobs]})
+
+    async def list_runners(self, request: web.Request) -> web.Response:
+        try:
+            limit = min(max(int(request.query.get("limit", "100")), 1), 1000)
+        except ValueError:
+            return _err(400, "limit must be an integer")
+        records = await self.store.list_runners(source=request.query.get("source"), limit=limit)
+        return web.json_response({"runners": [runner_view(r, await self.store.get(r.job_id)) for r in records]})
 
     async def show_job(self, request: web.Request) -> web.Response:
         job = await self.store.get(request.match_info["job_id"])

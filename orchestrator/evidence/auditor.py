@@ -195,5 +195,9 @@ class Auditor:
         self._record(CONTROLLER, action, None, "summary", details=details)
         log.warning("refusals summarised", extra={"action": action, **details})
 
+    def runner(self, action: str, job_id: str | None, outcome: str, details: dict[str, Any]) -> None:
+        """A forge runner's registration, deletion, the job it took, a forge job no pool serves, ..."""
+        self._record(CONTROLLER, f"runner.{action}", job_id, outcome, details=details)
+
     def reconcile(self, action: str, target: str | None, details: dict[str, Any]) -> None:
         self._record(CONTROLLER, f"reconcile.{action}", target, "ok", details=details)

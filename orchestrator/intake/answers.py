@@ -35,6 +35,7 @@ REFUSALS: Final[Mapping[str, Refused]] = {
     "invalid_json": Refused(400),
     "duplicate_key": Refused(400),
     "invalid_spec": Refused(422),
+    "invalid_payload": Refused(400),
     "unknown_pool": Refused(422),
     "secrets_unavailable": Refused(422),
     "secret_name_taken": Refused(422),

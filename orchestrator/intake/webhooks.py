@@ -18,6 +18,7 @@ from prometheus_client import Counter
 from orchestrator.config import Config
 from orchestrator.evidence.auditor import Auditor
 from orchestrator.evidence.refusals import RefusalThrottle
+from orchestrator.forges.intake import ForgeIntake, Handled
 from orchestrator.intake.answers import Answer, json_answer, refusal_answer
 from orchestrator.intake.receive import WebhookSource, authenticate
 from orchestrator.jobs.admission import Accepted, Duplicate, check_admissible, parse_spec
@@ -40,10 +41,17 @@ def _queued(job: Job) -> Answer:
     return Answer(ACCEPTED_STATUS, b'{"job_id": "%s", "status": "%s"}' % (job.id.encode(), job.state.value.encode()))
 
 
-def answer(outcome: Accepted | Duplicate) -> Answer:
+# A forge delivery that started no runner: a ping and what we recorded are 200, what we do not serve 202 (taken,
+# not acted on), so the forge's delivery log shows which is which.
+_HANDLED_STATUS = {"ping": 200, "recorded": 200, "ignored": 202, "unmatched": 202}
+
+
+def answer(outcome: Accepted | Duplicate | Handled) -> Answer:
     """What the sender gets for a delivery taken: 202 for a new job, 200 with the stored job for a redelivery."""
     if isinstance(outcome, Accepted):
         return _queued(outcome.job)
+    if isinstance(outcome, Handled):
+        return json_answer({"status": outcome.what, **outcome.detail}, _HANDLED_STATUS.get(outcome.what, 202))
     return json_answer({**job_view(outcome.job), "duplicate": True}, DUPLICATE_STATUS)
 
 
@@ -57,7 +65,9 @@ class WebhookIntake:
         credentials_configured: bool,
         metrics: Metrics,
         auditor: Auditor,
+        forges: ForgeIntake | None = None,
     ) -> None:
+        self.forges = forges
         self.metrics = metrics
         self.auditor = auditor
         self.config = config
@@ -98,16 +108,31 @@ class WebhookIntake:
             extra = {"source": source, "status": status, "reason": reason, "remote": remote}
             log.info("webhook rejected", extra=extra)
 
-    async def _handle(self, name: str, request: web.Request) -> Accepted | Duplicate:
+    async def _handle(self, name: str, request: web.Request) -> Accepted | Duplicate | Handled:
         server = self.config.server
         delivery, body = await authenticate(request, self.sources, name, server.max_body_bytes, server.body_timeout_s)
         if not self.accepting:  # after authentication, as for a delivery an intake worker relays
             raise Refusal("shutting_down", "controller is shutting down; retry later")
         return await self.accept(name, delivery, request.remote, body)
 
-    async def accept(self, name: str, delivery: str | None, remote: str | None, body: bytes) -> Accepted | Duplicate:
+    async def accept(
+        self, name: str, delivery: str | None, remote: str | None, body: bytes
+    ) -> Accepted | Duplicate | Handled:
         """Everything after authentication: parse, admit, store durably, audit, enqueue. Raises Refusal.
         `body` must be the verified raw body of a delivery to source `name`."""
+        source = self.config.sources.get(name)
+        if source is not None and source.forge is not None:
+            if self.forges is None:
+                raise Refusal("internal_error", f"source {name!r} delivers forge events but no forge is set up")
+            record = functools.partial(self._stored, name, delivery, remote)
+            outcome = await self.forges.accept(
+                name, delivery, body, lambda job: self.scheduler.admit(job, record, capped=False)
+            )
+            if isinstance(outcome, Handled):
+                self.auditor.webhook(
+                    name, delivery, remote, "accepted", reason=outcome.what, status=answer(outcome).status
+                )
+            return outcome
         spec = parse_spec(body)
         timeout = check_admissible(spec, self.config, credentials_configured=self.credentials_configured)
         job = new_job(spec, source=name, controller_id=self.config.controller_id, timeout_s=timeout, now=time.time())

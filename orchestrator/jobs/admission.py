@@ -120,6 +120,10 @@ def check_admissible(spec: JobSpec, config: Config, *, credentials_configured: b
         raise Refusal(
             "unknown_pool", f"unknown pool {spec.pool!r}; configured pools: {', '.join(sorted(config.pools))}"
         )
+    if spec.runner is not None:
+        raise Refusal("invalid_spec", "runner: forge runners are asked for by forge webhooks, not by job specs")
+    if pool.runner is not None:
+        raise Refusal("unknown_pool", f"pool {spec.pool!r} serves forge jobs (single-use runners), not job specs")
     if spec.secrets and not credentials_configured:
         raise Refusal(
             "secrets_unavailable",

@@ -99,6 +99,21 @@ class SecretRequest(_Wire):
         return path.strip("/")
 
 
+class RunnerRequest(_Wire):
+    """A single-use forge runner a forge source asked for (forges/intake.py builds it; no sender can: admission
+    refuses specs carrying one from any other source). The job's container runs the forge's agent with a one-time
+    registration instead of our commands."""
+
+    source: str = Field(min_length=1, max_length=63)
+    scope_kind: Literal["repo", "org"]
+    scope_name: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._/-]+$")
+    installation_id: int | None = None
+    labels: list[str] = Field(min_length=1, max_length=100)  # registered with the runner: the pool's labels
+    runner_group_id: int | None = None
+    trigger_job_id: int = Field(ge=0)  # the forge job whose `queued` delivery asked for this runner
+    trigger_run_id: int = Field(0, ge=0)
+
+
 class JobSpec(_Wire):
     version: Literal[1] = 1
     id: str = Field(pattern=JOB_ID_PATTERN)
@@ -118,6 +133,7 @@ class JobSpec(_Wire):
     env: dict[str, str] = Field(default_factory=dict)
     timeout_s: int | None = Field(None, ge=1)
     secrets: list[SecretRequest] = Field(default_factory=list, max_length=100)
+    runner: RunnerRequest | None = None
 
     @field_validator("ref")
     @classmethod

@@ -3,6 +3,7 @@ only names secrets, and the accessor is not a token but is still omitted as oper
 
 from __future__ import annotations
 
+from orchestrator.forges.records import RunnerRecord
 from orchestrator.jobs.states import Job
 
 
@@ -27,4 +28,29 @@ def job_view(job: Job) -> dict[str, object]:
         "reason": job.reason,
         "container_id": job.container_id,
         "controller_id": job.controller_id,
+    }
+
+
+def runner_view(record: RunnerRecord, job: Job | None) -> dict[str, object]:
+    """A forge runner: its job's state and times, and which forge job it was asked for and actually ran."""
+    return {
+        "job_id": record.job_id,
+        "name": record.name,
+        "source": record.source,
+        "scope": record.scope,
+        "pool": job.pool if job else None,
+        "status": job.state.value if job else None,
+        "registration_id": record.registration_id,
+        "trigger_job_id": record.trigger_job_id,
+        "ran_job_id": record.ran_job_id,
+        "ran_job_name": record.ran_job_name,
+        "ran_repository": record.ran_repository,
+        "conclusion": record.conclusion,
+        "created_at": record.created_at,
+        "started_at": job.started_at if job else None,
+        "online_at": record.online_at,
+        "completed_at": record.completed_at,
+        "finished_at": job.finished_at if job else None,
+        "exit_code": job.exit_code if job else None,
+        "reason": job.reason if job else None,
     }

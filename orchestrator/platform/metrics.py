@@ -44,6 +44,33 @@ class _LiveCollector(Collector):
                 closed.add_metric([listener, why], stats[why])
         yield open_now
         yield closed
+        runners = live.get("runners")
+        if runners is not None:
+            gauge = GaugeMetricFamily(
+                "orchestrator_runners",
+                "Forge runners by pool and state: queued (no container yet), idle (up, no job taken), busy",
+                labels=["pool", "state"],
+            )
+            for pool, counts in sorted(runners["pools"].items()):
+                for state in ("queued", "idle", "busy"):
+                    gauge.add_metric([pool, state], counts.get(state, 0))
+            yield gauge
+            calls = CounterMetricFamily("orchestrator_forge_api_calls", "Forge API requests", labels=["source"])
+            waits = CounterMetricFamily(
+                "orchestrator_forge_rate_limit_waits", "Waits for a forge's rate limit to reset", labels=["source"]
+            )
+            budget = GaugeMetricFamily(
+                "orchestrator_forge_rate_limit_remaining",
+                "Requests left in the forge's rate-limit window, as it last said (-1: unknown)",
+                labels=["source"],
+            )
+            for source, stats in sorted(runners["forges"].items()):
+                calls.add_metric([source], stats.get("calls", 0))
+                waits.add_metric([source], stats.get("rate_limit_waits", 0))
+                budget.add_metric([source], stats.get("rate_limit_remaining", -1))
+            yield calls
+            yield waits
+            yield budget
         for system in ("docker", "vault"):
             stats = live.get(system)
             if stats is None:
@@ -85,6 +112,19 @@ class Metrics:
         self.start_latency = Histogram(
             "orchestrator_job_start_seconds",
             "Webhook accepted → container started",
+            ["pool"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.forge_events = Counter(
+            "orchestrator_forge_events",
+            "Forge webhook deliveries (GitHub, Gitea), by source, event and what was done",
+            ["source", "event", "outcome"],
+            registry=self.registry,
+        )
+        self.runner_online = Histogram(
+            "orchestrator_runner_online_seconds",
+            "A forge job's runner requested → the forge says a runner of ours took a job (in_progress)",
             ["pool"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,

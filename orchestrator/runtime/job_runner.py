@@ -20,6 +20,7 @@ from orchestrator.credentials.base import CredentialsBackend, CredentialsError, 
 from orchestrator.evidence.attestation import JobFacts, sha256_file
 from orchestrator.evidence.attestation_store import AttestationStore
 from orchestrator.evidence.canonical import canonical_json
+from orchestrator.forges.protocol import ForgeError, RunnerRegistrar
 from orchestrator.jobs.events import JobEvents
 from orchestrator.jobs.states import Job, JobState, exit_reason, state_for_exit, transition
 from orchestrator.logs.redact import SecretSet, SecretTooShortError, StreamRedactor
@@ -42,6 +43,7 @@ class _Attempt:
     joblog: JobLog
     redactor: StreamRedactor | None = None
     creds: JobCredentials | None = None
+    registration: JobCredentials | None = None  # a forge runner's one-time registration
     container_id: str | None = None
     stream: OutputStream | None = None
     stamper: LineTimestamper | None = None
@@ -79,9 +81,11 @@ class JobRunner:
         events: JobEvents,
         *,
         credentials: CredentialsBackend | None = None,
+        registrar: RunnerRegistrar | None = None,
         attestations: AttestationStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.registrar = registrar
         self.config = config
         self.store = store
         self.engine = engine
@@ -124,6 +128,8 @@ class JobRunner:
             outcome = await self._execute(attempt, control)
         except CredentialsError as exc:
             outcome = (JobState.ERROR, f"credentials: {exc}", None)
+        except ForgeError as exc:
+            outcome = (JobState.ERROR, f"forge: {exc.message}", None)
         except EngineError as exc:
             outcome = (JobState.ERROR, f"docker: {exc}", None)
         except JobLostError:
@@ -157,6 +163,13 @@ class JobRunner:
             if at.creds.accessor:
                 at.job = await self._save(at.job, credentials_accessor=at.creds.accessor)
             delivered += at.creds.secrets
+        if at.job.spec.runner is not None:
+            if self.registrar is None:
+                raise ForgeError("this controller has no forge configured to register the runner with")
+            at.registration = await self.registrar.register(at.job)
+            for secret in at.registration.secrets:
+                secrets.add(secret.value, name=secret.name)
+            delivered += at.registration.secrets
         try:
             at.redactor = StreamRedactor(secrets, mask=logs_cfg.mask.encode())
         except ValueError as exc:  # e.g. the configured mask itself contains a secret
@@ -282,6 +295,8 @@ class JobRunner:
             self.events.torn_down(job, time.monotonic() - began)
         if at.creds is not None and self.credentials is not None:
             await self.credentials.release(at.creds)
+        if at.registration is not None and self.registrar is not None:
+            await self.registrar.unregister(job, at.registration)
         # The log is closed and the attestation signed before the final state is stored, so whoever sees the
         # final state can fetch both.
         ended = transition(job, final, now=self.clock(), reason=reason, exit_code=exit_code)

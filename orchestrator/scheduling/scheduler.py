@@ -100,16 +100,19 @@ class Scheduler:
     def release(self, pool: str) -> None:
         self._reserved[pool] -= 1
 
-    async def admit(self, job: Job, on_stored: Callable[[Job, bool], None]) -> tuple[Job, bool]:
+    async def admit(self, job: Job, on_stored: Callable[[Job, bool], None], *, capped: bool = True) -> tuple[Job, bool]:
         """Takes a new job in: the stored job and whether this call created it (False: a redelivery of one already
         stored under its id, which is not queued again). The order is the rule, kept here alone: a queue slot is
         held while the store commits, so concurrent admissions cannot overshoot the limits, and given back whether
         the commit succeeds or fails; `on_stored(stored, created)` (the caller's record of the delivery) runs once
         the job is durably stored and before it is queued, so nothing is acknowledged, recorded or run before it
         is stored; and a redelivery is answered even when the queue is full. Raises Refusal("queue_full") for a
-        job not stored yet when there is no slot (nothing is stored then)."""
+        job not stored yet when there is no slot (nothing is stored then). `capped=False` skips the queue caps: a
+        forge's `queued` delivery is never refused for capacity (GitHub does not redeliver; a refused one is a
+        workflow job that waits until it times out), it waits in the queue like any job."""
         try:
-            self.reserve(job.pool)
+            if capped:
+                self.reserve(job.pool)
         except QueueFullError as exc:
             existing = await self.store.get(job.id)
             if existing is None:
@@ -119,7 +122,8 @@ class Scheduler:
         try:
             stored, created = await self.store.create(job)
         finally:
-            self.release(job.pool)
+            if capped:
+                self.release(job.pool)
         on_stored(stored, created)
         if created:
             self.submit(stored)

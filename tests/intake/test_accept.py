@@ -324,6 +324,7 @@ DOCUMENTED = {  # README, "Webhook answers"
     "invalid_json": (400, False, None),
     "duplicate_key": (400, False, None),
     "invalid_spec": (422, False, None),
+    "invalid_payload": (400, False, None),
     "unknown_pool": (422, False, None),
     "secrets_unavailable": (422, False, None),
     "secret_name_taken": (422, False, None),
