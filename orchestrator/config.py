@@ -355,6 +355,7 @@ class RunnerPoolConfig(_Strict):
     runner_group_id: int | None = Field(None, ge=1, description="GitHub runner group (org scope); default 1")
     bootstrap_timeout_s: int = Field(600, ge=30, description="a runner that took no job by then is removed")
     completed_grace_s: float = Field(30.0, ge=0, le=600, description="after 'completed', the agent's time to exit")
+    min_idle: int = Field(0, ge=0, description="registered runners kept waiting for jobs (warm), within max_concurrent")
     command: str = Field(
         "/usr/local/bin/runner-entrypoint",
         pattern=r"^/[A-Za-z0-9._/-]+$",
@@ -374,6 +375,20 @@ class RunnerPoolConfig(_Strict):
         if not self.repositories and not self.organizations:
             raise ValueError("give repositories or organizations: a runner pool that allows none serves nothing")
         return self
+
+    @model_validator(mode="after")
+    def _warm_runners_need_one_place(self) -> RunnerPoolConfig:
+        if self.min_idle and self.warm_scope() is None:
+            where = "one repository (no wildcard)" if self.scope == "repo" else "one organization (no wildcard)"
+            raise ValueError(f"min_idle needs a place to register waiting runners: {where}, for scope {self.scope!r}")
+        return self
+
+    def warm_scope(self) -> str | None:
+        """Where warm runners are registered: the pool's one repository (repo scope) or organization (org scope)."""
+        names = self.repositories if self.scope == "repo" else self.organizations
+        if len(names) == 1 and not any(c in names[0] for c in "*?["):
+            return names[0]
+        return None
 
 
 class PoolConfig(_Strict):
@@ -542,6 +557,11 @@ class Config(_Strict):
                 raise ValueError(
                     f"pools.{name}.runner.source: sources.{pool.runner.source} has no [forge] section, so its "
                     "deliveries are job specs, not forge jobs"
+                )
+            if pool.runner.min_idle > pool.max_concurrent:
+                raise ValueError(
+                    f"pools.{name}.runner.min_idle ({pool.runner.min_idle}) exceeds the pool's max_concurrent "
+                    f"({pool.max_concurrent}): waiting runners hold slots"
                 )
         return self
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -151,6 +152,11 @@ class ForgeRunners:
         if forge is None:
             raise ForgeError(f"source {request.source!r} has no forge configured")
         scope = RunnerScope(request.scope_kind, request.scope_name, request.installation_id)
+        try:
+            scope = await forge.resolve(scope)  # a warm runner came with no webhook naming its installation
+        except ForgeError as exc:
+            self.errors += 1
+            raise ForgeError(f"{exc.message}") from None
         name = runner_name(self.config.controller_id, job.id, job.attempt)
         record = await self.store.get_runner(job.id)
         if record is None:  # stored with the job normally; a crash between the two leaves only the job
@@ -240,6 +246,31 @@ class ForgeRunners:
         return updated
 
     # -- supervision -------------------------------------------------------------------------------------------
+
+    async def keep_warm(self, admit: Admit) -> int:
+        """Tops each pool with `min_idle` up to that many runners waiting for a job (queued or up, none taken yet):
+        a job then starts on a runner already online instead of waiting for a container. Returns how many it asked
+        for. They are runner jobs like any (trigger_job_id 0), removed by the bootstrap timeout if never used."""
+        asked = 0
+        waiting: dict[str, int] = {}
+        for record in await self.store.runners_of_unfinished_jobs():
+            job = await self.store.get(record.job_id)
+            if job is not None and not job.state.final and record.online_at is None:
+                waiting[job.pool] = waiting.get(job.pool, 0) + 1
+        for name, pool in self.config.pools.items():
+            runner = pool.runner
+            target = runner.warm_scope() if runner else None
+            if runner is None or not runner.min_idle or target is None:
+                continue
+            for _ in range(runner.min_idle - waiting.get(name, 0)):
+                job_id = f"{runner.source}-warm-{uuid.uuid4().hex[:12]}"
+                job, record = self.build_job(
+                    runner.source, name, repository=target, owner=target.partition("/")[0], installation_id=None,
+                    trigger=0, run_id=0, job_id=job_id, now=self.clock(),
+                )  # fmt: skip
+                _, created = await self.request(job, record, admit)
+                asked += created
+        return asked
 
     async def supervise(self, cancel: Cancel) -> None:
         """Removes runners that overstay: no job taken within the bootstrap timeout, or still there after their
@@ -426,6 +457,7 @@ class ForgeRunners:
         while True:
             try:
                 await self.supervise(cancel)
+                await self.keep_warm(admit)
                 now = time.monotonic()
                 for source, due in next_reconcile.items():
                     if now >= due:

@@ -264,3 +264,42 @@ async def test_reconcile_deletes_orphans_and_serves_lost_jobs(fake_controller_fa
     assert (await runners.reconcile("github", admit, scheduler.cancel))["lost_jobs_served"] == 0
     await ctl.api("POST", "/api/v1/jobs/github-4242/cancel")
     await asyncio.sleep(0)
+
+
+async def test_min_idle_keeps_warm_runners_waiting_and_replaces_them_as_they_are_used(
+    fake_controller_factory: Any, tmp_path: Path
+) -> None:
+    forge = MemoryForge()
+    ctl = await started(fake_controller_factory, tmp_path, forge, repositories=[REPO], min_idle=2)
+    runners = ctl.controller.runners
+    assert runners is not None
+    engine(ctl).program = lambda spec: runs(exit_code=None)
+    scheduler = ctl.controller.scheduler
+
+    async def admit(job: Any) -> Any:
+        return await scheduler.admit(job, lambda stored, created: None, capped=False)
+
+    assert await runners.keep_warm(admit) == 2
+    assert await runners.keep_warm(admit) == 0  # two are waiting already
+    warm = [r["job_id"] for r in (await ctl.api("GET", "/api/v1/runners"))[1]["runners"]]
+    for job_id in warm:
+        await ctl.wait_status(job_id, {"running"})
+    assert len(forge.registered(f"repo:{REPO}")) == 2
+    # One takes a job: one more is asked for, so two wait again.
+    name = f"{ctl.controller_id}-{warm[0]}"
+    await deliver(ctl, variant("workflow_job.in_progress", runner_name=name, id=31337))
+    assert await runners.keep_warm(admit) == 1
+    for job_id in [r["job_id"] for r in (await ctl.api("GET", "/api/v1/runners"))[1]["runners"]]:
+        await ctl.api("POST", f"/api/v1/jobs/{job_id}/cancel")
+
+
+def test_min_idle_needs_one_place_and_fits_the_pool() -> None:
+    from pydantic import ValidationError
+
+    from orchestrator.config import RunnerPoolConfig
+
+    with pytest.raises(ValidationError, match="min_idle needs a place"):
+        RunnerPoolConfig(source="gh", labels=["x"], repositories=["acme/*"], min_idle=1)
+    assert RunnerPoolConfig(source="gh", labels=["x"], repositories=["acme/app"], min_idle=1).warm_scope() == "acme/app"
+    org = RunnerPoolConfig(source="gh", labels=["x"], organizations=["acme"], scope="org", min_idle=1)
+    assert org.warm_scope() == "acme"
