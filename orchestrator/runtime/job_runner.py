@@ -171,7 +171,8 @@ class JobRunner:
                 secrets.add(secret.value, name=secret.name)
             delivered += at.registration.secrets
         try:
-            at.redactor = StreamRedactor(secrets, mask=logs_cfg.mask.encode())
+            # Compiled off the event loop: for a long secret (a runner's registration) it takes ~20 ms.
+            at.redactor = await asyncio.to_thread(StreamRedactor, secrets, mask=logs_cfg.mask.encode())
         except ValueError as exc:  # e.g. the configured mask itself contains a secret
             raise CredentialsError(f"log redaction cannot be set up: {exc}") from None
         cspec = build_container_spec(
