@@ -303,3 +303,47 @@ def test_min_idle_needs_one_place_and_fits_the_pool() -> None:
     assert RunnerPoolConfig(source="gh", labels=["x"], repositories=["acme/app"], min_idle=1).warm_scope() == "acme/app"
     org = RunnerPoolConfig(source="gh", labels=["x"], organizations=["acme"], scope="org", min_idle=1)
     assert org.warm_scope() == "acme"
+
+
+async def test_a_gitea_source_signed_as_gitea_signs(fake_controller_factory: Any, tmp_path: Path) -> None:
+    """Gitea (1.24+) sends GitHub-shaped workflow_job payloads without `installation`, signed in X-Gitea-Signature
+    (hex HMAC-SHA256 of the body); its registration is the `.runner` file (GiteaForge is tested on fake_gitea.py)."""
+    forge = MemoryForge()
+    hook_secret = "gitea-hook-secret-0123"
+    (tmp_path / "gitea.secret").write_text(hook_secret)
+    (tmp_path / "gitea.secret").chmod(0o600)
+    (tmp_path / "gitea.token").write_text("gitea-token-" + "y" * 30)
+    (tmp_path / "gitea.token").chmod(0o600)
+    settings = {
+        "sources": {
+            "gitea": {
+                "scheme": "gitea-sha256",
+                "secret_file": str(tmp_path / "gitea.secret"),
+                "forge": {
+                    "kind": "gitea",
+                    "api_url": "http://127.0.0.1:9",
+                    "token_file": str(tmp_path / "gitea.token"),
+                },
+            }
+        },
+        "pools": {
+            "tea": {
+                "image": "runner-orchestrator/test-runner:local",
+                "runner": {"source": "gitea", "labels": ["linux"], "organizations": ["Codertocat"]},
+            }
+        },
+    }
+    ctl: RunningController = await fake_controller_factory(settings=settings, forges={"gitea": forge})
+    engine(ctl).program = lambda spec: runs(exit_code=None)
+    data = json.loads(variant("workflow_job.queued", labels=["linux"], id=55))
+    del data["installation"]
+    body = json.dumps(data).encode()
+    headers = sign("gitea-sha256", hook_secret.encode(), body) | {"X-Gitea-Event": "workflow_job"}
+    async with ctl.session.post(f"{ctl.url}/webhooks/gitea", data=body, headers=headers) as resp:
+        assert resp.status == 202, await resp.text()
+        job_id = (await resp.json())["job_id"]
+    assert job_id == "gitea-55"
+    await ctl.wait_status(job_id, {"running"})
+    assert [c for c in forge.calls if c[0] == "register"] == [("register", f"{ctl.controller_id}-gitea-55")]
+    await ctl.api("POST", f"/api/v1/jobs/{job_id}/cancel")
+    assert forge.registered(f"repo:{REPO}") == []
