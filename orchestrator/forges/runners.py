@@ -93,6 +93,7 @@ class ForgeRunners:
         self.registered = 0
         self.last_counts: dict[str, dict[str, int]] = {}
         self._cancelling: dict[str, asyncio.Task[None]] = {}
+        self.reconciled = 0  # passes done, all forges
 
     # -- requests --------------------------------------------------------------------------------------------
 
@@ -199,6 +200,12 @@ class ForgeRunners:
         try:
             existed = await forge.delete_runner(scope, runner_id)
         except ForgeError as exc:
+            if exc.status == 422:  # still busy at the forge (its job just ended): it deletes a used JIT runner itself
+                log.info(
+                    "runner registration still busy at the forge; reconciliation deletes it if it stays",
+                    extra={"job_id": job_id, "runner_id": runner_id, "scope": str(scope)},
+                )
+                return
             self.errors += 1
             log.error(
                 "could not delete a runner registration; reconciliation will retry",
@@ -362,6 +369,7 @@ class ForgeRunners:
                     await self._cancel(cancel, job, "its registration is gone at the forge before it took a job")
                     done["vanished_removed"] += 1
         done["lost_jobs_served"] = await self._serve_lost_jobs(source, admit)
+        self.reconciled += 1
         if any(done.values()):
             self.auditor.reconcile("forge", source, dict(done))
             log.info("forge reconciled", extra={"source": source, **done})

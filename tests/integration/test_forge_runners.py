@@ -49,7 +49,9 @@ def agent_image(docker_client: docker.DockerClient) -> str:
 
 @pytest.fixture
 async def github() -> AsyncIterator[FakeGitHub]:
-    fake = await FakeGitHub.start(job_seconds=0.2)
+    # A generous agent timeout: on a loaded machine a long-polling agent may be silent for seconds, and the fake then
+    # fails its job and takes the runner offline, leaving another runner without a job until its bootstrap timeout.
+    fake = await FakeGitHub.start(job_seconds=0.2, agent_timeout_s=120)
     fake.add_repository(REPO, installation_id=7001)
     try:
         yield fake
@@ -143,6 +145,13 @@ async def test_a_burst_of_queued_jobs_is_served_in_order_none_refused(
     controller_factory: Any, github: FakeGitHub, tmp_path: Path, agent_image: str
 ) -> None:
     ctl = await started(controller_factory, github, tmp_path, agent_image, max_concurrent=4)
+    # The start-up reconciliation pass first: racing the burst, it would find queued jobs through the API before
+    # their webhooks arrive (then answered 200, duplicates) -- right, but not what this test measures.
+    runners = ctl.controller.runners
+    assert runners is not None
+    deadline = time.monotonic() + 30
+    while runners.reconciled < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     began = time.monotonic()
     forge_jobs = [github.queue_job(REPO, ["linux"], seconds=0.05) for _ in range(BURST)]
     for forge_job in forge_jobs:
@@ -153,8 +162,8 @@ async def test_a_burst_of_queued_jobs_is_served_in_order_none_refused(
     await github.webhooks_sent()
     queued = [d for d in github.deliveries if d.action == "queued"]
     assert len(queued) == BURST and {d.status for d in queued} == {202}  # never refused for capacity
-    # Runners were started (moved to `starting`, in the audit trail's order) as their webhooks came: the pool's FIFO,
-    # at most 4 at a time.
+    # Runners were started (moved to `starting`, in the audit trail's order) in the order their webhooks came: the
+    # pool's FIFO, at most 4 at a time.
     ctl.controller.auditor.flush()
     trail = [json.loads(line) for line in (ctl.config.data_dir / "audit.jsonl").read_text().splitlines()]
     starting = [r["target"] for r in trail if r["action"] == "job.state" and r["outcome"] == "starting"]
@@ -228,6 +237,7 @@ labels = ["linux"]
 repositories = ["{REPO}"]
 command = "/usr/local/bin/agent.sh"
 """
+    github.agent_timeout_s = 5  # a killed agent's runner goes offline soon, so its registration can be deleted
     cp = controller_process(extra_toml=extra)
     await asyncio.to_thread(cp.start)
     github.webhook_url = f"{cp.hook_url}/webhooks/github"
