@@ -36,6 +36,13 @@ RUN_TAG = f"{os.getpid() % 4096:03x}"  # controllers of this pytest process: tes
 REQUIRE_DOCKER = os.environ.get("ORCHESTRATOR_REQUIRE_DOCKER") == "1"
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The header line also under -q (the README's test command), which hides pytest's report header."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and session.config.get_verbosity() < 0:
+        reporter.write_line(pytest_report_header())
+
+
 def pytest_report_header() -> str:
     """The Vault-compatible server the credentials tests run against (tests/openbao.py)."""
     import subprocess
