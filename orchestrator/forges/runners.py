@@ -155,9 +155,9 @@ class ForgeRunners:
         scope = RunnerScope(request.scope_kind, request.scope_name, request.installation_id)
         try:
             scope = await forge.resolve(scope)  # a warm runner came with no webhook naming its installation
-        except ForgeError as exc:
+        except ForgeError:
             self.errors += 1
-            raise ForgeError(f"{exc.message}") from None
+            raise
         name = runner_name(self.config.controller_id, job.id, job.attempt)
         record = await self.store.get_runner(job.id)
         if record is None:  # stored with the job normally; a crash between the two leaves only the job
@@ -258,16 +258,18 @@ class ForgeRunners:
         """Tops each pool with `min_idle` up to that many runners waiting for a job (queued or up, none taken yet):
         a job then starts on a runner already online instead of waiting for a container. Returns how many it asked
         for. They are runner jobs like any (trigger_job_id 0), removed by the bootstrap timeout if never used."""
+        warm = {name: pool.runner for name, pool in self.config.pools.items() if pool.runner and pool.runner.min_idle}
+        if not warm:  # the common case: no query every supervision tick
+            return 0
         asked = 0
         waiting: dict[str, int] = {}
         for record in await self.store.runners_of_unfinished_jobs():
             job = await self.store.get(record.job_id)
             if job is not None and not job.state.final and record.online_at is None:
                 waiting[job.pool] = waiting.get(job.pool, 0) + 1
-        for name, pool in self.config.pools.items():
-            runner = pool.runner
-            target = runner.warm_scope() if runner else None
-            if runner is None or not runner.min_idle or target is None:
+        for name, runner in warm.items():
+            target = runner.warm_scope()
+            if target is None:  # the config refuses min_idle without one place
                 continue
             for _ in range(runner.min_idle - waiting.get(name, 0)):
                 job_id = f"{runner.source}-warm-{uuid.uuid4().hex[:12]}"

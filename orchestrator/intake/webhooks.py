@@ -46,12 +46,16 @@ def _queued(job: Job) -> Answer:
 _HANDLED_STATUS = {"ping": 200, "recorded": 200, "ignored": 202, "unmatched": 202}
 
 
+def _handled_status(outcome: Handled) -> int:
+    return _HANDLED_STATUS.get(outcome.what, 202)
+
+
 def answer(outcome: Accepted | Duplicate | Handled) -> Answer:
     """What the sender gets for a delivery taken: 202 for a new job, 200 with the stored job for a redelivery."""
     if isinstance(outcome, Accepted):
         return _queued(outcome.job)
     if isinstance(outcome, Handled):
-        return json_answer({"status": outcome.what, **outcome.detail}, _HANDLED_STATUS.get(outcome.what, 202))
+        return json_answer({"status": outcome.what, **outcome.detail}, _handled_status(outcome))
     return json_answer({**job_view(outcome.job), "duplicate": True}, DUPLICATE_STATUS)
 
 
@@ -130,7 +134,7 @@ class WebhookIntake:
             )
             if isinstance(outcome, Handled):
                 self.auditor.webhook(
-                    name, delivery, remote, "accepted", reason=outcome.what, status=answer(outcome).status
+                    name, delivery, remote, "accepted", reason=outcome.what, status=_handled_status(outcome)
                 )
             return outcome
         spec = parse_spec(body)
