@@ -85,6 +85,12 @@ class ForgeAPI(Protocol):
         another): GitHub lists a run as queued only until its first job starts."""
         ...
 
+    async def repositories(self) -> list[tuple[str, int | None]]:
+        """Every repository the controller's credential reaches, with the GitHub App installation it is reached
+        through (None elsewhere): where reconciliation looks for queued jobs of pools that allow repositories by
+        glob or organization, whose webhook may never have arrived. Raises ForgeError."""
+        ...
+
     async def resolve(self, scope: RunnerScope) -> RunnerScope:
         """The scope as the forge's calls need it (a GitHub App's installation for a scope only the config named);
         unchanged where nothing is missing. Raises ForgeError."""

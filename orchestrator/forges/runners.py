@@ -52,6 +52,10 @@ def runner_job_id(source: str, forge_job_id: int, n: int = 1) -> str:
     return f"{source}-{forge_job_id}" if n == 1 else f"{source}-{forge_job_id}-{n}"
 
 
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
 def pools_of(config: Config) -> list[RunnerPool]:
     return [
         RunnerPool.of(name, pool.runner.source, pool.runner.labels, pool.runner.repositories, pool.runner.organizations)
@@ -346,7 +350,8 @@ class ForgeRunners:
         done = {"orphans_deleted": 0, "vanished_removed": 0, "lost_jobs_served": 0}
         prefix = f"{self.config.controller_id}-"
         live = {r.name: r for r in await self.store.runners_of_unfinished_jobs(source)}
-        for scope in await self._scopes(source):
+        scopes = await self._scopes(source)
+        for scope in scopes:
             try:
                 registered = await forge.runners(scope)
             except ForgeError as exc:
@@ -370,7 +375,7 @@ class ForgeRunners:
                 ):
                     await self._cancel(cancel, job, "its registration is gone at the forge before it took a job")
                     done["vanished_removed"] += 1
-        done["lost_jobs_served"] = await self._serve_lost_jobs(source, admit)
+        done["lost_jobs_served"] = await self._serve_lost_jobs(source, scopes, admit)
         self.reconciled += 1
         if any(done.values()):
             self.auditor.reconcile("forge", source, dict(done))
@@ -392,21 +397,22 @@ class ForgeRunners:
         installation = forge.installation_id if forge else None
         seen: dict[tuple[str, str], int | None] = {}
         for record in await self.store.list_runners(source=source, limit=500):
-            job = await self.store.get(record.job_id)
             kind, _, name = record.scope.partition(":")
-            inst = job.spec.runner.installation_id if job and job.spec.runner else installation
-            seen.setdefault((kind, name), inst)
+            if (kind, name) in seen:
+                continue  # one job per scope tells its installation
+            job = await self.store.get(record.job_id)
+            seen[(kind, name)] = job.spec.runner.installation_id if job and job.spec.runner else installation
         for pool in self.config.pools.values():
             runner = pool.runner
             if runner is None or runner.source != source:
                 continue
             if runner.scope == "repo":
                 for repo in runner.repositories:
-                    if not any(c in repo for c in "*?["):
+                    if not _is_glob(repo):
                         seen.setdefault(("repo", repo), installation)
             else:
                 for org in runner.organizations:
-                    if not any(c in org for c in "*?["):
+                    if not _is_glob(org):
                         seen.setdefault(("org", org), installation)
         scopes = []
         for (kind, name), inst in seen.items():
@@ -418,14 +424,28 @@ class ForgeRunners:
                 log.warning("reconcile: scope skipped", extra={"scope": f"{kind}:{name}", "error": exc.message})
         return scopes
 
-    async def _serve_lost_jobs(self, source: str, admit: Admit) -> int:
+    async def _serve_lost_jobs(self, source: str, scopes: list[RunnerScope], admit: Admit) -> int:
+        """Asks the forge for the queued jobs of every repository a pool may serve: those named in the config or
+        seen in runner records, and -- when a pool allows repositories by glob or organization -- every repository
+        the credential reaches that a pool allows, so a repository whose first webhook was lost is found too."""
         forge = self.forges[source]
         served = 0
-        repositories: dict[str, int | None] = {}
-        for scope in await self._scopes(source):
+        repositories: dict[str, tuple[str, int | None]] = {}
+        for scope in scopes:
             if scope.kind == "repo":
-                repositories.setdefault(scope.name, scope.installation_id)
-        for repository, installation in repositories.items():
+                repositories.setdefault(scope.name.lower(), (scope.name, scope.installation_id))
+        if self._discovers(source):
+            try:
+                reachable = await forge.repositories()
+            except ForgeError as exc:
+                log.warning("reconcile: cannot list the repositories the forge credential reaches",
+                            extra={"source": source, "error": exc.message})  # fmt: skip
+                self.errors += 1
+                reachable = []
+            for name, installation in reachable:
+                if any(pool.source == source and pool.allows(name) for pool in self.pools):
+                    repositories.setdefault(name.lower(), (name, installation))
+        for repository, installation in repositories.values():
             try:
                 queued = await forge.queued_jobs(repository, installation)
             except ForgeError as exc:
@@ -437,6 +457,13 @@ class ForgeRunners:
                 if await self._serve(source, forge_job, installation, admit):
                     served += 1
         return served
+
+    def _discovers(self, source: str) -> bool:
+        """Whether a pool of the source allows repositories the config does not name one by one."""
+        return any(
+            pool.source == source and (pool.organizations or any(_is_glob(repo) for repo in pool.repositories))
+            for pool in self.pools
+        )
 
     async def _serve(self, source: str, forge_job: QueuedJob, installation: int | None, admit: Admit) -> bool:
         """A runner for a queued forge job that has no live one: the first request if none was ever made, a new

@@ -10,7 +10,7 @@ REST (`/api/v1`, `Authorization: token T` or `Bearer T`; routers/api/v1/api.go, 
   found"; 404 "No permission to access this runner" for another scope's runner).
 * `GET /repos/{o}/{r}/actions/jobs?status=queued&page&limit` -> `{"workflow_jobs": [...], "total_count"}` with `Link`
   and `X-Total-Count` (absent with `jobs_api=False`, like Gitea 1.24: the generic 404).
-* `GET /repos/{o}/{r}` (a few fields).
+* `GET /repos/{o}/{r}` (a few fields); `GET /user/repos?page&limit` -> an array of repositories, `X-Total-Count`.
 * Errors: `{"message", "url"}` (services/context/api.go APIError), 404 `{"message": "The target couldn't be found.",
   "url", "errors": []}`; 401 "token is required" without a known token; 403 when the token lacks the scope
   (`token does not have at least one of required scope(s), ...`) or the user the role (repository admin,
@@ -324,6 +324,10 @@ class FakeGitea:
                     return self._error(403, "Must be an organization owner")
                 return self._runners(request, ("org", parts[1]), parts[4:])
             return self._not_found()
+        if parts == ["user", "repos"] and request.method == "GET":
+            if (refused := self._scope_refusal(token, "repository", False)) is not None:
+                return refused
+            return self._my_repos(request, user)
         if parts[:1] == ["admin"]:
             if (refused := self._scope_refusal(token, "admin", write)) is not None:
                 return refused
@@ -335,6 +339,25 @@ class FakeGitea:
                 return self._registration_token(("admin", ""))
             return self._not_found()
         return self._not_found()
+
+    def _my_repos(self, request: web.Request, user: str) -> web.Response:
+        """GET /user/repos (user.ListMyRepos: "the repositories you own or have access to"): an array of repositories,
+        paginated, with `X-Total-Count`. Here: those the user administers, and the public ones of its organizations."""
+        member_of = {org for org, owners in self.orgs.items() if user in owners}
+        names = sorted(
+            name
+            for name, repo in self.repos.items()
+            if user in repo["admins"]
+            or user in self.site_admins
+            or (not repo["private"] and name.split("/")[0] in member_of)
+        )
+        page, limit = _list_options(request, self.max_response_items)
+        chunk = names[(page - 1) * limit : page * limit]
+        body = [
+            {"id": self.repos[n]["id"], "full_name": n, "name": n.split("/")[1], "private": self.repos[n]["private"]}
+            for n in chunk
+        ]
+        return web.json_response(body, headers={"X-Total-Count": str(len(names))})
 
     def _registration_token(self, scope: tuple[str, str]) -> web.Response:
         """shared.GetRegistrationToken: the latest active token, a new one if there is none."""

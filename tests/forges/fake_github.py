@@ -8,6 +8,8 @@ on github.com and reported by users, the comment says so. What it serves:
 * GitHub App auth: `POST /app/installations/{id}/access_tokens` with an RS256 JWT checked against the app's public
   key ("Generating a JSON Web Token (JWT) for a GitHub App"); installation tokens with `expires_at`; a fixed
   personal access token (the "token file" alternative); `Authorization: Bearer <t>` or `token <t>`.
+* `GET /app/installations` (JWT), `GET /installation/repositories` (installation token), `GET /user/repos` (the
+  token file's owner): which repositories the controller reaches, for reconciliation of globbed pools.
 * Self-hosted runners ("REST API endpoints for self-hosted runners"), repository and organization scope:
   generate-jitconfig, list (paginated, `Link` header), get, delete.
 * Workflow runs and jobs: `GET .../actions/runs?status=queued`, `GET .../actions/runs/{run_id}/jobs`,
@@ -583,7 +585,10 @@ class FakeGitHub:
     def _routes(self, app: web.Application) -> None:
         r = app.router
         r.add_post("/app/installations/{installation_id}/access_tokens", self._access_tokens)
+        r.add_get("/app/installations", self._list_installations)
         r.add_get("/app/installations/{installation_id}", self._get_installation)
+        r.add_get("/installation/repositories", self._installation_repositories)
+        r.add_get("/user/repos", self._user_repos)
         r.add_get("/repos/{owner}/{repo}/installation", self._repo_installation)
         r.add_get("/orgs/{org}/installation", self._org_installation)
         r.add_get("/rate_limit", self._rate_limit_status)
@@ -842,6 +847,45 @@ class FakeGitHub:
         if repos is not None:
             answer["repositories"] = [self._repo_json(self.repositories[n]) for n in sorted(repos)]
         return web.json_response(answer, status=201)
+
+    @_auth("jwt")
+    async def _list_installations(self, request: web.Request) -> web.Response:
+        """GET /app/installations ("List installations for the authenticated app"): a bare array, paginated."""
+        chunk, headers = self._paginate(request, sorted(self.installations.values(), key=lambda i: i.id))
+        return web.json_response([self._installation_json(i) for i in chunk], headers=headers)
+
+    @_auth("token")
+    async def _installation_repositories(self, request: web.Request) -> web.Response:
+        """GET /installation/repositories ("List repositories accessible to the app installation"): 200
+        {total_count, repository_selection, repositories}, paginated; only with an installation token."""
+        caller: _Caller = request[CALLER]
+        if caller.kind != "installation" or caller.installation_id is None:
+            raise _Refusal(403, "This endpoint requires you to be authenticated as a GitHub App installation.")
+        repos = sorted(
+            (
+                r
+                for r in self._installation_repos(caller.installation_id)
+                if caller.repositories is None or r.full_name.lower() in caller.repositories
+            ),
+            key=lambda r: r.id,
+        )
+        chunk, headers = self._paginate(request, repos)
+        body = {
+            "total_count": len(repos),
+            "repository_selection": "all" if caller.repositories is None else "selected",
+            "repositories": [self._repo_json(r) for r in chunk],
+        }
+        return web.json_response(body, headers=headers)
+
+    @_auth("token")
+    async def _user_repos(self, request: web.Request) -> web.Response:
+        """GET /user/repos ("List repositories for the authenticated user"): a bare array, paginated; the token's
+        owner reaches every repository of the fake. An installation token has no user: 403."""
+        caller: _Caller = request[CALLER]
+        if caller.kind != "pat":
+            raise _Refusal(403, "Resource not accessible by integration")
+        chunk, headers = self._paginate(request, sorted(self.repositories.values(), key=lambda r: r.id))
+        return web.json_response([self._repo_json(r) for r in chunk], headers=headers)
 
     @_auth("jwt")
     async def _get_installation(self, request: web.Request) -> web.Response:

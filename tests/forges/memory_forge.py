@@ -20,6 +20,7 @@ class MemoryForge:
     calls: list[tuple[str, str]] = field(default_factory=list)
     fail_register: ForgeError | None = None
     credentials: dict[int, str] = field(default_factory=dict)
+    visible: set[str] = field(default_factory=set)  # repositories the credential reaches beyond those above
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
 
     @staticmethod
@@ -52,6 +53,11 @@ class MemoryForge:
     async def queued_jobs(self, repository: str, installation_id: int | None) -> list[QueuedJob]:
         self.calls.append(("queued", repository))
         return list(self.queued.get(repository, []))
+
+    async def repositories(self) -> list[tuple[str, int | None]]:
+        self.calls.append(("repositories", ""))
+        names = {scope.partition(":")[2] for scope in self.runners_by_scope if scope.startswith("repo:")}
+        return [(name, None) for name in sorted(names | set(self.queued) | set(self.visible))]
 
     async def resolve(self, scope: RunnerScope) -> RunnerScope:
         return scope

@@ -271,6 +271,28 @@ async def test_unknown_installation_and_token_scope(fake: FakeGitHub, session: a
     assert_error_shape(answer, 422, "not accessible to the parent installation")
 
 
+async def test_installations_and_the_repositories_they_reach(fake: FakeGitHub, session: aiohttp.ClientSession):
+    fake.add_repository("octo-org/other", installation_id=INSTALLATION)
+    fake.add_repository("someone/else", installation_id=7)
+    listed = await call(session, "GET", f"{fake.url}/app/installations", token=app_jwt(fake))
+    assert listed.status == 200 and sorted(i["id"] for i in listed.body) == sorted([INSTALLATION, 7])
+    token = await installation_token(session, fake)
+    repos = await call(session, "GET", f"{fake.url}/installation/repositories", token=token)
+    assert repos.status == 200 and repos.body["total_count"] == 2
+    assert sorted(r["full_name"] for r in repos.body["repositories"]) == sorted([REPO, "octo-org/other"])
+    narrow = await installation_token(session, fake, repositories=["app"])
+    repos = await call(session, "GET", f"{fake.url}/installation/repositories", token=narrow)
+    assert [r["full_name"] for r in repos.body["repositories"]] == [REPO]
+    # an installation token is no user, a PAT no installation; the JWT is for /app endpoints only
+    assert_error_shape(await call(session, "GET", f"{fake.url}/user/repos", token=token), 403, "not accessible")
+    assert_error_shape(
+        await call(session, "GET", f"{fake.url}/installation/repositories", token=fake.pat), 403, "installation"
+    )
+    assert (await call(session, "GET", f"{fake.url}/app/installations", token=token)).status == 401
+    mine = await call(session, "GET", f"{fake.url}/user/repos", token=fake.pat)
+    assert mine.status == 200 and len(mine.body) == 3
+
+
 async def test_bad_missing_and_expired_tokens(fakes: Callable[..., Any], session: aiohttp.ClientSession):
     clock = Clock()
     fake = await fakes(clock=clock, token_lifetime_s=60)

@@ -186,6 +186,21 @@ async def test_queued_jobs_on_a_gitea_without_the_jobs_api(gitea: FakeGitea, mak
     assert err.value.status == 404 and "repository alice/nope" in err.value.message
 
 
+async def test_repositories_the_token_reaches(gitea: FakeGitea, make: Callable[..., GiteaForge]) -> None:
+    for i in range(60):  # more than one page (Gitea's page limit is 50)
+        gitea.add_repo(f"alice/svc-{i:02d}")
+    gitea.add_repo("mallory/secret")
+    found = await make(gitea.add_token("alice", "read:repository")).repositories()
+    names = [name for name, _ in found]
+    assert len(names) == 61 and "alice/app" in names and "alice/svc-59" in names and "mallory/secret" not in names
+    assert all(installation is None for _, installation in found)
+    assert gitea.count("GET", "/api/v1/user/repos") == 2
+    assert [name for name, _ in await make(gitea.add_token("bob", "read:repository")).repositories()] == ["acme/lib"]
+    with pytest.raises(ForgeError) as err:
+        await make(gitea.add_token("alice", "read:organization")).repositories()
+    assert err.value.status == 403 and "read:repository" in err.value.message
+
+
 async def test_bad_token_is_401_naming_the_token_file(gitea: FakeGitea, make: Callable[..., GiteaForge]) -> None:
     forge = make("f" * 40)
     with pytest.raises(ForgeError) as err:

@@ -938,6 +938,48 @@ async def test_every_method_against_the_fake(
     assert forge.stats()["rate_limit_remaining"] >= 0 and github.over_limit_requests == []
 
 
+async def test_repositories_of_every_installation_or_of_the_token(
+    tmp_path: Path, github: FakeGitHub, fclock: FakeClock, sleeper: Sleeper
+) -> None:
+    for n in range(120):  # more than a page of `GET /installation/repositories`
+        github.add_repository(f"acme/svc-{n:03d}", installation_id=50)
+    forge = fake_app_forge(tmp_path, github, fclock, sleeper)
+    found = await forge.repositories()
+    await forge.close()
+    assert len(found) == 1 + 121 + 1
+    assert ("octo-org/app", 42) in found and ("acme/web", 50) in found and ("acme/svc-119", 50) in found
+    assert ("other/private", 99) in found
+    paths = [(r.caller, r.path) for r in github.request_log]
+    assert ("app", "/app/installations") in paths
+    assert paths.count(("installation:50", "/installation/repositories")) == 2  # two pages
+
+    pinned = fake_app_forge(tmp_path, github, fclock, sleeper, installation_id=42)
+    assert await pinned.repositories() == [("octo-org/app", 42)]  # the configured installation only
+    await pinned.close()
+
+    pat = fake_pat_forge(tmp_path, github, fclock, sleeper)
+    names = await pat.repositories()
+    await pat.close()
+    assert len(names) == 123 and all(installation is None for _, installation in names)
+
+
+async def test_repositories_refused_names_the_permission(
+    tmp_path: Path, stubs: Any, fclock: FakeClock, sleeper: Sleeper
+) -> None:
+    async def refused(request: web.Request) -> web.Response:
+        return github_error(403, "Resource not accessible by integration")
+
+    stub = await stubs(refused)
+    forge = GitHubForge(TokenFileAuth(secret_file(tmp_path / "pat", "github_pat_" + "x" * 30)), api_url=stub.url,
+                        clock=fclock, sleep=sleeper)  # fmt: skip
+    with pytest.raises(ForgeError) as caught:
+        await forge.repositories()
+    await forge.close()
+    assert caught.value.status == 403 and "lacks the Metadata: read permission" in caught.value.message
+    assert "to list the repositories it can reach" in caught.value.message
+    assert stub.paths() == ["GET /user/repos"]
+
+
 async def test_many_registrations_one_token(
     tmp_path: Path, github: FakeGitHub, fclock: FakeClock, sleeper: Sleeper
 ) -> None:

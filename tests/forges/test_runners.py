@@ -266,6 +266,51 @@ async def test_reconcile_deletes_orphans_and_serves_lost_jobs(fake_controller_fa
     await asyncio.sleep(0)
 
 
+async def test_reconcile_asks_the_forge_which_repositories_a_globbed_pool_may_serve(
+    fake_controller_factory: Any, tmp_path: Path
+) -> None:
+    """A pool allowing `Codertocat/*`: a repository no webhook and no record ever named is found through the
+    forge's list of reachable repositories; one the pool does not allow is never asked about."""
+    forge = MemoryForge(visible={"Codertocat/never-seen", "mallory/app"})
+    ctl = await started(fake_controller_factory, tmp_path, forge)
+    runners = ctl.controller.runners
+    assert runners is not None
+    engine(ctl).program = lambda spec: runs(exit_code=None)
+    forge.queued["Codertocat/never-seen"] = [
+        QueuedJob(id=777, run_id=1, repository="Codertocat/never-seen", labels=("ubuntu-latest",))
+    ]
+    forge.queued["mallory/app"] = [QueuedJob(id=778, run_id=2, repository="mallory/app", labels=("ubuntu-latest",))]
+    scheduler = ctl.controller.scheduler
+
+    async def admit(job: Any) -> Any:
+        return await scheduler.admit(job, lambda stored, created: None, capped=False)
+
+    done = await runners.reconcile("github", admit, scheduler.cancel)
+    assert done["lost_jobs_served"] == 1
+    assert ("repositories", "") in forge.calls
+    assert ("queued", "Codertocat/never-seen") in forge.calls and ("queued", "mallory/app") not in forge.calls
+    await ctl.wait_status("github-777", {"running"})
+    assert (await ctl.api("GET", "/api/v1/jobs/github-778"))[0] == 404
+    await ctl.api("POST", "/api/v1/jobs/github-777/cancel")
+    await asyncio.sleep(0)
+
+
+async def test_a_pool_naming_its_repositories_does_not_list_the_forges(
+    fake_controller_factory: Any, tmp_path: Path
+) -> None:
+    forge = MemoryForge()
+    ctl = await started(fake_controller_factory, tmp_path, forge, repositories=[REPO])
+    runners = ctl.controller.runners
+    assert runners is not None
+    scheduler = ctl.controller.scheduler
+
+    async def admit(job: Any) -> Any:
+        return await scheduler.admit(job, lambda stored, created: None, capped=False)
+
+    await runners.reconcile("github", admit, scheduler.cancel)
+    assert ("repositories", "") not in forge.calls and ("queued", REPO) in forge.calls
+
+
 async def test_min_idle_keeps_warm_runners_waiting_and_replaces_them_as_they_are_used(
     fake_controller_factory: Any, tmp_path: Path
 ) -> None:

@@ -175,17 +175,27 @@ async def test_a_burst_of_queued_jobs_is_served_in_order_none_refused(
     print(f"\nburst: {BURST} jobs in {took:.1f} s with max_concurrent 4")
 
 
+@pytest.mark.parametrize("named", [True, False], ids=["named-repository", "glob-never-seen"])
 async def test_a_lost_webhook_is_found_by_reconciliation(
-    controller_factory: Any, github: FakeGitHub, tmp_path: Path, agent_image: str
+    controller_factory: Any, github: FakeGitHub, tmp_path: Path, agent_image: str, named: bool
 ) -> None:
-    # Reconciliation asks the forge about the repositories the pools name without wildcards and those it has seen
-    # runners asked for; this pool names its repository.
-    ctl = await started(controller_factory, github, tmp_path, agent_image, reconcile_interval_s=5, repositories=[REPO])
-    forge_job = github.queue_job(REPO, ["linux"], send_webhook=False, seconds=0.1)
+    """Reconciliation asks the forge about the repositories the pools name, those it has seen runners asked for,
+    and -- for a pool allowing `acme/*` -- every repository of every installation of the app that a pool allows:
+    here one of another installation whose only webhook was lost. A repository no pool allows is not asked about."""
+    repo = REPO if named else "acme/never-seen"
+    if not named:
+        github.add_repository(repo, installation_id=7002)
+        github.add_repository("evil/app", installation_id=7003)
+    runner = {"repositories": [REPO]} if named else {}
+    ctl = await started(controller_factory, github, tmp_path, agent_image, reconcile_interval_s=5, **runner)
+    forge_job = github.queue_job(repo, ["linux"], send_webhook=False, seconds=0.1)
     await github.wait_job(forge_job, "completed", timeout=60)
     job = await ctl.wait_final(f"github-{forge_job}", timeout=60)
     assert job["status"] == "succeeded", job
     assert not [d for d in github.deliveries if d.action == "queued" and not d.suppressed]
+    assert calls(github, "/repos/evil/app/") == 0
+    if not named:
+        assert ("GET", "/app/installations") in github.requests and calls(github, "/installation/repositories") >= 1
 
 
 async def test_unknown_repositories_and_unmatched_labels_register_nothing(

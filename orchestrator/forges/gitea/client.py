@@ -375,6 +375,28 @@ class GiteaForge(ForgeAPI):
                 break
         return jobs
 
+    async def repositories(self) -> list[tuple[str, int | None]]:
+        """`GET /user/repos` (user.ListMyRepos): the repositories the token's user owns or can reach, also through
+        its organizations' teams; paginated, `X-Total-Count`. Gitea has no installations: each is (name, None)."""
+        what = "listing the repositories the token reaches"
+        names: list[str] = []
+        for page in range(1, MAX_PAGES + 1):
+            answer = await self._rest(
+                "GET", "/user/repos", what=what, scope=None, params={"page": page, "limit": PAGE_LIMIT}
+            )
+            data = answer.json()
+            if not isinstance(data, list):
+                raise self._malformed(what, answer)
+            names.extend(
+                str(repo["full_name"])
+                for repo in data
+                if isinstance(repo, dict) and isinstance(repo.get("full_name"), str) and repo["full_name"] not in names
+            )
+            total = _as_int(answer.headers.get("X-Total-Count"))
+            if not data or (total is not None and len(names) >= total):
+                break
+        return [(name, None) for name in names]
+
     def stats(self) -> dict[str, float]:
         """calls, retries, errors, rate_limit_waits (429 answers waited on), rate_limit_remaining (-1: Gitea reports
         no rate limit, the default; else the last `X-RateLimit-Remaining` a proxy in front of it sent),

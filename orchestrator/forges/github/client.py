@@ -79,7 +79,7 @@ _SECRET_LIKE = re.compile(
 _NEXT_LINK = re.compile(r"""<[^>]*>\s*;[^,]*\brel\s*=\s*"?[^",]*\bnext\b""")
 
 Sleep = Callable[[float], Awaitable[None]]
-Kind = Literal["register", "list", "delete", "queued", "token"]
+Kind = Literal["register", "list", "delete", "queued", "token", "repos"]
 
 
 # -- rate limits: pure ----------------------------------------------------------------------------------------------
@@ -216,6 +216,10 @@ class _What:
         if self.scope is not None:
             return str(self.scope)
         return f"repository {self.repository}" if self.repository else "GitHub"
+
+
+def _full_names(items: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [str(item["full_name"]) for item in items if isinstance(item.get("full_name"), str)]
 
 
 # -- the client -----------------------------------------------------------------------------------------------------
@@ -409,6 +413,27 @@ class GitHubForge:
                 )
         return jobs
 
+    async def repositories(self) -> list[tuple[str, int | None]]:
+        """A GitHub App: the repositories of each of its installations (`GET /app/installations` with the app's
+        JWT, then `GET /installation/repositories` with each installation's token) -- or of the configured
+        installation alone when one is set. A token: `GET /user/repos` (what the token's owner can reach; a
+        fine-grained token only sees the repositories it was granted)."""
+        if self.auth.app_id is None:
+            what = _What(kind="repos", action="list the repositories it can reach", installation_id=None)
+            return [(name, None) for name in _full_names(await self._pages("/user/repos", None, what))]
+        if self.installation_id is not None:
+            installations = [self.installation_id]
+        else:
+            what = _What(kind="token", action="list the app's installations", installation_id=None)
+            found = await self._pages("/app/installations", None, what, bearer=self.auth.app_jwt)
+            installations = [i["id"] for i in found if isinstance(i.get("id"), int) and not i.get("suspended_at")]
+        repositories: list[tuple[str, int | None]] = []
+        for installation in installations:
+            what = _What(kind="repos", action="list the installation's repositories", installation_id=installation)
+            items = await self._pages("/installation/repositories", "repositories", what)
+            repositories.extend((name, installation) for name in _full_names(items))
+        return repositories
+
     async def resolve(self, scope: RunnerScope) -> RunnerScope:
         """The scope with its App installation: a repository or organization named in the config (no webhook told
         which installation) is looked up once with the app's JWT (`GET /repos/{o}/{r}/installation`,
@@ -481,20 +506,27 @@ class GitHubForge:
         return False
 
     async def _pages(
-        self, path: str, key: str, what: _What, params: Mapping[str, str] | None = None
+        self,
+        path: str,
+        key: str | None,
+        what: _What,
+        params: Mapping[str, str] | None = None,
+        bearer: Callable[[], str] | None = None,
     ) -> list[dict[str, Any]]:
+        """Every page of a list: the `key` list of each answer's object, or the answer itself when `key` is None
+        (GitHub answers some lists, e.g. `GET /app/installations`, as a bare array)."""
         items: list[dict[str, Any]] = []
         for page in range(1, MAX_PAGES + 1):
             query = {**(params or {}), "per_page": str(PER_PAGE), "page": str(page)}
-            answer = await self._request("GET", path, what, params=query)
+            answer = await self._request("GET", path, what, params=query, bearer=bearer)
             if answer.status != 200:
                 raise self._refusal(answer, what)
-            body = self._object(answer, what)
-            chunk = body.get(key)
+            body: dict[str, Any] = {} if key is None else self._object(answer, what)
+            chunk = answer.body if key is None else body.get(key)
             if not isinstance(chunk, list):
                 raise ForgeError(
-                    f"GitHub's answer listing {what.target} has no {key!r} list; is api_url {self.api_url} GitHub's "
-                    "REST API?",
+                    f"GitHub's answer listing {what.target} has no {key or 'JSON'!r} list; is api_url "
+                    f"{self.api_url} GitHub's REST API?",
                     status=answer.status,
                 )
             items.extend(item for item in chunk if isinstance(item, dict))
@@ -537,6 +569,8 @@ class GitHubForge:
         """The permission GitHub's docs name for the call: what the app (or the fine-grained token) must be given."""
         if what.kind == "queued":
             return "Actions: read"
+        if what.kind == "repos":
+            return "Metadata: read"
         access = "read" if what.kind == "list" else "write"
         if what.scope is not None and what.scope.kind == "org":
             return f"Self-hosted runners: {access} (organization)"
