@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from orchestrator.config import Config
@@ -96,6 +96,7 @@ class ForgeRunners:
         self.errors = 0
         self.registered = 0
         self.last_counts: dict[str, dict[str, int]] = {}
+        self.last_waiting: dict[str, int] = {}  # per pool: runners not yet on a job, as supervise last saw them
         self._cancelling: dict[str, asyncio.Task[None]] = {}
         self.reconciled = 0  # passes done, all forges
 
@@ -258,19 +259,21 @@ class ForgeRunners:
 
     # -- supervision -------------------------------------------------------------------------------------------
 
-    async def keep_warm(self, admit: Admit) -> int:
+    async def keep_warm(self, admit: Admit, waiting: Mapping[str, int] | None = None) -> int:
         """Tops each pool with `min_idle` up to that many runners waiting for a job (queued or up, none taken yet):
         a job then starts on a runner already online instead of waiting for a container. Returns how many it asked
-        for. They are runner jobs like any (trigger_job_id 0), removed by the bootstrap timeout if never used."""
+        for. They are runner jobs like any (trigger_job_id 0), removed by the bootstrap timeout if never used.
+        `waiting`: the per-pool count `supervise` just made (run_forever), so one tick reads the runners once."""
         warm = {name: pool.runner for name, pool in self.config.pools.items() if pool.runner and pool.runner.min_idle}
         if not warm:  # the common case: no query every supervision tick
             return 0
         asked = 0
-        waiting: dict[str, int] = {}
-        for record in await self.store.runners_of_unfinished_jobs():
-            job = await self.store.get(record.job_id)
-            if job is not None and not job.state.final and record.online_at is None:
-                waiting[job.pool] = waiting.get(job.pool, 0) + 1
+        if waiting is None:
+            waiting = {}
+            for record in await self.store.runners_of_unfinished_jobs():
+                job = await self.store.get(record.job_id)
+                if job is not None and not job.state.final and record.online_at is None:
+                    waiting[job.pool] = waiting.get(job.pool, 0) + 1
         for name, runner in warm.items():
             target = runner.warm_scope()
             if target is None:  # the config refuses min_idle without one place
@@ -290,10 +293,13 @@ class ForgeRunners:
         forge job completed. Also refreshes the counts the metrics read."""
         now = self.clock()
         counts: dict[str, dict[str, int]] = {}
+        waiting: dict[str, int] = {}
         for record in await self.store.runners_of_unfinished_jobs():
             job = await self.store.get(record.job_id)
             if job is None or job.state.final:
                 continue
+            if record.online_at is None:
+                waiting[job.pool] = waiting.get(job.pool, 0) + 1
             pool = self.config.pools.get(job.pool)
             runner = pool.runner if pool else None
             if runner is None:
@@ -319,6 +325,7 @@ class ForgeRunners:
             if reason is not None:
                 await self._cancel(cancel, job, reason)
         self.last_counts = counts
+        self.last_waiting = waiting
 
     async def _cancel(self, cancel: Cancel, job: Job, reason: str) -> None:
         """Starts removing the runner (the cancel waits for the container to stop; supervision does not)."""
@@ -494,7 +501,7 @@ class ForgeRunners:
         while True:
             try:
                 await self.supervise(cancel)
-                await self.keep_warm(admit)
+                await self.keep_warm(admit, self.last_waiting)
                 now = time.monotonic()
                 for source, due in next_reconcile.items():
                     if now >= due:
