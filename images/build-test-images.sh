@@ -3,7 +3,8 @@
 # from Debian's busybox-static is imported as a base image, then images/test-runner/Dockerfile builds FROM it.
 # When the host has PostgreSQL's psql (/usr/lib/postgresql/*/bin/psql), a second image, psql-runner, adds that
 # binary and every shared library it loads (at their host paths) to the base, for the per-job database user tests
-# (tests/integration/test_vault_database.py). Prints the test-runner image's name on stdout, nothing else.
+# (tests/integration/test_vault_database.py). test-forge-agent, test-github-runner and test-gitea-runner are the
+# forge agent stand-ins (see below). Prints the test-runner image's name on stdout, nothing else.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 base=runner-orchestrator/busybox-base:local
@@ -35,6 +36,40 @@ docker build -q -t "$image" -f "$here/test-runner/Dockerfile" "$here/test-runner
 # tests/forges/fake_github.py (tests/forges/test_fake_github.py runs it against real Docker).
 forge_agent_image=${FORGE_AGENT_IMAGE:-runner-orchestrator/test-forge-agent:local}
 docker build -q -t "$forge_agent_image" -f "$here/test-forge-agent/Dockerfile" "$here/test-forge-agent" >/dev/null
+
+# test-github-runner, test-gitea-runner: the real entrypoint scripts of images/github-runner and images/gitea-runner,
+# unmodified, in front of fake runner binaries (images/test-runner-entrypoints), for
+# tests/integration/test_runner_images.py. One temporary context holds the fakes, the copied scripts, act_runner's
+# config.yaml taken from the printf lines of images/gitea-runner/Dockerfile, and userland/: on a Debian host, its
+# dash and the GNU tools the entrypoints and the controller's bootstrap call (with their libraries, at their host
+# paths), so the scripts run under the shell and tools of debian:bookworm-slim rather than busybox's.
+gh_runner_image=${GITHUB_RUNNER_TEST_IMAGE:-runner-orchestrator/test-github-runner:local}
+gitea_runner_image=${GITEA_RUNNER_TEST_IMAGE:-runner-orchestrator/test-gitea-runner:local}
+ctx=$(mktemp -d)
+scratch+=("$ctx")
+cp -R "$here/test-runner-entrypoints/." "$ctx/"
+mkdir -p "$ctx/github-runner" "$ctx/gitea-runner" "$ctx/userland/etc"
+cp "$here/github-runner/entrypoint.sh" "$here/github-runner/no-docker.sh" "$ctx/github-runner/"
+cp "$here/gitea-runner/entrypoint.sh" "$ctx/gitea-runner/"
+sed -n "/^ *&& printf '%s\\\\n' \\\\\$/,/> \/etc\/gitea-runner\/config.yaml/{s/^    '\(.*\)' \\\\\$/\1/p}" \
+  "$here/gitea-runner/Dockerfile" >"$ctx/gitea-runner/config.yaml"
+grep -q '^  file: /run/secrets/.runner$' "$ctx/gitea-runner/config.yaml" || {
+  echo "cannot extract act_runner's config.yaml from $here/gitea-runner/Dockerfile" >&2
+  exit 1
+}
+userland=busybox
+if [ -x /usr/bin/dash ] && command -v ldd >/dev/null && /usr/bin/cp --version 2>/dev/null | grep -q GNU; then
+  tools=(/usr/bin/dash)
+  for tool in cat chmod cp dd grep head id ln mkdir rm sed sleep stat; do tools+=("$(readlink -f "$(command -v "$tool")")"); done
+  mapfile -t tool_libs < <(ldd "${tools[@]}" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// && $1 !~ /:$/ { print $1 }' | sort -u)
+  mkdir -p "$ctx/userland/usr/bin"
+  cp -L "${tools[@]}" "$ctx/userland/usr/bin/"
+  cp -L --parents "${tool_libs[@]}" "$ctx/userland/"
+  userland="$(. /etc/os-release && echo "${PRETTY_NAME:-?}") host: ${tools[*]##*/} (/bin/sh is dash)"
+fi
+printf '%s\n' "$userland" >"$ctx/userland/etc/runner-test-userland"
+docker build -q -t "$gh_runner_image" -f "$ctx/Dockerfile.github-runner" "$ctx" >/dev/null
+docker build -q -t "$gitea_runner_image" -f "$ctx/Dockerfile.gitea-runner" "$ctx" >/dev/null
 
 # psql-runner: the base plus the host's psql. Rebuilt only when its inputs change (the base image, the binary, a
 # library): their digest is a label of the image, so a run with nothing to do costs one `docker image inspect`.

@@ -16,9 +16,10 @@ mkdir -p /workspace/act /workspace/tmp
 [ -f "$RUNNER_FILE" ] && [ -s "$RUNNER_FILE" ] || die "no registration at $RUNNER_FILE. The controller delivers \
 act_runner's .runner file there for each runner (GiteaForge.register); this image does not register by itself."
 [ -r "$RUNNER_FILE" ] || die "$RUNNER_FILE is not readable by uid $(id -u)"
-case "$(stat -c %a "$RUNNER_FILE" 2>/dev/null || echo 600)" in
+mode=$(stat -c %a "$RUNNER_FILE") || die "cannot read the mode of $RUNNER_FILE (is stat installed?)"
+case "$mode" in
   600|400) ;;
-  *) die "$RUNNER_FILE is readable by others (mode $(stat -c %a "$RUNNER_FILE")); it must be 0600" ;;
+  *) die "$RUNNER_FILE is readable by others (mode $mode); it must be 0600" ;;
 esac
 # act_runner would take a persistent registration as well: refuse it, its credential outlives the job.
 grep -Eq '"ephemeral"[[:space:]]*:[[:space:]]*true' "$RUNNER_FILE" \

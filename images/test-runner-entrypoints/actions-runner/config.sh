@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "FAKE config.sh: a JIT runner is never configured"; exit 1
