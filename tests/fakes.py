@@ -28,6 +28,10 @@ class Program:
     ignores_sigterm: bool = False
 
 
+class Side(bytes):
+    """Program output written to the container's stderr: the side channel (runtime/side_channel.py)."""
+
+
 def runs(*output: bytes | float, exit_code: int | None = 0, ignores_sigterm: bool = False) -> Program:
     return Program(list(output), exit_code, ignores_sigterm)
 
@@ -64,13 +68,15 @@ class FakeStream:
     def send(self, payload: bytes) -> None:
         self.container.stdin += payload
 
-    def pump(self, on_output: Callable[[bytes], None]) -> None:
+    def pump(self, on_output: Callable[[bytes], None], on_side: Callable[[bytes], None] | None = None) -> None:
         c = self.container
         c.started.wait()
         for item in c.program.output:
             if self.closed.is_set() or c.stopping.is_set():
                 break
-            if isinstance(item, bytes):
+            if isinstance(item, Side):
+                (on_side or on_output)(bytes(item))
+            elif isinstance(item, bytes):
                 on_output(item)
             elif c.stopping.wait(item) or self.closed.is_set():
                 break
@@ -271,6 +277,7 @@ class RecordingEvents:
     def __init__(self, *, journal: list[str] | None = None) -> None:
         self.changes: list[tuple[str, str]] = []
         self.started_jobs: list[str] = []
+        self.created_jobs: list[str] = []
         self.teardowns: list[tuple[str, float]] = []
         self.journal = journal if journal is not None else []
 
@@ -278,6 +285,9 @@ class RecordingEvents:
         self.changes.append((job.id, job.state.value))
         if job.state.final:
             self.journal.append(f"final state {job.state.value}")
+
+    def created(self, job: Job) -> None:
+        self.created_jobs.append(job.id)
 
     def started(self, job: Job) -> None:
         self.started_jobs.append(job.id)

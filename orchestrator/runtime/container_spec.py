@@ -28,12 +28,17 @@ JOB_DIR = "/run/job"
 SECRETS_DIR = "/run/secrets"
 
 # PID 1 (after docker-init) reads a length-prefixed script from stdin into the private tmpfs, then runs it.
-# It holds no job data, so it is identical for every job and safe to show in `docker inspect`.
+# It holds no job data, so it is identical for every job and safe to show in `docker inspect`. `dd` with
+# iflag=fullblock reads exactly the script's bytes (busybox `head -c` reads ahead), so the stdin that follows --
+# the workspace archive, if any -- is left for the script, which unpacks it and then closes stdin for the commands.
 BOOTSTRAP = (
     f"set -eu; umask 077; chmod 700 {JOB_DIR} {SECRETS_DIR} {WORKSPACE}; IFS= read -r n; "
-    f'head -c "$n" > {JOB_DIR}/script.sh; '
-    f"exec /bin/sh {JOB_DIR}/script.sh < /dev/null"
+    f'dd bs="$n" count=1 iflag=fullblock of={JOB_DIR}/script.sh 2>/dev/null; '
+    f"exec /bin/sh {JOB_DIR}/script.sh"
 )
+# Sections the script writes to the side channel (the container's stderr; commands never see that descriptor):
+# a line `ORCH1 <nonce> <kind>` followed by a tar stream. runtime/side_channel.py splits them.
+SIDE_MAGIC = "ORCH1"
 
 
 class CreateArgs(TypedDict):
@@ -192,20 +197,75 @@ def _sh(value: str) -> str:
     return shlex.quote(value)
 
 
-def job_script(commands: Sequence[str], secrets: Sequence[SecretFile] = ()) -> bytes:
-    """The script the bootstrap runs: secrets into the tmpfs / exported, then each command, stopping at the first
-    failure with its exit code. Commands share one shell so `cd` and variables carry over, as in GitLab CI."""
-    # One stream keeps the true order of stdout and stderr lines: Docker copies the two pipes independently.
-    lines = [f"rm -f {JOB_DIR}/script.sh", "exec 2>&1", "umask 077"]
+@dataclass(frozen=True)
+class WorkspaceIO:
+    """What crosses the workspace besides the commands: an archive unpacked into /workspace before them (the
+    checkout and a restored cache; `inbound_bytes` of tar after the script on stdin), and archives of workspace
+    paths written to the side channel after them (artifacts; the cache to save). `nonce` marks the sections."""
+
+    inbound_bytes: int = 0
+    nonce: str = ""
+    artifacts: tuple[str, ...] = ()
+    artifacts_always: bool = False
+    cache: tuple[str, ...] = ()
+
+
+def _emit(kind: str, patterns: Sequence[str], nonce: str) -> list[str]:
+    """Shell lines that write `patterns` (globs, expanded by the job's shell) as one tar section to fd 9. A path
+    whose real location is outside /workspace (through a symbolic link) is left out and said so in the log."""
+    globs = " ".join(patterns)  # validated at admission: no whitespace, quotes or shell syntax (jobs/spec.py)
+    return [
+        "set --",
+        f"for p in {globs}; do",
+        '  if [ -e "$p" ] || [ -L "$p" ]; then',
+        '    case "$(realpath "$p" 2>/dev/null)" in',
+        f'      {WORKSPACE}|{WORKSPACE}/*) set -- "$@" "$p" ;;',
+        f"      *) printf '[orchestrator] {kind}: %s leaves {WORKSPACE}; left out\\n' \"$p\" ;;",
+        "    esac",
+        f"  else printf '[orchestrator] {kind}: nothing matches %s\\n' \"$p\"; fi",
+        "done",
+        f"printf '{SIDE_MAGIC} %s %s\\n' {_sh(nonce)} {kind} >&9",
+        'if [ $# -gt 0 ]; then tar -c -f - "$@" >&9; fi',
+    ]
+
+
+def job_script(commands: Sequence[str], secrets: Sequence[SecretFile] = (), io: WorkspaceIO | None = None) -> bytes:
+    """The script the bootstrap runs: secrets into the tmpfs / exported, the workspace archive unpacked, then each
+    command, stopping at the first failure with its exit code, then the archives the job hands back. Commands share
+    one shell so `cd` and variables carry over, as in GitLab CI; they run with stdin /dev/null and without fd 9."""
+    io = io or WorkspaceIO()
+    # One stream keeps the true order of stdout and stderr lines: Docker copies the two pipes independently. The
+    # real stderr stays open as fd 9 for the side channel only.
+    lines = [f"rm -f {JOB_DIR}/script.sh", "exec 9>&2 2>&1", "umask 077"]
     for secret in secrets:
         if secret.deliver == "env":
             lines.append(f"export {secret.name}={_sh(secret.value)}")
         else:
             lines.append(f"printf '%s' {_sh(secret.value)} > {SECRETS_DIR}/{secret.name}")
     lines += ["umask 022", f"cd {WORKSPACE} || exit 1"]
+    if io.inbound_bytes:
+        lines.append(
+            f"head -c {int(io.inbound_bytes)} | tar -x -f - || "
+            "{ echo '[orchestrator] the workspace could not be unpacked (does the image have tar?)'; exit 1; }"
+        )
+    lines.append("exec </dev/null")
+    body = []
     for cmd in commands:
-        lines.append(f"printf '%s\\n' {_sh('$ ' + cmd)}")
-        lines.append(f"eval {_sh(cmd)} || exit $?")
+        body.append(f"printf '%s\\n' {_sh('$ ' + cmd)}")
+        body.append(f"eval {_sh(cmd)} || exit $?")
+    if not (io.artifacts or io.cache):
+        lines += ["exec 9>&-", *body]
+        return ("\n".join(lines) + "\n").encode()
+    lines += ["(", "exec 9>&-", *body, ")", "rc=$?", f"cd {WORKSPACE} || exit $rc"]
+    if io.artifacts:
+        lines.append("if [ $rc -eq 0 ]; then" if not io.artifacts_always else "if true; then")
+        lines += ["  " + line for line in _emit("artifacts", io.artifacts, io.nonce)]
+        lines.append("fi")
+    if io.cache:
+        lines.append("if [ $rc -eq 0 ]; then")
+        lines += ["  " + line for line in _emit("cache", io.cache, io.nonce)]
+        lines.append("fi")
+    lines.append("exit $rc")
     return ("\n".join(lines) + "\n").encode()
 
 

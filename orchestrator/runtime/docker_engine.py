@@ -84,20 +84,22 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, EngineError) and exc.transient
 
 
-def demultiplex(buffer: bytearray) -> bytes:
+def demultiplex(buffer: bytearray) -> tuple[bytes, bytes]:
     """Consume complete frames of Docker's attach stream (8-byte header: stream id, size) from `buffer`, return
-    their payloads in arrival order. stdout and stderr are merged on purpose: order is what a reader needs."""
+    the payloads of stdout (the job's merged output: the script sends its commands' stderr there, so order is
+    kept) and of stderr (the side channel the script writes archives to; runtime/side_channel.py)."""
     out = bytearray()
+    err = bytearray()
     pos = 0
     while len(buffer) - pos >= _HEADER.size:
-        _stream, size = _HEADER.unpack_from(buffer, pos)
+        stream, size = _HEADER.unpack_from(buffer, pos)
         end = pos + _HEADER.size + size
         if end > len(buffer):
             break
-        out += buffer[pos + _HEADER.size : end]
+        (err if stream == 2 else out).extend(buffer[pos + _HEADER.size : end])
         pos = end
     del buffer[:pos]
-    return bytes(out)
+    return bytes(out), bytes(err)
 
 
 class AttachedStream:
@@ -115,7 +117,7 @@ class AttachedStream:
     def send(self, payload: bytes) -> None:
         self._sock.sendall(payload)
 
-    def pump(self, on_output: Callable[[bytes], None]) -> None:
+    def pump(self, on_output: Callable[[bytes], None], on_side: Callable[[bytes], None] | None = None) -> None:
         buffer = bytearray()
         try:
             while not self._closed.is_set():
@@ -123,9 +125,11 @@ class AttachedStream:
                 if not data:
                     break
                 buffer += data
-                chunk = demultiplex(buffer)
+                chunk, side = demultiplex(buffer)
                 if chunk:
                     on_output(chunk)
+                if side:
+                    (on_side or on_output)(side)
         except OSError:
             if not self._closed.is_set():
                 raise

@@ -11,7 +11,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -26,8 +26,9 @@ from orchestrator.jobs.states import Job, JobState, exit_reason, state_for_exit,
 from orchestrator.logs.redact import SecretSet, SecretTooShortError, StreamRedactor
 from orchestrator.logs.store import JobLog, LogStore
 from orchestrator.logs.timestamps import LineTimestamper
-from orchestrator.runtime.container_spec import build_container_spec, job_script, stdin_payload
+from orchestrator.runtime.container_spec import WorkspaceIO, build_container_spec, job_script, stdin_payload
 from orchestrator.runtime.protocol import ContainerRuntime, EngineError, OutputStream
+from orchestrator.runtime.workspace import Workspace, WorkspaceError, Workspaces
 from orchestrator.store.base import JobStore
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class _Attempt:
     stamper: LineTimestamper | None = None
     image_id: str = ""
     pump: _OutputPump | None = None
+    workspace: Workspace | None = None  # what goes into and comes out of /workspace (checkout, artifacts, cache)
+    sender: asyncio.Future[None] | None = None  # streams the workspace archive to the container's stdin
 
     def store(self, data: bytes, now: float) -> None:
         """Only redacted bytes come here; timestamps go on after redaction so they cannot split a secret."""
@@ -83,9 +86,11 @@ class JobRunner:
         credentials: CredentialsBackend | None = None,
         registrar: RunnerRegistrar | None = None,
         attestations: AttestationStore | None = None,
+        workspaces: Workspaces | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.registrar = registrar
+        self.workspaces = workspaces
         self.config = config
         self.store = store
         self.engine = engine
@@ -130,6 +135,8 @@ class JobRunner:
             outcome = (JobState.ERROR, f"credentials: {exc}", None)
         except ForgeError as exc:
             outcome = (JobState.ERROR, f"forge: {exc.message}", None)
+        except WorkspaceError as exc:
+            outcome = (JobState.ERROR, str(exc), None)
         except EngineError as exc:
             outcome = (JobState.ERROR, f"docker: {exc}", None)
         except JobLostError:
@@ -175,6 +182,12 @@ class JobRunner:
             at.redactor = await asyncio.to_thread(StreamRedactor, secrets, mask=logs_cfg.mask.encode())
         except ValueError as exc:  # e.g. the configured mask itself contains a secret
             raise CredentialsError(f"log redaction cannot be set up: {exc}") from None
+        if self.workspaces is not None:
+            # The checkout and the cache to restore are ready before any container exists: a commit the remote
+            # does not have fails the job here, with the reason.
+            at.workspace = await self.workspaces.prepare(at.job)
+        elif at.job.spec.artifacts or at.job.spec.cache:
+            raise WorkspaceError("the job asks for artifacts or a cache but this controller keeps none")
         cspec = build_container_spec(
             at.job.spec,
             self.config.pools[at.job.pool],
@@ -190,14 +203,41 @@ class JobRunner:
             return cancelled
         at.stream = await self.engine.attach(at.container_id)
         await self.engine.start(at.container_id)
-        payload = stdin_payload(job_script(at.job.spec.commands, delivered))
-        await asyncio.to_thread(at.stream.send, payload)
-        # Output is read from here on, while the state change is being stored: the first line never waits.
+        io = at.workspace.io if at.workspace is not None else WorkspaceIO()
+        payload = stdin_payload(job_script(at.job.spec.commands, delivered, io))
+        # Output is read from here on, while the script and the workspace archive are sent and the state change is
+        # stored: the first line never waits, and a container that stops reading its stdin cannot stall the send.
         pump = _OutputPump(at, at.redactor, self.clock)
+        if at.workspace is not None:
+            at.workspace.open_side(pump.output)  # what is not a section is output like any
+            for line in at.workspace.notices:
+                pump.store(f"[orchestrator] {line}\n".encode())
         pump.start(at.stream)
+        if io.inbound_bytes:
+            assert at.workspace is not None
+            at.sender = asyncio.ensure_future(asyncio.to_thread(_send_all, at.stream, payload, at.workspace.inbound()))
+        else:
+            await asyncio.to_thread(at.stream.send, payload)
         at.job = await self._move(at.job, JobState.RUNNING)
         self.events.started(at.job)
-        return await self._supervise(at, at.container_id, at.stream, pump, control)
+        outcome = await self._supervise(at, at.container_id, at.stream, pump, control)
+        if at.workspace is not None and outcome[2] is not None:  # it exited: what it handed back is complete
+            outcome = await self._collect(at, outcome)
+        return outcome
+
+    async def _collect(
+        self, at: _Attempt, outcome: tuple[JobState, str | None, int | None]
+    ) -> tuple[JobState, str | None, int | None]:
+        """Keeps the artifacts and the cache the container wrote to the side channel. Artifacts that cannot be kept
+        make the job an error (a deploy must not find a succeeded job without them); a cache is an optimisation."""
+        assert at.workspace is not None and at.pump is not None
+        at.pump.close_side()
+        collected = await asyncio.to_thread(at.workspace.collect, outcome[2] == 0, self.clock())
+        for line in collected.notices:
+            at.pump.store(f"[orchestrator] {line}\n".encode())
+        if collected.error is not None:
+            return JobState.ERROR, collected.error, outcome[2]
+        return outcome
 
     async def _pool_secrets(self, pool: str, secrets: SecretSet) -> list[SecretFile]:
         delivered = []
@@ -280,6 +320,9 @@ class JobRunner:
         job = at.job
         if at.stream is not None:
             at.stream.close()
+        if at.sender is not None:
+            with contextlib.suppress(Exception):  # the stream is closed: a send still going fails now
+                await asyncio.wait_for(asyncio.shield(at.sender), timeout=10)
         if at.pump is not None:
             # The reader thread ends once the stream is closed; let it hand over what it holds first.
             with contextlib.suppress(Exception):
@@ -302,17 +345,21 @@ class JobRunner:
         # final state can fetch both.
         ended = transition(job, final, now=self.clock(), reason=reason, exit_code=exit_code)
         await self.logs.close(job.id)
-        stored = await self._conclude(job, ended, at.image_id)
+        try:
+            stored = await self._conclude(job, ended, at.image_id, at.workspace)
+        finally:
+            if at.workspace is not None:
+                await asyncio.to_thread(at.workspace.cleanup)
         if stored is None:
             log.warning("job moved by another writer before it could finish", extra={"job_id": job.id})
             return job
         return stored
 
-    async def _conclude(self, job: Job, ended: Job, image_id: str) -> Job | None:
+    async def _conclude(self, job: Job, ended: Job, image_id: str, workspace: Workspace | None = None) -> Job | None:
         """Once the job's log is closed: the attestation is signed, then the final state stored, so whoever sees
         the final state can fetch both. None when another writer moved the job first."""
         try:
-            await self.attest(ended, image_id)
+            await self.attest(ended, image_id, workspace)
             if await self.store.update(ended, expected=job.state):
                 self.events.state_changed(ended)
                 return ended
@@ -332,7 +379,7 @@ class JobRunner:
             log.error("could not write to the job's log", extra={"job_id": job.id, "error": type(exc).__name__})
         return await self._conclude(job, ended, "")
 
-    async def attest(self, job: Job, image_id: str = "") -> None:
+    async def attest(self, job: Job, image_id: str = "", workspace: Workspace | None = None) -> None:
         """Signs the job's attestation. `image_id` is empty when the job ended before its image was resolved (or
         in an earlier controller process): then the image's name is all that is attested."""
         if self.attestations is None:
@@ -360,6 +407,8 @@ class JobRunner:
                 reason=job.reason,
                 log_sha256=log_sha256,
                 pool_config_digest=hashlib.sha256(pool.model_dump_json().encode()).hexdigest() if pool else None,
+                source=job.source,
+                **(workspace.facts() if workspace is not None else {}),
             )
             await self.attestations.attest(facts)
         except Exception:
@@ -399,9 +448,22 @@ class _OutputPump:
         self.done: asyncio.Future[None] = self._loop.create_future()
         at.pump = self
 
-    def _on_output(self, chunk: bytes) -> None:
+    def output(self, chunk: bytes) -> None:
+        """Job output: redacted, then stored."""
         with self._lock:
             self._at.store(self._redactor.feed(chunk), self._clock())
+
+    def _on_side(self, chunk: bytes) -> None:
+        side = self._at.workspace.side if self._at.workspace is not None else None
+        if side is None:
+            self.output(chunk)
+        else:
+            side.feed(chunk)  # what is not a section comes back through output()
+
+    def close_side(self) -> None:
+        side = self._at.workspace.side if self._at.workspace is not None else None
+        if side is not None:
+            side.close()
 
     def flush(self) -> None:
         with self._lock:
@@ -416,13 +478,20 @@ class _OutputPump:
 
         def run() -> None:
             try:
-                stream.pump(self._on_output)
+                stream.pump(self.output, self._on_side)
             except BaseException as exc:
                 loop.call_soon_threadsafe(_set_exception, done, exc)
             else:
                 loop.call_soon_threadsafe(_set_result, done)
 
         threading.Thread(target=run, name=f"attach-{self._at.job.id}", daemon=True).start()
+
+
+def _send_all(stream: OutputStream, payload: bytes, chunks: Iterable[bytes]) -> None:
+    """The script, then the workspace archive, to the container's stdin (on a thread: blocking sends)."""
+    stream.send(payload)
+    for chunk in chunks:
+        stream.send(chunk)
 
 
 def _set_result(fut: asyncio.Future[None]) -> None:

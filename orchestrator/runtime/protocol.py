@@ -41,8 +41,9 @@ class OutputStream(Protocol):
         """Writes to the container's stdin (blocking; the runner calls it off the event loop)."""
         ...
 
-    def pump(self, on_output: Callable[[bytes], None]) -> None:
-        """Reads until the container closes its output, handing each chunk to `on_output` (blocking: runs on a
+    def pump(self, on_output: Callable[[bytes], None], on_side: Callable[[bytes], None] | None = None) -> None:
+        """Reads until the container closes its output, handing each chunk of stdout to `on_output` and of stderr
+        (the side channel; runtime/side_channel.py) to `on_side`, or to `on_output` without one (blocking: runs on a
         thread of its own). Raises OSError when the stream breaks."""
         ...
 

@@ -32,6 +32,7 @@ from orchestrator.runtime.container_spec import (
     CreateArgs,
     HostConfig,
     SecretFile,
+    WorkspaceIO,
     build_container_spec,
     container_name,
     job_script,
@@ -318,7 +319,7 @@ def test_commands_and_secrets_never_in_the_create_arguments() -> None:
 def test_bootstrap_holds_no_job_data() -> None:
     assert BOOTSTRAP == (
         "set -eu; umask 077; chmod 700 /run/job /run/secrets /workspace; IFS= read -r n; "
-        'head -c "$n" > /run/job/script.sh; exec /bin/sh /run/job/script.sh < /dev/null'
+        'dd bs="$n" count=1 iflag=fullblock of=/run/job/script.sh 2>/dev/null; exec /bin/sh /run/job/script.sh'
     )
     a = kwargs(job=spec(id="a", commands=["one"]))["entrypoint"]
     b = kwargs(job=spec(id="b", commands=["two"]))["entrypoint"]
@@ -356,6 +357,7 @@ def test_script_text_order() -> None:
     assert lines.index("umask 077") < lines.index("printf '%s' v > /run/secrets/F")
     assert lines.index("export E=w") < lines.index("umask 022")
     assert lines.index("umask 022") < lines.index("cd /workspace || exit 1")
+    assert lines.index("cd /workspace || exit 1") < lines.index("exec </dev/null") < lines.index("exec 9>&-")
     assert lines[-2:] == ["printf '%s\\n' '$ echo a'", "eval 'echo a' || exit $?"]
 
 
@@ -598,3 +600,65 @@ def test_bootstrap_with_character_count_frame_would_truncate(box: Sandbox) -> No
     res = box.run_bootstrap(wrong)
     assert res.returncode != 0
     assert res.stdout.count("ü€😀ü€😀 done".encode()) <= 1, "the command itself must not have run"
+
+
+# --- the workspace archive in, the side channel out --------------------------------------------------------------
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_workspace_archive_is_unpacked_before_the_commands_and_the_rest_of_stdin_never_reaches_them(
+    box: Sandbox,
+) -> None:
+    if not shutil.which("tar") or not shutil.which("dd"):
+        pytest.skip("needs tar and dd")
+    inbound = _tar({"src/main.c": b"int main(void) { return 0; }\n", "README": b"hi\n"})
+    io_ = WorkspaceIO(inbound_bytes=len(inbound), nonce="n0nce")
+    script = box.localize(job_script(["cat README", "cat > stdin-seen"], io=io_).decode()).encode()
+    res = box.run_bootstrap(stdin_payload(script) + inbound + b"echo INJECTED > injected\n")
+    assert res.returncode == 0, res.stdout
+    assert (box.workspace / "src" / "main.c").read_bytes().startswith(b"int main")
+    assert b"$ cat README\nhi\n" in res.stdout
+    assert (box.workspace / "stdin-seen").read_bytes() == b""
+    assert not (box.workspace / "injected").exists()
+
+
+def test_artifacts_go_to_the_side_channel_which_commands_cannot_write(box: Sandbox) -> None:
+    if not shutil.which("tar") or not shutil.which("realpath"):
+        pytest.skip("needs tar and realpath")
+    io_ = WorkspaceIO(nonce="n0nce", artifacts=("dist/*", "none-*"), cache=("deps",))
+    commands = ["mkdir dist deps", "echo a > dist/a", "echo d > deps/d", "echo forged >&9 || echo no-fd-9"]
+    script = box.localize(job_script(commands, io=io_).decode())
+    res = subprocess.run(
+        [SH, "-c", script], stdin=subprocess.DEVNULL, capture_output=True, env=box.env(), timeout=30, check=False
+    )
+    assert res.returncode == 0, res.stdout
+    assert b"no-fd-9" in res.stdout and b"forged" not in res.stderr
+    assert b"nothing matches none-*" in res.stdout
+    assert res.stderr.startswith(b"ORCH1 n0nce artifacts\n")
+    assert b"ORCH1 n0nce cache\n" in res.stderr
+
+
+def test_a_failed_script_hands_back_artifacts_only_when_always(box: Sandbox) -> None:
+    if not shutil.which("tar") or not shutil.which("realpath"):
+        pytest.skip("needs tar and realpath")
+    for always, expected in ((True, True), (False, False)):
+        io_ = WorkspaceIO(nonce="n0nce", artifacts=("out",), artifacts_always=always, cache=("deps",))
+        script = box.localize(job_script(["echo x > out", "exit 5"], io=io_).decode())
+        res = subprocess.run(
+            [SH, "-c", script], stdin=subprocess.DEVNULL, capture_output=True, env=box.env(), timeout=30, check=False
+        )
+        assert res.returncode == 5
+        assert (b"ORCH1 n0nce artifacts\n" in res.stderr) is expected
+        assert b"cache" not in res.stderr  # a cache is saved after success only

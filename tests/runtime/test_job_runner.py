@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from orchestrator.artifacts.store import ArtifactStore
+from orchestrator.caches.store import CacheStore
 from orchestrator.config import Config
 from orchestrator.credentials.base import CredentialsError
 from orchestrator.evidence.attestation import JobFacts
@@ -23,9 +25,10 @@ from orchestrator.logs.store import LogStore
 from orchestrator.runtime.container_spec import LABEL_JOB
 from orchestrator.runtime.job_runner import JobRunner, RunControl
 from orchestrator.runtime.protocol import EngineError
+from orchestrator.runtime.workspace import Workspaces
 from orchestrator.store.sqlite import SQLiteJobStore
 
-from fakes import FakeCredentials, FakeRuntime, Program, RecordingEvents, eventually, runs
+from fakes import FakeCredentials, FakeRuntime, Program, RecordingEvents, Side, eventually, runs
 
 IMAGE = "runner-orchestrator/test-runner:local"
 
@@ -115,7 +118,16 @@ async def rig(tmp_path: Path) -> AsyncIterator[Any]:
         events = RecordingEvents(journal=journal)
         credentials = FakeCredentials(secrets, journal=journal)
         attestations = JournalingAttestations(tmp_path / "attestations", journal)
-        runner = JobRunner(cfg, store, runtime, logs, events, credentials=credentials, attestations=attestations)
+        workspaces = Workspaces(
+            cfg,
+            artifacts=ArtifactStore(tmp_path / "artifacts"),
+            caches=CacheStore(tmp_path / "caches", max_total_bytes=10**8, fallback_refs=["refs/heads/main"]),
+            work_dir=tmp_path / "work",
+        )
+        runner = JobRunner(
+            cfg, store, runtime, logs, events, credentials=credentials, attestations=attestations,
+            workspaces=workspaces,
+        )  # fmt: skip
         return Rig(runner, runtime, store, logs, events, credentials, attestations, journal)
 
     yield make
@@ -230,7 +242,7 @@ async def test_a_create_the_engine_refuses_ends_in_error_without_a_container(rig
 async def test_a_broken_output_stream_is_an_error(rig: Any) -> None:
     r: Rig = await rig(runs(b"x\n", exit_code=None))
 
-    def broken(on_output: Any) -> None:
+    def broken(on_output: Any, on_side: Any = None) -> None:
         raise OSError("connection reset by peer")
 
     original = r.runtime.attach
@@ -288,3 +300,51 @@ async def test_a_job_moved_by_another_writer_is_left_alone(rig: Any) -> None:
     stored = await r.store.get(job.id)
     assert stored is not None and stored.reason == "reconciled by another controller"
     assert r.runtime.containers == {}  # its container is still removed
+
+
+# -- artifacts over the side channel (the fake container writes what the job script would) -----------------------
+
+
+def _side_tar(files: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+NONCE = "ab" * 16
+
+
+@pytest.fixture
+def fixed_nonce(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("orchestrator.runtime.workspace.secrets.token_hex", lambda n: NONCE)
+
+
+async def test_artifacts_from_the_side_channel_are_kept_and_attested(rig: Any, fixed_nonce: None) -> None:
+    section = f"ORCH1 {NONCE} artifacts\n".encode() + _side_tar({"dist/app": b"APP"})
+    r: Rig = await rig(runs(b"built\n", Side(b"sh: a bootstrap warning\n"), Side(section), exit_code=0))
+    job = await r.run(await r.submit(["make"], artifacts={"paths": ["dist"]}))
+    assert job.state is JobState.SUCCEEDED, job.reason
+    log = r.log(job)
+    assert b"sh: a bootstrap warning" in log and b"[orchestrator] artifacts: 1 files, 3 bytes kept" in log
+    manifest = r.runner.workspaces.artifacts.manifest(job.id)  # type: ignore[union-attr]
+    assert manifest is not None and [(f.name, f.size) for f in manifest.files] == [("dist/app", 3)]
+    assert list((r.runner.workspaces.work_dir).iterdir()) == []  # type: ignore[union-attr]  # the spool is gone
+
+
+async def test_a_succeeded_job_that_handed_back_no_artifacts_is_an_error(rig: Any, fixed_nonce: None) -> None:
+    r: Rig = await rig(runs(b"built\n", exit_code=0))
+    job = await r.run(await r.submit(["make"], artifacts={"paths": ["dist"]}))
+    assert job.state is JobState.ERROR and "handed none back" in (job.reason or "")
+
+
+async def test_a_failed_job_keeps_its_state_and_hands_back_nothing_by_default(rig: Any, fixed_nonce: None) -> None:
+    r: Rig = await rig(runs(b"boom\n", exit_code=2))
+    job = await r.run(await r.submit(["make"], artifacts={"paths": ["dist"]}))
+    assert (job.state, job.exit_code) == (JobState.FAILED, 2)
