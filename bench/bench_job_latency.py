@@ -168,7 +168,7 @@ def raw_once(api: Any, controller_id: str, image: str, pool: PoolConfig, kind: s
             if not chunk:
                 break
             frames += chunk
-            out += demultiplex(frames)
+            out += b"".join(demultiplex(frames))
             if first_ms is None and (b"\nfirst\n" in out or out.startswith(b"first\n")):
                 first_ms = (time.perf_counter() - p0) * 1000
         assert first_ms is not None, out

@@ -55,7 +55,7 @@ def run_probe(api: Any, controller_id: str, pool: PoolConfig, n: int) -> list[fl
         frames, out = bytearray(), b""
         while chunk := raw.recv(65536):
             frames += chunk
-            out += demultiplex(frames)
+            out += b"".join(demultiplex(frames))
         status = api.wait(cid, timeout=600)["StatusCode"]
         sock.close()
     finally:

@@ -14,6 +14,11 @@ from typing import Any
 from aiohttp import web
 
 from orchestrator.api.routes import Api
+from orchestrator.artifacts.store import ArtifactStore
+from orchestrator.caches.store import CacheStore
+from orchestrator.callbacks.dispatcher import Dispatcher
+from orchestrator.callbacks.setup import build_dispatcher, store_outbox
+from orchestrator.checkout.checkouts import Checkouts
 from orchestrator.config import Config, read_source_secrets
 from orchestrator.credentials.base import CredentialsBackend
 from orchestrator.credentials.claims import discovery_document
@@ -49,6 +54,7 @@ from orchestrator.runtime.docker_engine import DockerEngine
 from orchestrator.runtime.job_runner import JobRunner
 from orchestrator.runtime.protocol import ContainerRuntime
 from orchestrator.runtime.runtimes import check_pool_runtimes
+from orchestrator.runtime.workspace import Workspaces
 from orchestrator.scheduling.events import ControllerJobEvents
 from orchestrator.scheduling.scheduler import Scheduler
 from orchestrator.store.base import JobStore
@@ -78,6 +84,8 @@ class Controller:
     descriptors: DescriptorPlan | None = None
     connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     connection_guards: dict[str, ConnectionGuard] = field(default_factory=dict)  # listener -> its guard (metrics)
+    callbacks: Dispatcher | None = None  # status callbacks and commit statuses, from the store's outbox
+    artifacts: ArtifactStore | None = None
 
 
 def plan_connections(config: Config, soft_limit: int) -> tuple[ConnectionLimits, DescriptorPlan]:
@@ -128,10 +136,13 @@ def build_controller(
         storage = config.storage
         assert storage.dsn_file is not None  # the config requires it with backend = "postgres"
         store = PostgresJobStore(
-            storage.dsn_file, pool_size=storage.pool_size, connect_timeout_s=storage.connect_timeout_s
+            storage.dsn_file,
+            pool_size=storage.pool_size,
+            connect_timeout_s=storage.connect_timeout_s,
+            outbox=store_outbox(config),
         )
     else:
-        store = SQLiteJobStore(data / "jobs.sqlite3")
+        store = SQLiteJobStore(data / "jobs.sqlite3", outbox=store_outbox(config))
     engine = runtime or DockerEngine(
         config.docker.base_url,
         api_timeout_s=config.docker.api_timeout_s,
@@ -142,6 +153,9 @@ def build_controller(
     export_public_key(data / ATTESTATION_PUBLIC_KEY, attest_key)
     attestations = AttestationStore(data / "attestations", attest_key)
     events = ControllerJobEvents(auditor, metrics)
+    callbacks = build_dispatcher(config, store, metrics, auditor)
+    if callbacks is not None:
+        events.listeners.append(callbacks.notify)
     runners: ForgeRunners | None = None
     if any(src.forge is not None for src in config.sources.values()):
         if forges is None:
@@ -149,9 +163,16 @@ def build_controller(
 
             forges = build_forges(config)
         runners = ForgeRunners(config, store, forges, auditor, metrics=metrics)
-    runner = JobRunner(
-        config, store, engine, logs, events, credentials=credentials, registrar=runners, attestations=attestations
+    artifacts = ArtifactStore(data / "artifacts", retention_s=config.artifacts.retention_days * 86400)
+    caches = CacheStore(
+        data / "caches", max_total_bytes=config.caches.max_total_bytes, fallback_refs=config.caches.fallback_refs
     )
+    checkouts = Checkouts(config) if any(src.checkout is not None for src in config.sources.values()) else None
+    workspaces = Workspaces(config, artifacts=artifacts, caches=caches, work_dir=data / "work", checkouts=checkouts)
+    runner = JobRunner(
+        config, store, engine, logs, events, credentials=credentials, registrar=runners, attestations=attestations,
+        workspaces=workspaces,
+    )  # fmt: skip
     scheduler = Scheduler(config, store, engine, runner, events, auditor, credentials=credentials)
     sources = {
         name: WebhookSource(name, src.scheme, tuple(read_source_secrets(src))) for name, src in config.sources.items()
@@ -175,6 +196,7 @@ def build_controller(
         metrics,
         auditor=auditor,
         attestations=attestations,
+        artifacts=artifacts,
         attestation_public_pem=public_pem(attest_key),
         audit_log=audit_log,
     )
@@ -215,6 +237,8 @@ def build_controller(
         descriptors=descriptors,
         connection_limits=limits,
         connection_guards=guards,
+        callbacks=callbacks,
+        artifacts=artifacts,
     )
 
 
@@ -314,6 +338,13 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
         sweep = controller.scheduler.sweep_forever(controller.config.docker.sweep_interval_s)
         controller.background.append(asyncio.create_task(sweep))
         controller.background.append(asyncio.create_task(_summarise_refusals_periodically(controller)))
+        if controller.artifacts is not None:
+            expire = controller.artifacts.expire
+            controller.background.append(
+                asyncio.create_task(_every(3600.0, lambda: asyncio.to_thread(expire)), name="artifact-retention")
+            )
+        if controller.callbacks is not None:
+            controller.background.append(asyncio.create_task(controller.callbacks.run_forever(), name="callbacks"))
         if controller.runners is not None:
             scheduler = controller.scheduler
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -138,12 +140,27 @@ def _attest_verify(args: argparse.Namespace) -> int:
             expect_sha=args.expect_sha,
             expect_repository=args.expect_repository,
             require_success=not args.allow_failed,
+            expect_ref=args.expect_ref,
+            expect_source=args.expect_source,
+            require_checkout=args.require_checkout,
+            artifact=args.artifact,
         )
     except AttestationError as exc:
         print(f"INVALID: {exc}", file=sys.stderr)
         return 1
     print(f"OK: job {job.job_id} {job.state} {job.repository}@{job.sha}")
+    if job.fetched_commit:
+        print(f"OK: commit {job.fetched_commit} of {job.ref} was fetched by the controller from {job.fetched_from}")
+    if args.artifact is not None:
+        digest = _sha256(args.artifact)  # verify_file checked it is a subject
+        print(f"OK: {args.artifact} is artifact {job.artifacts[digest]} (sha256 {digest}) of job {job.job_id}")
     return 0
+
+
+def _sha256(path: Path) -> str:
+    from orchestrator.evidence.attestation import sha256_file
+
+    return sha256_file(path)
 
 
 # -- API client --------------------------------------------------------------------------------------------------
@@ -178,6 +195,8 @@ def _print_jobs(jobs: list[dict[str, Any]]) -> None:
 async def _jobs(args: argparse.Namespace) -> int:
     if args.jobs_cmd == "logs":
         return await _follow_logs(args)
+    if args.jobs_cmd == "artifacts":
+        return await _artifacts(args)
     if args.jobs_cmd == "list":
         query = "?" + "&".join(f"{k}={v}" for k, v in (("status", args.status), ("pool", args.pool)) if v)
         status, body = await _request(args, "GET", "/api/v1/jobs" + (query if len(query) > 1 else ""))
@@ -191,6 +210,47 @@ async def _jobs(args: argparse.Namespace) -> int:
         _print_jobs(body["jobs"])
     else:
         print(json.dumps(body, indent=2))
+    return 0
+
+
+async def _artifacts(args: argparse.Namespace) -> int:
+    """Lists a job's artifacts; with --download DIR writes each under DIR (its path kept), checking its sha256."""
+    status, manifest = await _request(args, "GET", f"/api/v1/jobs/{args.job_id}/artifacts")
+    if status >= 400:
+        return _fail(f"{status}: {manifest.get('error', manifest)}")
+    if args.download is None:
+        if args.json:
+            print(json.dumps(manifest, indent=2))
+            return 0
+        print(f"{'SIZE':>12}  {'SHA256':64}  NAME")
+        for f in manifest["files"]:
+            print(f"{f['size']:>12}  {f['sha256']:64}  {f['name']}")
+        for line in manifest.get("refused", []) + manifest.get("problems", []):
+            print(f"note: {line}")
+        return 0
+    headers = {"Authorization": f"Bearer {_client_token(args)}"}
+    root = Path(args.download).resolve()  # noqa: ASYNC240 - a CLI: nothing else runs on its loop
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=120)) as session:
+        for f in manifest["files"]:
+            target = (root / f["name"]).resolve()
+            if not target.is_relative_to(root):
+                return _fail(f"refusing artifact name {f['name']!r}: it leaves {root}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            url = args.url.rstrip("/") + f"/api/v1/jobs/{args.job_id}/artifacts/{quote(f['name'])}"
+            digest = hashlib.sha256()
+            tmp = target.with_name(f".{target.name}.part")
+            async with session.get(url, headers=headers) as resp:
+                if resp.status != 200:
+                    return _fail(f"{resp.status} downloading {f['name']}")
+                with tmp.open("wb") as out:
+                    async for chunk in resp.content.iter_chunked(1024 * 1024):
+                        digest.update(chunk)
+                        out.write(chunk)
+            if digest.hexdigest() != f["sha256"]:
+                tmp.unlink()
+                return _fail(f"{f['name']}: sha256 {digest.hexdigest()} is not the manifest's {f['sha256']}")
+            tmp.replace(target)
+            print(f"{target}  {f['sha256']}")
     return 0
 
 
@@ -292,6 +352,10 @@ def _parser() -> argparse.ArgumentParser:
     jlog = jsub.add_parser("logs")
     jlog.add_argument("job_id")
     jlog.add_argument("-f", "--follow", action="store_true")
+    jart = jsub.add_parser("artifacts", help="a job's artifacts (name, size, sha256); --download DIR fetches them")
+    jart.add_argument("job_id")
+    jart.add_argument("--download", metavar="DIR", help="write every artifact under DIR, sha256 checked")
+    jart.add_argument("--json", action="store_true")
 
     runners = sub.add_parser("runners", help="forge runners (GitHub, Gitea) through the API")
     runners.add_argument("--url", default=os.environ.get("ORCHESTRATOR_URL", DEFAULT_URL))
@@ -318,6 +382,14 @@ def _parser() -> argparse.ArgumentParser:
     atv.add_argument("--expect-sha", help="the commit the deploy is for")
     atv.add_argument("--expect-repository")
     atv.add_argument("--allow-failed", action="store_true", help="accept an attested job that did not succeed")
+    atv.add_argument("--expect-ref", help="the ref the job must have built")
+    atv.add_argument("--expect-source", help="the webhook source that must have sent the job")
+    atv.add_argument(
+        "--require-checkout",
+        action="store_true",
+        help="the controller must have fetched and verified the commit itself",
+    )
+    atv.add_argument("--artifact", type=Path, help="a file whose sha256 must be a subject of the attestation")
 
     wh = sub.add_parser("send-webhook", help="sign and send a job spec, as a CI front-end would")
     wh.add_argument("spec", help="job spec JSON file, or - for stdin")

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from orchestrator.checkout.remote import check_remote_template, is_loopback
 from orchestrator.intake.signatures import GITEA_SHA256, HUB_SHA256, SCHEMES, decode_secret
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -186,10 +187,137 @@ class ForgeConfig(_Strict):
         return (self.api_url or "https://api.github.com").rstrip("/")
 
 
+class CheckoutConfig(_Strict):
+    """How the controller fetches a job's commit before the job starts (orchestrator/checkout/): a remote URL
+    template and at most one credential, read from a file (chmod 600) that never enters a job's container nor a
+    git command line. http(s): token_file, sent as basic auth (token_username:token) in git's environment; ssh:
+    deploy_key_file with known_hosts_file (StrictHostKeyChecking=yes); git:// and file:// take none.
+    TODO: a Vault path as a third kind of credential."""
+
+    remote: str = Field(
+        description="URL template with {repository}: https://HOST/{repository}.git, ssh://git@HOST/{repository}.git, "
+        "git://HOST/{repository}, file:///srv/git/{repository}.git"
+    )
+    token_file: Path | None = Field(None, description="http(s): file holding an access token (chmod 600)")
+    token_username: str = Field(
+        "x-access-token",
+        pattern=r"^[A-Za-z0-9._@+-]{1,64}$",
+        description="user name sent with the token (GitHub: x-access-token, GitLab: oauth2, Gitea: any)",
+    )
+    deploy_key_file: Path | None = Field(None, description="ssh: the private deploy key (chmod 600)")
+    known_hosts_file: Path | None = Field(None, description="ssh: the server's host keys (required with ssh)")
+    max_bytes: int = Field(1024**3, ge=1, description="cap on the delivered tree: file contents + symlink targets")
+    submodules: bool = Field(False, description="fetch submodules for jobs that do not say (a job may opt in)")
+    timeout_s: float = Field(300.0, gt=0, le=3600, description="the whole checkout: mirror lock, fetch, tree")
+    mirror_dir: Path | None = Field(None, description="bare mirror cache; default <data_dir>/checkout")
+
+    @field_validator("remote")
+    @classmethod
+    def _template(cls, remote: str) -> str:
+        check_remote_template(remote)
+        return remote
+
+    @model_validator(mode="after")
+    def _credential_fits_the_remote(self) -> CheckoutConfig:
+        scheme = check_remote_template(self.remote)
+        if self.token_file is not None and self.deploy_key_file is not None:
+            raise ValueError("give token_file (http/https) or deploy_key_file (ssh), not both")
+        if self.token_file is not None:
+            if scheme not in ("https", "http"):
+                raise ValueError(f"token_file is sent over http(s) only; the remote is {scheme}://")
+            if scheme == "http" and not is_loopback(self.remote):
+                raise ValueError("token_file over plain http:// would send the token in clear text; use https://")
+        if (self.deploy_key_file is not None or self.known_hosts_file is not None) and scheme != "ssh":
+            raise ValueError(f"deploy_key_file and known_hosts_file are for ssh:// remotes; the remote is {scheme}://")
+        if scheme == "ssh" and (self.deploy_key_file is None or self.known_hosts_file is None):
+            raise ValueError("an ssh remote needs deploy_key_file and known_hosts_file (host keys are checked)")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return check_remote_template(self.remote)
+
+    def mirror_path(self, data_dir: Path) -> Path:
+        return self.mirror_dir or data_dir / "checkout"
+
+
+class SourceCallbacksConfig(_Strict):
+    """Status callbacks of a source's jobs (orchestrator/callbacks/): a signed POST (Standard Webhooks) on every
+    state change, to `url` or, for a job naming its own `callback_url`, there if it lies within
+    `allowed_url_prefixes`. The secret (`whsec_<base64>`) is read from `secret_file` (chmod 600)."""
+
+    url: str | None = Field(None, description="every job's state changes go here (unless the job names its own)")
+    secret_file: Path = Field(description="whsec_<base64> signing secret, chmod 600")
+    allowed_url_prefixes: list[str] = Field(
+        default_factory=list, description="URL prefixes a job's own callback_url may start with (scheme, host, path)"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        from orchestrator.callbacks.routing import url_problem
+
+        if url is not None and (problem := url_problem(url)) is not None:
+            raise ValueError(f"callback url {problem}")
+        return url
+
+    @field_validator("allowed_url_prefixes")
+    @classmethod
+    def _prefixes(cls, prefixes: list[str]) -> list[str]:
+        from orchestrator.callbacks.routing import url_problem
+
+        for prefix in prefixes:
+            if (problem := url_problem(prefix, prefix=True)) is not None:
+                raise ValueError(f"allowed URL prefix {prefix!r} {problem}")
+        return prefixes
+
+
+class CommitStatusConfig(_Strict):
+    """Commit statuses for a source's jobs, on their `repository` and `sha`: GitHub and Gitea
+    (`POST /repos/{owner}/{repo}/statuses/{sha}`) or GitLab (`POST /projects/:id/statuses/:sha`), with a token
+    read from `token_file` (chmod 600). Delivered from the same outbox as callbacks."""
+
+    kind: Literal["github", "gitea", "gitlab"]
+    api_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="github: API root (default https://api.github.com; GHES https://HOST/api/v3); gitea, gitlab: "
+        "the instance's base URL",
+    )
+    token_file: Path
+    context: str = Field("runner-orchestrator", min_length=1, max_length=255, description="the status's name")
+
+    @model_validator(mode="after")
+    def _api_url(self) -> CommitStatusConfig:
+        if self.kind != "github" and self.api_url is None:
+            raise ValueError(f"{self.kind} needs api_url (the instance's base URL)")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return (self.api_url or "https://api.github.com").rstrip("/")
+
+
+class CallbacksConfig(_Strict):
+    """How the outbox is delivered (all sources): retried with exponential back-off for `retry_for_s` from a
+    delivery's first attempt, then given up (logged, audited, counted)."""
+
+    retry_for_s: float = Field(3600.0, gt=0, le=7 * 86400, description="a delivery is given up after this long")
+    backoff_initial_s: float = Field(1.0, gt=0, le=3600, description="first wait between attempts, then doubled")
+    backoff_max_s: float = Field(300.0, gt=0, le=86400, description="longest wait between attempts")
+    jitter_s: float = Field(1.0, ge=0, le=3600, description="up to this much random delay added to each wait")
+    request_timeout_s: float = Field(10.0, gt=0, le=300)
+    poll_interval_s: float = Field(2.0, gt=0, le=3600, description="how often the outbox is looked at anyway")
+    max_in_flight: int = Field(32, ge=1, le=1024, description="requests sent at once")
+
+
 class SourceConfig(_Strict):
     scheme: str
     secret_files: list[Path] = Field(min_length=1, description="one or more files; several allow key rotation")
     forge: ForgeConfig | None = Field(None, description="deliveries are this forge's events, not job specs")
+    callbacks: SourceCallbacksConfig | None = Field(None, description="status callbacks of this source's jobs")
+    commit_status: CommitStatusConfig | None = Field(None, description="forge commit statuses of its jobs")
+    checkout: CheckoutConfig | None = Field(None, description="where the controller fetches its jobs' commits")
 
     @field_validator("scheme")
     @classmethod
@@ -419,6 +547,18 @@ class PoolConfig(_Strict):
     )
     unsafe: UnsafeOptIns = Field(default_factory=UnsafeOptIns)
     runner: RunnerPoolConfig | None = Field(None, description="serve a forge's jobs with single-use runners")
+    artifacts_max_bytes: int = Field(1024**3, description="most artifact bytes one job keeps; bytes or 512m")
+    cache_max_bytes: int = Field(1024**3, description="largest cache entry a job saves; bytes or 512m")
+
+    @field_validator("artifacts_max_bytes", "cache_max_bytes", mode="before")
+    @classmethod
+    def _sizes(cls, value: object) -> int:
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            raise ValueError("must be a string like 512m or a byte count")
+        parsed = parse_memory(value)
+        if parsed < 1:
+            raise ValueError("must be at least 1 byte")
+        return parsed
 
     @field_validator("memory", mode="before")
     @classmethod
@@ -530,6 +670,29 @@ class StorageConfig(_Strict):
         return self
 
 
+class ArtifactsConfig(_Strict):
+    """Where jobs' artifacts are kept (data_dir/artifacts) and for how long."""
+
+    retention_days: float = Field(30.0, gt=0, description="artifacts of older jobs are removed")
+
+
+class CachesConfig(_Strict):
+    """Job caches (data_dir/caches): scoped to repository and ref, least recently used evicted."""
+
+    max_total_bytes: int = Field(10 * 1024**3, description="all caches together; bytes or 10g")
+    fallback_refs: list[str] = Field(
+        default_factory=lambda: ["refs/heads/main", "main", "refs/heads/master", "master"],
+        description="refs (the default branch) whose cache a ref without its own reads",
+    )
+
+    @field_validator("max_total_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> int:
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            raise ValueError("must be a string like 10g or a byte count")
+        return parse_memory(value)
+
+
 class Config(_Strict):
     controller_id: str = Field(pattern=_NAME)
     data_dir: Path
@@ -542,6 +705,9 @@ class Config(_Strict):
     credentials: CredentialsConfig | None = None
     logs: LogsConfig = Field(default_factory=LogsConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
+    artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
+    caches: CachesConfig = Field(default_factory=CachesConfig)
     max_total_concurrent: int = Field(16, ge=1)
     max_queued_total: int = Field(10_000, ge=1, description="accepted-but-waiting jobs across pools; then 429")
 
@@ -671,6 +837,10 @@ def load_config(path: Path) -> Config:
     problems += _check_mount_symlinks(config, os.environ.get("DOCKER_HOST"))
     problems += _check_dsn_file(config.storage)
     problems += [p for name, src in config.sources.items() if src.forge for p in _check_forge_files(name, src.forge)]
+    problems += [p for name, src in config.sources.items() for p in _check_callback_files(name, src)]
+    problems += [
+        p for name, src in config.sources.items() if src.checkout for p in _check_checkout_files(name, src.checkout)
+    ]
     if problems:
         raise ConfigError(str(path), problems)
     return config
@@ -754,6 +924,15 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
                 for key in ("private_key_file", "token_file"):
                     if isinstance(forge.get(key), str):
                         forge[key] = str(base / forge[key])
+            for section, key in (("callbacks", "secret_file"), ("commit_status", "token_file")):
+                table = src.get(section)
+                if isinstance(table, dict) and isinstance(table.get(key), str):
+                    table[key] = str(base / table[key])
+            checkout = src.get("checkout")
+            if isinstance(checkout, dict):
+                for key in ("token_file", "deploy_key_file", "known_hosts_file", "mirror_dir"):
+                    if isinstance(checkout.get(key), str):
+                        checkout[key] = str(base / checkout[key])
 
 
 def _check_forge_files(name: str, forge: ForgeConfig) -> list[str]:
@@ -781,6 +960,89 @@ def _check_forge_files(name: str, forge: ForgeConfig) -> list[str]:
         if file.stat().st_mode & 0o077:
             problems.append(f"{where}: readable by group/others; run chmod 600 on it")
     return problems
+
+
+def _check_checkout_files(name: str, checkout: CheckoutConfig) -> list[str]:
+    """The checkout's token or deploy key (readable, not empty, chmod 600) and known_hosts file (readable, not
+    empty); errors never quote the content."""
+    problems = []
+    files = (
+        ("token_file", checkout.token_file),
+        ("deploy_key_file", checkout.deploy_key_file),
+        ("known_hosts_file", checkout.known_hosts_file),
+    )
+    for key, file in files:
+        if file is None:
+            continue
+        where = f"sources.{name}.checkout.{key}: {file}"
+        try:
+            text = file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            problems.append(f"{where}: file not found")
+            continue
+        except PermissionError:
+            problems.append(f"{where}: not readable by this user")
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{where}: cannot read: {getattr(exc, 'strerror', None) or type(exc).__name__}")
+            continue
+        if not text:
+            problems.append(f"{where}: empty")
+        elif key == "deploy_key_file" and "PRIVATE KEY-----" not in text:
+            problems.append(f"{where}: not a private key (ssh-keygen -t ed25519 -f FILE makes one)")
+        elif key == "token_file" and any(c.isspace() or ord(c) < 0x20 for c in text):
+            problems.append(f"{where}: the token must be one line without spaces")
+        if key != "known_hosts_file" and file.stat().st_mode & 0o077:
+            problems.append(f"{where}: readable by group/others; run chmod 600 on it")
+    return problems
+
+
+def _check_callback_files(name: str, src: SourceConfig) -> list[str]:
+    """The callback secret (a whsec_ secret) and the commit-status token: readable, valid, chmod 600; errors never
+    quote the content."""
+    files: list[tuple[str, Path]] = []
+    if src.callbacks is not None:
+        files.append((f"sources.{name}.callbacks.secret_file", src.callbacks.secret_file))
+    if src.commit_status is not None:
+        files.append((f"sources.{name}.commit_status.token_file", src.commit_status.token_file))
+    problems = []
+    for where, file in files:
+        try:
+            if where.endswith("secret_file"):
+                read_callback_secret(file)
+            else:
+                read_status_token(file)
+        except FileNotFoundError:
+            problems.append(f"{where}: {file}: file not found")
+            continue
+        except PermissionError:
+            problems.append(f"{where}: {file}: not readable by this user")
+            continue
+        except OSError as exc:
+            problems.append(f"{where}: {file}: cannot read: {exc.strerror}")
+            continue
+        except (ValueError, UnicodeDecodeError) as exc:
+            problems.append(f"{where}: {file}: {exc}")
+            continue
+        if file.stat().st_mode & 0o077:
+            problems.append(f"{where}: {file}: readable by group/others; run chmod 600 on it")
+    return problems
+
+
+def read_callback_secret(file: Path) -> str:
+    """The whsec_<base64> text of a callback secret file, checked to decode (ValueError never quotes it)."""
+    text = file.read_text(encoding="utf-8").strip()
+    decode_secret("standard-webhooks", text)
+    return text if text.startswith("whsec_") else f"whsec_{text}"
+
+
+def read_status_token(file: Path) -> str:
+    text = file.read_text(encoding="utf-8").strip()
+    if not text:
+        raise ValueError("empty")
+    if any(c.isspace() or ord(c) < 0x20 for c in text):
+        raise ValueError("the token must be one line without spaces")
+    return text
 
 
 def _check_secret_files(name: str, src: SourceConfig) -> list[str]:

@@ -195,7 +195,14 @@ def test_example_config_structure_is_valid(tmp_path: Path) -> None:
         load_config(example)
     except ConfigError as exc:
         assert exc.problems
-        assert all(re.match(r"sources\.[^.]+\.(secret_files|forge\.[a-z_]+): /", p) for p in exc.problems), exc.problems
+        assert all(
+            re.match(
+                r"sources\.[^.]+\.(secret_files|forge\.[a-z_]+|callbacks\.secret_file|commit_status\.token_file"
+                r"|checkout\.[a-z_]+): /",
+                p,
+            )
+            for p in exc.problems
+        ), exc.problems
 
 
 def test_digest_is_stable_and_sensitive(tmp_path: Path) -> None:

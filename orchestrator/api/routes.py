@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from urllib.parse import quote
 
 from aiohttp import web
 
 from orchestrator.api.auth import FailureLimiter, Principal, Role, authenticate
+from orchestrator.artifacts.store import ArtifactStore
 from orchestrator.config import ApiConfig, ServerConfig
 from orchestrator.evidence.attestation_store import AttestationStore
 from orchestrator.evidence.audit import AuditLog
@@ -52,7 +55,9 @@ class Api:
         attestations: AttestationStore,
         attestation_public_pem: bytes,
         audit_log: AuditLog,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
+        self.artifacts = artifacts
         self.metrics = metrics
         self.auditor = auditor
         self.attestations = attestations
@@ -82,6 +87,8 @@ class Api:
             web.get("/api/v1/jobs/{job_id}/logs", self._auth("viewer", self.job_logs)),
             web.post("/api/v1/jobs/{job_id}/cancel", self._auth("operator", self.cancel_job)),
             web.get("/api/v1/jobs/{job_id}/attestation", self._auth("viewer", self.job_attestation)),
+            web.get("/api/v1/jobs/{job_id}/artifacts", self._auth("viewer", self.job_artifacts)),
+            web.get("/api/v1/jobs/{job_id}/artifacts/{name:.+}", self._auth("viewer", self.job_artifact)),
             web.get("/api/v1/attestation-key", self._auth("viewer", self.attestation_key)),
             web.get("/api/v1/audit/head", self._auth("admin", self.audit_head)),
         ]
@@ -238,6 +245,36 @@ class Api:
         if envelope is None:
             return _err(404, f"job {job_id!r} has no attestation (yet): it is signed when the job's run ends")
         return web.Response(body=envelope, content_type="application/json")
+
+    async def job_artifacts(self, request: web.Request) -> web.Response:
+        """The job's artifacts (name, size, sha256), its reports' totals, and what was refused."""
+        job_id = request.match_info["job_id"]
+        if await self.store.get(job_id) is None:
+            return _err(404, f"no job {job_id!r}")
+        manifest = await asyncio.to_thread(self.artifacts.manifest, job_id) if self.artifacts else None
+        if manifest is None:
+            return _err(404, f"job {job_id!r} has no artifacts (none declared, not produced, or expired)")
+        return web.json_response(manifest.to_json())
+
+    async def job_artifact(self, request: web.Request) -> web.StreamResponse:
+        """One artifact's bytes, with its sha256 in `Digest` (RFC 3230) and `X-Checksum-Sha256`."""
+        job_id, name = request.match_info["job_id"], request.match_info["name"]
+        found = await asyncio.to_thread(self.artifacts.file, job_id, name) if self.artifacts else None
+        if found is None:
+            return _err(404, f"job {job_id!r} has no artifact {name!r}")
+        artifact, path = found
+        principal = request[PRINCIPAL]
+        self.auditor.api(principal.name, principal.role, "api.artifact", f"{job_id}/{name}", request.remote, "ok")
+        response = web.FileResponse(
+            path,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Disposition": f'attachment; filename="{quote(name.rsplit("/", 1)[-1])}"',
+                "X-Checksum-Sha256": artifact.sha256,
+                "Digest": "sha-256=" + base64.b64encode(bytes.fromhex(artifact.sha256)).decode(),
+            },
+        )
+        return response
 
     async def attestation_key(self, request: web.Request) -> web.Response:
         return web.Response(body=self.attestation_public_pem, content_type="application/x-pem-file")

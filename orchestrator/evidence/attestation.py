@@ -12,7 +12,7 @@ import base64
 import binascii
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ BUILD_TYPE = "https://runner-orchestrator.dev/job/v1"
 BUILDER_ID_PREFIX = "https://runner-orchestrator.dev/controller/"
 PUBLIC_KEY_FILENAME = "attestation.pub"
 SUCCEEDED = "succeeded"
+ARTIFACT_PREFIX = "artifact/"
 # A verifier tries every signature; bound the work an attacker-supplied envelope can cause.
 MAX_SIGNATURES = 16
 
@@ -68,6 +69,12 @@ class JobFacts:
     reason: str | None
     log_sha256: str
     pool_config_digest: str | None = None
+    source: str = ""  # the webhook source that sent the job
+    checkout: dict[str, str] | None = None  # {"remote", "commit"}: the commit the controller fetched and verified
+    submodules: list[dict[str, str]] = field(default_factory=list)  # {"path", "repository", "commit", "remote"}
+    artifacts: list[dict[str, Any]] = field(default_factory=list)  # {"name", "sha256", "size"}
+    junit: dict[str, Any] | None = None  # {"name", "sha256", "tests", "passed", "failed", "skipped"}
+    sbom: dict[str, Any] | None = None  # {"name", "sha256", "format", "spec_version"}
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,11 @@ class AttestedJob:
     ref: str
     sha: str
     builder_id: str
+    source: str | None = None
+    fetched_commit: str | None = None  # the commit the controller fetched itself (None: it only was told the sha)
+    fetched_from: str | None = None
+    artifacts: dict[str, str] = field(default_factory=dict)  # sha256 -> name
+    junit: dict[str, Any] | None = None
 
 
 # -- building -----------------------------------------------------------------------------------------------------
@@ -135,28 +147,64 @@ def build_statement(facts: JobFacts) -> dict[str, Any]:
     if facts.finished_at is not None:
         metadata["finishedOn"] = rfc3339(facts.finished_at)
     exit_facts = _exit_facts(facts)
+    subjects: list[dict[str, Any]] = [
+        {"name": f"git+{facts.repository}@{facts.ref}", "digest": {"gitCommit": sha}},
+        {"name": f"log/{facts.job_id}", "digest": {"sha256": log_sha256}},
+    ]
+    for artifact in facts.artifacts:
+        digest = str(artifact["sha256"]).lower()
+        if not SHA256_HEX.fullmatch(digest):
+            raise ValueError(f"artifact {artifact.get('name')!r} has no sha256")
+        subjects.append({"name": f"{ARTIFACT_PREFIX}{artifact['name']}", "digest": {"sha256": digest}})
+    dependencies = [_image_dependency(facts.image, facts.image_id)]
+    if facts.checkout is not None:
+        dependencies.append(
+            {
+                "uri": f"git+{facts.checkout['remote']}",
+                "digest": {"gitCommit": facts.checkout["commit"].lower()},
+                "annotations": {"fetchedBy": "controller", "repository": facts.repository},
+            }
+        )
+        for module in facts.submodules:
+            dependencies.append(
+                {
+                    "uri": f"git+{module['remote']}",
+                    "digest": {"gitCommit": module["commit"].lower()},
+                    "annotations": {"fetchedBy": "controller", "submodule": module["path"],
+                                    "repository": module["repository"]},
+                }
+            )  # fmt: skip
+    external: dict[str, Any] = {
+        "repository": facts.repository,
+        "ref": facts.ref,
+        "sha": sha,
+        "pool": facts.pool,
+        "commands": list(facts.commands),
+        "env": dict(facts.env),  # env values are not secret by contract; secrets travel separately
+        "secrets": _secret_refs(facts.secrets),
+    }
+    if facts.source:
+        external["source"] = facts.source
+    reports: list[dict[str, Any]] = []
+    if facts.junit is not None:
+        totals = {k: facts.junit[k] for k in ("tests", "passed", "failed", "skipped")}
+        reports.append({"name": "junit", "digest": {"sha256": facts.junit["sha256"]},
+                        "annotations": {"file": facts.junit["name"], **totals}})  # fmt: skip
+    if facts.sbom is not None:
+        reports.append({"name": "sbom", "digest": {"sha256": facts.sbom["sha256"]},
+                        "annotations": {"file": facts.sbom["name"], "format": facts.sbom["format"],
+                                        "specVersion": facts.sbom["spec_version"]}})  # fmt: skip
 
     return {
         "_type": STATEMENT_TYPE,
-        "subject": [
-            {"name": f"git+{facts.repository}@{facts.ref}", "digest": {"gitCommit": sha}},
-            {"name": f"log/{facts.job_id}", "digest": {"sha256": log_sha256}},
-        ],
+        "subject": subjects,
         "predicateType": PREDICATE_TYPE,
         "predicate": {
             "buildDefinition": {
                 "buildType": BUILD_TYPE,
-                "externalParameters": {
-                    "repository": facts.repository,
-                    "ref": facts.ref,
-                    "sha": sha,
-                    "pool": facts.pool,
-                    "commands": list(facts.commands),
-                    "env": dict(facts.env),  # env values are not secret by contract; secrets travel separately
-                    "secrets": _secret_refs(facts.secrets),
-                },
+                "externalParameters": external,
                 "internalParameters": internal,
-                "resolvedDependencies": [_image_dependency(facts.image, facts.image_id)],
+                "resolvedDependencies": dependencies,
             },
             "runDetails": {
                 "builder": {"id": BUILDER_ID_PREFIX + quote(facts.controller_id, safe="")},
@@ -170,6 +218,7 @@ def build_statement(facts: JobFacts) -> dict[str, Any]:
                         "annotations": exit_facts,
                     },
                     {"name": "job-spec", "digest": {"sha256": hashlib.sha256(facts.spec_json).hexdigest()}},
+                    *reports,
                 ],
             },
         },
@@ -330,6 +379,28 @@ def read_job(statement: dict[str, Any]) -> AttestedJob:
     state, exit_code, reason = exit_facts.get("state"), exit_facts.get("exit_code"), exit_facts.get("reason")
     if not isinstance(state, str) or not isinstance(exit_code, int | None) or not isinstance(reason, str | None):
         raise AttestationError("not a runner-orchestrator job provenance: exit byproduct is malformed")
+    source = _get(statement, *params).get("source")
+    fetched = [
+        d
+        for d in _get(statement, "predicate", "buildDefinition", "resolvedDependencies") or []
+        if isinstance(d, dict)
+        and isinstance(d.get("annotations"), dict)
+        and d["annotations"].get("fetchedBy") == "controller"
+        and "submodule" not in d["annotations"]
+        and str(d.get("uri", "")).startswith("git+")
+    ]
+    fetched_commit = fetched_from = None
+    if fetched:
+        commit = _digests(fetched[0]).get("gitCommit")
+        if not isinstance(commit, str) or not commit.startswith(sha):
+            raise AttestationError(f"the fetched commit {commit!r} is not the attested sha {sha}")
+        fetched_commit, fetched_from = commit, str(fetched[0]["uri"]).removeprefix("git+")
+    artifacts = {
+        str(_digests(s).get("sha256")): str(s["name"]).removeprefix(ARTIFACT_PREFIX)
+        for s in subjects
+        if str(s.get("name", "")).startswith(ARTIFACT_PREFIX) and isinstance(_digests(s).get("sha256"), str)
+    }
+    junit = next((b.get("annotations") for b in byproducts if b.get("name") == "junit"), None)
     return AttestedJob(
         job_id=_string(statement, "predicate", "runDetails", "metadata", "invocationId"),
         state=state,
@@ -339,6 +410,11 @@ def read_job(statement: dict[str, Any]) -> AttestedJob:
         ref=ref,
         sha=sha,
         builder_id=_string(statement, "predicate", "runDetails", "builder", "id"),
+        source=source if isinstance(source, str) else None,
+        fetched_commit=fetched_commit,
+        fetched_from=fetched_from,
+        artifacts=artifacts,
+        junit=junit if isinstance(junit, dict) else None,
     )
 
 
@@ -357,9 +433,24 @@ def check_job(
     expect_sha: str | None = None,
     expect_repository: str | None = None,
     require_success: bool = True,
+    expect_ref: str | None = None,
+    expect_source: str | None = None,
+    require_checkout: bool = False,
+    artifact_sha256: str | None = None,
 ) -> list[str]:
     """Every reason a deploy gate should refuse this job; empty means it may proceed."""
     problems = []
+    if expect_ref is not None and job.ref != expect_ref:
+        problems.append(f"ref mismatch: attested {job.ref!r}, expected {expect_ref!r}")
+    if expect_source is not None and job.source != expect_source:
+        problems.append(f"source mismatch: the job came from {job.source!r}, expected {expect_source!r}")
+    if require_checkout and job.fetched_commit is None:
+        problems.append(
+            f"job {job.job_id}: the controller did not fetch commit {job.sha} itself (the sha is only what the "
+            "sender claimed)"
+        )
+    if artifact_sha256 is not None and artifact_sha256 not in job.artifacts:
+        problems.append(f"the artifact (sha256 {artifact_sha256}) is not a subject of job {job.job_id}'s attestation")
     if require_success and job.state != SUCCEEDED:
         problems.append(f"job {job.job_id} ended {job.state}, not {SUCCEEDED}")
     if expect_sha is not None and job.sha != expect_sha.strip().lower():
@@ -376,6 +467,10 @@ def verify_file(
     expect_sha: str | None = None,
     expect_repository: str | None = None,
     require_success: bool = True,
+    expect_ref: str | None = None,
+    expect_source: str | None = None,
+    require_checkout: bool = False,
+    artifact: Path | None = None,
 ) -> AttestedJob:
     """What `orchestrator attest verify` checks: the envelope in `file`, signed by the key in `pubkey`, attesting
     a job a deploy may rely on. AttestationError says why not. Commits are compared in full (lowercase hex): a
@@ -393,9 +488,17 @@ def verify_file(
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise AttestationError(f"{pubkey} is not an Ed25519 public key (PEM): {exc}") from None
     job = read_job(verify_envelope(envelope, public_key))
+    artifact_sha256 = None
+    if artifact is not None:
+        try:
+            artifact_sha256 = sha256_file(artifact)
+        except OSError as exc:
+            raise AttestationError(f"cannot read {artifact}: {exc.strerror or exc}") from None
     problems = check_job(
-        job, expect_sha=expect_sha, expect_repository=expect_repository, require_success=require_success
-    )
+        job, expect_sha=expect_sha, expect_repository=expect_repository, require_success=require_success,
+        expect_ref=expect_ref, expect_source=expect_source, require_checkout=require_checkout,
+        artifact_sha256=artifact_sha256,
+    )  # fmt: skip
     if problems:
         raise AttestationError("; ".join(problems))
     return job

@@ -199,5 +199,9 @@ class Auditor:
         """A forge runner's registration, deletion, the job it took, a forge job no pool serves, ..."""
         self._record(CONTROLLER, f"runner.{action}", job_id, outcome, details=details)
 
+    def callback_given_up(self, job_id: str, details: dict[str, Any]) -> None:
+        """A status callback or commit status that will not be delivered: target, state, attempts, last error."""
+        self._record(CONTROLLER, "callback.given_up", job_id, "failed", details=details)
+
     def reconcile(self, action: str, target: str | None, details: dict[str, Any]) -> None:
         self._record(CONTROLLER, f"reconcile.{action}", target, "ok", details=details)

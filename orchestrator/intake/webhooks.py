@@ -15,6 +15,7 @@ import time
 from aiohttp import web
 from prometheus_client import Counter
 
+from orchestrator.callbacks.routing import check_callback_request
 from orchestrator.config import Config
 from orchestrator.evidence.auditor import Auditor
 from orchestrator.evidence.refusals import RefusalThrottle
@@ -139,6 +140,7 @@ class WebhookIntake:
             return outcome
         spec = parse_spec(body)
         timeout = check_admissible(spec, self.config, credentials_configured=self.credentials_configured)
+        check_callback_request(spec, name, source)
         job = new_job(spec, source=name, controller_id=self.config.controller_id, timeout_s=timeout, now=time.time())
         stored, created = await self.scheduler.admit(job, functools.partial(self._stored, name, delivery, remote))
         return Accepted(stored) if created else Duplicate(stored)

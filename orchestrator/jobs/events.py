@@ -14,6 +14,10 @@ class JobEvents(Protocol):
         """`job` has just been stored in a new state (`job.state`)."""
         ...
 
+    def created(self, job: Job) -> None:
+        """`job` has just been stored, queued, for the first time."""
+        ...
+
     def started(self, job: Job) -> None:
         """The job's container is running (`job.started_at`)."""
         ...

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails
@@ -114,6 +114,69 @@ class RunnerRequest(_Wire):
     trigger_run_id: int = Field(0, ge=0)
 
 
+# A workspace-relative path or glob: what artifacts and caches name. No whitespace (the job's shell expands the
+# globs), no leading '-' or '/', no '..' component: a pattern can only ever name something under /workspace.
+WORKSPACE_PATTERN = r"^[A-Za-z0-9._*?\[\]@+=,%-][A-Za-z0-9._*?\[\]@+=,%/-]{0,1023}$"
+
+
+def checked_workspace_pattern(pattern: str, where: str) -> str:
+    parts = pattern.split("/")
+    if pattern.startswith("-") or any(part == ".." for part in parts) or "" in parts[:-1]:
+        raise ValueError(f"{where}: {pattern!r} must stay under /workspace (no '..', no leading '-' or '/')")
+    return pattern
+
+
+class ArtifactReports(_Wire):
+    """Reports the attestation reads: a JUnit XML file (test totals) and an SBOM (CycloneDX or SPDX JSON)."""
+
+    junit: str | None = Field(None, pattern=WORKSPACE_PATTERN)
+    sbom: str | None = Field(None, pattern=WORKSPACE_PATTERN)
+
+    @field_validator("junit", "sbom")
+    @classmethod
+    def _inside(cls, path: str | None) -> str | None:
+        if path is not None and any(c in path for c in "*?["):
+            raise ValueError(f"a report is one file, not a glob: {path!r}")
+        return None if path is None else checked_workspace_pattern(path, "artifacts.reports")
+
+
+class ArtifactsRequest(_Wire):
+    """Files that come out of the container after the script: each gets its sha256 and is a subject of the job's
+    attestation. `when`: on_success (default) or always (also after a failing script; never after a timeout or
+    cancel, whose container is stopped)."""
+
+    paths: list[Annotated[str, Field(pattern=WORKSPACE_PATTERN)]] = Field(default_factory=list, max_length=100)
+    when: Literal["on_success", "always"] = "on_success"
+    max_bytes: int | None = Field(None, ge=1, description="at most the pool's artifacts_max_bytes")
+    reports: ArtifactReports = Field(default_factory=ArtifactReports)
+
+    @field_validator("paths")
+    @classmethod
+    def _inside(cls, paths: list[str]) -> list[str]:
+        return [checked_workspace_pattern(p, "artifacts.paths") for p in paths]
+
+    @model_validator(mode="after")
+    def _something(self) -> Self:
+        if not self.paths and self.reports.junit is None and self.reports.sbom is None:
+            raise ValueError("artifacts needs paths or reports")
+        return self
+
+
+class CacheRequest(_Wire):
+    """Workspace paths restored before the script and saved after its success, under `key` (plus the digest of
+    `key_files` of the checkout, e.g. a lockfile, so a dependency change gets a new cache). Scoped to the
+    repository and the job's ref: a ref reads its own entry, else the default branch's; it writes only its own."""
+
+    key: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    paths: list[Annotated[str, Field(pattern=WORKSPACE_PATTERN)]] = Field(min_length=1, max_length=50)
+    key_files: list[Annotated[str, Field(pattern=WORKSPACE_PATTERN)]] = Field(default_factory=list, max_length=20)
+
+    @field_validator("paths", "key_files")
+    @classmethod
+    def _inside(cls, paths: list[str]) -> list[str]:
+        return [checked_workspace_pattern(p, "cache") for p in paths]
+
+
 class JobSpec(_Wire):
     version: Literal[1] = 1
     id: str = Field(pattern=JOB_ID_PATTERN)
@@ -134,6 +197,16 @@ class JobSpec(_Wire):
     timeout_s: int | None = Field(None, ge=1)
     secrets: list[SecretRequest] = Field(default_factory=list, max_length=100)
     runner: RunnerRequest | None = None
+    checkout: bool = Field(True, description="false: no source checkout even where the source configures one")
+    submodules: bool = Field(False, description="also check out the commit's submodules")
+    artifacts: ArtifactsRequest | None = None
+    cache: CacheRequest | None = None
+    callback_url: str | None = Field(
+        None,
+        min_length=1,
+        max_length=2048,
+        description="status callbacks of this job go here; must be within the source's callbacks.allowed_url_prefixes",
+    )
 
     @field_validator("ref")
     @classmethod

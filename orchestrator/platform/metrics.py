@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -127,6 +127,24 @@ class Metrics:
             "A forge job's runner requested → the forge says a runner of ours took a job (in_progress)",
             ["pool"],
             buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.callbacks_pending = Gauge(
+            "orchestrator_callbacks_pending",
+            "Status callback and commit status deliveries waiting in the outbox, by target (callback, status)",
+            ["target"],
+            registry=self.registry,
+        )
+        self.callback_deliveries = Counter(
+            "orchestrator_callback_deliveries",
+            "Outbox deliveries that ended, by target and outcome (delivered, failed: given up)",
+            ["target", "outcome"],
+            registry=self.registry,
+        )
+        self.callback_attempts_failed = Counter(
+            "orchestrator_callback_attempts_failed",
+            "Delivery attempts that failed and were retried or given up, by target",
+            ["target"],
             registry=self.registry,
         )
         self.teardown = Histogram(

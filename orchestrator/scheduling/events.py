@@ -4,6 +4,7 @@ per job when it ends (its acceptance is in the audit trail already)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from orchestrator.evidence.auditor import Auditor
 from orchestrator.jobs.states import Job
@@ -30,12 +31,22 @@ class ControllerJobEvents:
     def __init__(self, auditor: Auditor, metrics: Metrics) -> None:
         self.auditor = auditor
         self.metrics = metrics
+        # Told of every stored state change, e.g. the callback dispatcher (whose outbox rows the store wrote with
+        # the change): it looks at the outbox now instead of at its next poll.
+        self.listeners: list[Callable[[Job], None]] = []
 
     def state_changed(self, job: Job) -> None:
         self.auditor.job_state(job)
+        for listener in self.listeners:
+            listener(job)
         if job.state.final:
             self.metrics.jobs_finished.labels(job.pool, job.state.value).inc()
             log.info("job finished", extra=finished_fields(job))
+
+    def created(self, job: Job) -> None:
+        # (its acceptance is audited by the intake, with the delivery)
+        for listener in self.listeners:
+            listener(job)
 
     def started(self, job: Job) -> None:
         if job.started_at is not None:

@@ -126,6 +126,7 @@ class Scheduler:
                 self.release(job.pool)
         on_stored(stored, created)
         if created:
+            self.events.created(stored)
             self.submit(stored)
         return stored, created
 

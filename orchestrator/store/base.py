@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from orchestrator.callbacks.outbox import Delivery, Status
 from orchestrator.forges.records import UPDATABLE, RunnerRecord
 from orchestrator.jobs.spec import JobSpec
 from orchestrator.jobs.states import Job, JobState
@@ -105,6 +106,19 @@ def runner_assignments(fields: Mapping[str, object], placeholder: str) -> tuple[
     return ", ".join(f"{name} = {placeholder}" for name in names), [fields[name] for name in names]
 
 
+# Column order of the `callback_outbox` table (orchestrator/callbacks/outbox.py), read positionally: Delivery's
+# fields in declaration order. A state change writes the first eight (outbox.NEW_ROW_COLUMNS); the rest are the
+# delivery's progress.
+DELIVERY_FIELDS = tuple(f.name for f in dataclasses.fields(Delivery))
+DELIVERY_COLUMNS = ", ".join(DELIVERY_FIELDS)
+
+
+def delivery_from_row(row: Sequence[Any]) -> Delivery:
+    values = list(row)
+    values[3] = JobState(values[3])
+    return Delivery(*values)
+
+
 class JobStore(Protocol):
     async def open(self) -> None: ...
 
@@ -121,7 +135,9 @@ class JobStore(Protocol):
     ) -> list[Job]: ...
 
     async def update(self, job: Job, *, expected: JobState) -> bool:
-        """Compare-and-set on state: False if another writer moved the job first."""
+        """Compare-and-set on state: False if another writer moved the job first. A move to another state also
+        writes that change's outbox rows (the store's `outbox` targets for `job`) in the same transaction, as
+        `create` does for a new job's `queued`: a stored state change never lacks its callbacks."""
         ...
 
     async def unfinished(self) -> list[Job]:
@@ -130,6 +146,26 @@ class JobStore(Protocol):
 
     async def check_writable(self) -> None:
         """Raises if a write would fail now (readiness probe)."""
+        ...
+
+    # --- the callback outbox (orchestrator/callbacks/outbox.py) ----------------------------------------------
+
+    async def pending_deliveries(self, controller_id: str, *, limit: int = 10_000) -> list[Delivery]:
+        """Pending deliveries of the jobs `controller_id` owns, by job, target and seq."""
+        ...
+
+    async def note_delivery_attempt(self, job_id: str, target: str, seq: int, /, *, at: float, error: str) -> None:
+        """One more failed attempt: counts it, keeps `error` and the first attempt's time (`at` if none yet)."""
+        ...
+
+    async def finish_delivery(
+        self, job_id: str, target: str, seq: int, /, *, status: Status, at: float, error: str | None
+    ) -> None:
+        """Marks a pending delivery delivered or failed (given up); a finished one is left as it is."""
+        ...
+
+    async def deliveries(self, job_id: str) -> list[Delivery]:
+        """Every outbox row of a job, by target and seq (what was owed and what became of it)."""
         ...
 
     # --- forge runners: one RunnerRecord per job that runs a single-use forge runner -------------------------

@@ -12,6 +12,10 @@ Same contract as the SQLite store (orchestrator/store/sqlite.py):
 - Forge runner records (`runners`): `create_runner` is the same insert-or-read-the-winner as `create` (a name
   another job holds violates its UNIQUE constraint: RunnerNameTaken); `update_runner` sets only the columns it
   is given in one `UPDATE … RETURNING`, so writers of different fields, in any controller, keep each other's.
+- The callback outbox (`callback_outbox`, orchestrator/callbacks/outbox.py) is written in the transaction of the
+  state change it announces: `create` inserts the job and its `queued` rows together, `update` the compare-and-set
+  and the change's rows (the next `seq` is read after the UPDATE has locked the job's row, so two writers of one
+  job cannot take the same one). A stored state change therefore never lacks its callbacks, whatever crashes.
 - Every write commits before the call returns, with `synchronous_commit` at least `on`: a server whose default is
   `off` is overridden per connection, because a webhook's 202 promises the job is on disk. The server already
   groups concurrent commits into one WAL flush, so there is no client-side batching as in the SQLite store.
@@ -36,13 +40,16 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from orchestrator.callbacks.outbox import NEW_ROW_COLUMNS, PENDING, Delivery, OutboxTargets, Status, new_rows
 from orchestrator.forges.records import RunnerRecord
 from orchestrator.jobs.states import FINAL_STATES, Job, JobState
 from orchestrator.store.base import (
     COLUMNS,
+    DELIVERY_COLUMNS,
     RUNNER_COLUMNS,
     RUNNER_FIELDS,
     RunnerNameTaken,
+    delivery_from_row,
     job_from_row,
     job_to_row,
     list_filter,
@@ -106,11 +113,34 @@ _SCHEMA = (
     )
     """,
     "CREATE INDEX IF NOT EXISTS runners_source ON runners (source, created_at)",
+    """
+    CREATE TABLE IF NOT EXISTS callback_outbox (
+        job_id TEXT COLLATE "C" NOT NULL,
+        target TEXT COLLATE "C" NOT NULL,
+        seq INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        attempt INTEGER NOT NULL,
+        exit_code BIGINT,
+        reason TEXT,
+        status TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        first_attempt_at DOUBLE PRECISION,
+        last_error TEXT,
+        finished_at DOUBLE PRECISION,
+        PRIMARY KEY (job_id, target, seq)
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS callback_outbox_pending ON callback_outbox (job_id, target, seq) "
+    "WHERE status = 'pending'",
 )
 
 # Everything _SCHEMA creates: a database made by an older version lacks some (e.g. `runners`), and then the whole
 # of _SCHEMA runs again (each statement IF NOT EXISTS), so a new table must be named here too.
-_SCHEMA_OBJECTS = ("jobs", "jobs_state", "jobs_created", "jobs_pool", "probe", "runners", "runners_source")
+_SCHEMA_OBJECTS = (
+    *("jobs", "jobs_state", "jobs_created", "jobs_pool", "probe", "runners", "runners_source"),
+    *("callback_outbox", "callback_outbox_pending"),
+)
 _SCHEMA_EXISTS = "SELECT " + ", ".join(["to_regclass(%s)"] * len(_SCHEMA_OBJECTS))
 
 _COLUMNS = COLUMNS
@@ -136,6 +166,16 @@ _RUNNERS_OF_UNFINISHED = (
 )
 # Free-form text the forge sends back (job name, repository, conclusion): a NUL in it must not make a write fail.
 _FORGE_TEXT = frozenset({"ran_job_name", "ran_repository", "conclusion"})
+_OUTBOX_INSERT = (
+    f"INSERT INTO callback_outbox ({NEW_ROW_COLUMNS}) VALUES ({', '.join(['%s'] * 8)}) "  # noqa: S608
+    "ON CONFLICT DO NOTHING"
+)
+_OUTBOX_NEXT_SEQ = "SELECT COALESCE(MAX(seq), 0) + 1 FROM callback_outbox WHERE job_id = %s"
+_OUTBOX_COLUMNS_OF_O = ", ".join(f"o.{c.strip()}" for c in DELIVERY_COLUMNS.split(","))
+_PENDING_DELIVERIES = (
+    f"SELECT {_OUTBOX_COLUMNS_OF_O} FROM callback_outbox o JOIN jobs j ON j.id = o.job_id "  # noqa: S608
+    "WHERE o.status = %s AND j.controller_id = %s ORDER BY o.job_id, o.target, o.seq LIMIT %s"
+)
 _PROBE = "INSERT INTO probe (id, at) VALUES (1, %s) ON CONFLICT (id) DO UPDATE SET at = EXCLUDED.at"
 
 _SECRET_KEYS = ("password", "sslpassword")
@@ -247,9 +287,29 @@ async def _create_schema(conn: Connection) -> None:
             await conn.execute(statement)
 
 
+def _no_outbox(job: Job) -> tuple[str, ...]:
+    return ()
+
+
+def _outbox_rows(job: Job, seq: int, targets: Sequence[str]) -> list[tuple[object, ...]]:
+    rows = new_rows(job, seq, targets)
+    if job.reason is not None and "\x00" in job.reason:  # as in _row: text cannot hold NUL
+        rows = [(*row[:7], job.reason.replace("\x00", "\ufffd")) for row in rows]
+    return rows
+
+
 class PostgresJobStore:
-    def __init__(self, dsn_file: Path, *, pool_size: int = 4, connect_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        dsn_file: Path,
+        *,
+        pool_size: int = 4,
+        connect_timeout_s: float = 10.0,
+        outbox: OutboxTargets | None = None,
+    ) -> None:
+        """`outbox`: the callback targets of a job's state change (orchestrator/callbacks/routing.py)."""
         self.dsn_file = dsn_file
+        self.outbox: OutboxTargets = outbox or _no_outbox
         self.pool_size = pool_size
         self.connect_timeout_s = connect_timeout_s
         self._pool: AsyncConnectionPool[Connection] | None = None
@@ -317,12 +377,23 @@ class PostgresJobStore:
             yield conn
 
     async def create(self, job: Job) -> tuple[Job, bool]:
+        targets = tuple(self.outbox(job))
         async with self._conn() as conn:
             # Rows are never deleted, so the second pass is only for a conflicting insert that rolled back.
             for _ in range(3):
-                cur = await conn.execute(_INSERT, _row(job))
-                if await cur.fetchone() is not None:
-                    return job, True
+                if targets:
+                    async with conn.transaction():
+                        cur = await conn.execute(_INSERT, _row(job))
+                        inserted = await cur.fetchone() is not None
+                        if inserted:
+                            async with conn.cursor() as outbox:
+                                await outbox.executemany(_OUTBOX_INSERT, _outbox_rows(job, 1, targets))
+                    if inserted:
+                        return job, True
+                else:
+                    cur = await conn.execute(_INSERT, _row(job))
+                    if await cur.fetchone() is not None:
+                        return job, True
                 cur = await conn.execute(_SELECT_ONE, (job.id,))
                 row = await cur.fetchone()
                 if row is not None:
@@ -347,9 +418,21 @@ class PostgresJobStore:
 
     async def update(self, job: Job, *, expected: JobState) -> bool:
         values = (*_row(job)[1:], job.id, expected.value)
+        targets = tuple(self.outbox(job)) if job.state is not expected else ()
         async with self._conn() as conn:
-            cur = await conn.execute(_UPDATE, values)
-            return cur.rowcount == 1
+            if not targets:
+                cur = await conn.execute(_UPDATE, values)
+                return cur.rowcount == 1
+            async with conn.transaction():
+                cur = await conn.execute(_UPDATE, values)
+                if cur.rowcount != 1:
+                    return False
+                cur = await conn.execute(_OUTBOX_NEXT_SEQ, (job.id,))
+                row = await cur.fetchone()
+                seq = int(row[0]) if row is not None else 1
+                async with conn.cursor() as outbox:
+                    await outbox.executemany(_OUTBOX_INSERT, _outbox_rows(job, seq, targets))
+            return True
 
     async def unfinished(self) -> list[Job]:
         final = sorted(s.value for s in FINAL_STATES)
@@ -362,6 +445,37 @@ class PostgresJobStore:
         now = time.time()
         async with self._conn() as conn:
             await conn.execute(_PROBE, (now,))
+
+    async def pending_deliveries(self, controller_id: str, *, limit: int = 10_000) -> list[Delivery]:
+        async with self._conn() as conn:
+            cur = await conn.execute(_PENDING_DELIVERIES, (PENDING, controller_id, limit))
+            rows = await cur.fetchall()
+        return [delivery_from_row(r) for r in rows]
+
+    async def note_delivery_attempt(self, job_id: str, target: str, seq: int, /, *, at: float, error: str) -> None:
+        async with self._conn() as conn:
+            await conn.execute(
+                "UPDATE callback_outbox SET attempts = attempts + 1, last_error = %s, "
+                "first_attempt_at = COALESCE(first_attempt_at, %s) WHERE job_id = %s AND target = %s AND seq = %s",
+                (error.replace("\x00", "\ufffd"), at, job_id, target, seq),
+            )
+
+    async def finish_delivery(
+        self, job_id: str, target: str, seq: int, /, *, status: Status, at: float, error: str | None
+    ) -> None:
+        async with self._conn() as conn:
+            await conn.execute(
+                "UPDATE callback_outbox SET status = %s, finished_at = %s, last_error = COALESCE(%s, last_error) "
+                "WHERE job_id = %s AND target = %s AND seq = %s AND status = %s",
+                (status, at, None if error is None else error.replace("\x00", "\ufffd"), job_id, target, seq, PENDING),
+            )
+
+    async def deliveries(self, job_id: str) -> list[Delivery]:
+        sql = f"SELECT {DELIVERY_COLUMNS} FROM callback_outbox WHERE job_id = %s ORDER BY target, seq"  # noqa: S608
+        async with self._conn() as conn:
+            cur = await conn.execute(sql, (job_id,))
+            rows = await cur.fetchall()
+        return [delivery_from_row(r) for r in rows]
 
     async def create_runner(self, record: RunnerRecord) -> tuple[RunnerRecord, bool]:
         row = _runner_row(record)

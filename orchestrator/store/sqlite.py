@@ -6,6 +6,10 @@ the last few, which start-up reconciliation settles anyway); forge runner record
 Concurrent job creations are group-committed: one
 transaction and one fsync for every webhook that arrived while the previous commit ran or within a short linger.
 
+The callback outbox (`callback_outbox`, see orchestrator/callbacks/outbox.py) is written in the transaction of the
+state change it announces: the job's insert (its `queued`) or its compare-and-set update, so both are on disk or
+neither is. Delivery progress is written like state changes.
+
 All calls run on one dedicated thread: SQLite connections are not shareable across threads and fsync must not
 block the event loop.
 """
@@ -21,13 +25,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from orchestrator.callbacks.outbox import NEW_ROW_COLUMNS, PENDING, Delivery, OutboxTargets, Status, new_rows
 from orchestrator.forges.records import RunnerRecord
 from orchestrator.jobs.states import FINAL_STATES, Job, JobState
 from orchestrator.store.base import (
     COLUMNS,
+    DELIVERY_COLUMNS,
     RUNNER_COLUMNS,
     RUNNER_FIELDS,
     RunnerNameTaken,
+    delivery_from_row,
     job_from_row,
     job_to_row,
     list_filter,
@@ -76,6 +83,23 @@ CREATE TABLE IF NOT EXISTS runners (
     conclusion TEXT
 );
 CREATE INDEX IF NOT EXISTS runners_source ON runners(source, created_at);
+CREATE TABLE IF NOT EXISTS callback_outbox (
+    job_id TEXT NOT NULL,
+    target TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    at REAL NOT NULL,
+    attempt INTEGER NOT NULL,
+    exit_code INTEGER,
+    reason TEXT,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_attempt_at REAL,
+    last_error TEXT,
+    finished_at REAL,
+    PRIMARY KEY (job_id, target, seq)
+);
+CREATE INDEX IF NOT EXISTS callback_outbox_pending ON callback_outbox(job_id, target, seq) WHERE status = 'pending';
 """
 
 _COLUMNS = COLUMNS
@@ -122,9 +146,24 @@ _MAX_BATCH = 256  # 16 bound values per row: well under SQLite's 32766-variable 
 # that much later -- nothing next to the fsync itself.
 _COMMIT_LINGER_S = 0.002
 _ROW_PLACEHOLDERS = f"({', '.join('?' * len(COLUMNS.split(',')))})"
+_OUTBOX_PLACEHOLDERS = f"({', '.join('?' * len(NEW_ROW_COLUMNS.split(',')))})"
+_OUTBOX_NEXT_SEQ = "SELECT COALESCE(MAX(seq), 0) + 1 FROM callback_outbox WHERE job_id = ?"
 
 
-def _create_batch(conn: sqlite3.Connection, *, jobs: list[Job]) -> list[tuple[Job, bool]]:
+def _insert_outbox(conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
+    if rows:
+        values = ", ".join([_OUTBOX_PLACEHOLDERS] * len(rows))
+        params = [value for row in rows for value in row]
+        conn.execute(f"INSERT OR IGNORE INTO callback_outbox ({NEW_ROW_COLUMNS}) VALUES {values}", params)  # noqa: S608
+
+
+def _no_outbox(job: Job) -> tuple[str, ...]:
+    return ()
+
+
+def _create_batch(
+    conn: sqlite3.Connection, *, jobs: list[Job], outbox: OutboxTargets = _no_outbox
+) -> list[tuple[Job, bool]]:
     """One durable transaction for many new jobs; an id seen before (or earlier in the batch) is returned as is.
 
     Four statements whatever the batch size, each run in one step: this thread gives up the GIL around every
@@ -143,6 +182,7 @@ def _create_batch(conn: sqlite3.Connection, *, jobs: list[Job]) -> list[tuple[Jo
             values = ", ".join([_ROW_PLACEHOLDERS] * len(fresh))
             params = [value for job in fresh.values() for value in _row(job)]
             conn.execute(f"INSERT INTO jobs ({_COLUMNS}) VALUES {values}", params)  # noqa: S608
+            _insert_outbox(conn, [row for job in fresh.values() for row in new_rows(job, 1, outbox(job))])
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -155,9 +195,31 @@ def _create_batch(conn: sqlite3.Connection, *, jobs: list[Job]) -> list[tuple[Jo
     return results
 
 
+def _update_with_outbox(
+    conn: sqlite3.Connection, *, sql: str, values: tuple[object, ...], job: Job, targets: tuple[str, ...]
+) -> bool:
+    """The compare-and-set and the outbox rows of the change, in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute(sql, values).rowcount != 1:
+            conn.execute("ROLLBACK")
+            return False
+        seq = conn.execute(_OUTBOX_NEXT_SEQ, (job.id,)).fetchone()[0]
+        _insert_outbox(conn, new_rows(job, seq, targets))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return True
+
+
 class SQLiteJobStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, outbox: OutboxTargets | None = None) -> None:
+        """`outbox`: the callback targets of a job's state change (orchestrator/callbacks/routing.py); none when
+        not given."""
         self.path = path
+        self.outbox: OutboxTargets = outbox or _no_outbox
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
         self._durable: sqlite3.Connection | None = None  # job creations only: synchronous=FULL, set once
@@ -225,7 +287,7 @@ class SQLiteJobStore:
     def _create_batch(self, _: sqlite3.Connection, *, jobs: list[Job]) -> list[tuple[Job, bool]]:
         if self._durable is None:
             raise RuntimeError("store is not open")
-        return _create_batch(self._durable, jobs=jobs)
+        return _create_batch(self._durable, jobs=jobs, outbox=self.outbox)
 
     async def get(self, job_id: str) -> Job | None:
         def _get(conn: sqlite3.Connection) -> Job | None:
@@ -243,6 +305,10 @@ class SQLiteJobStore:
         assignments = ", ".join(f"{c.strip()} = ?" for c in _COLUMNS.split(",")[1:])
         sql = f"UPDATE jobs SET {assignments} WHERE id = ? AND state = ?"  # noqa: S608
         values = (*_row(job)[1:], job.id, expected.value)
+        targets = tuple(self.outbox(job)) if job.state is not expected else ()
+        if targets:
+            update = functools.partial(_update_with_outbox, sql=sql, values=values, job=job, targets=targets)
+            return await self._run(update)
         return await self._run(lambda c: c.execute(sql, values).rowcount == 1)
 
     async def unfinished(self) -> list[Job]:
@@ -256,6 +322,37 @@ class SQLiteJobStore:
     async def check_writable(self) -> None:
         now = time.time()
         await self._run(lambda c: c.execute("INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?)", (now,)))
+
+    async def pending_deliveries(self, controller_id: str, *, limit: int = 10_000) -> list[Delivery]:
+        columns = ", ".join(f"o.{c.strip()}" for c in DELIVERY_COLUMNS.split(","))
+        sql = (
+            f"SELECT {columns} FROM callback_outbox o JOIN jobs j ON j.id = o.job_id "  # noqa: S608
+            "WHERE o.status = ? AND j.controller_id = ? ORDER BY o.job_id, o.target, o.seq LIMIT ?"
+        )
+        params = (PENDING, controller_id, limit)
+        return await self._run(lambda c: [delivery_from_row(tuple(r)) for r in c.execute(sql, params)])
+
+    async def note_delivery_attempt(self, job_id: str, target: str, seq: int, /, *, at: float, error: str) -> None:
+        sql = (
+            "UPDATE callback_outbox SET attempts = attempts + 1, last_error = ?, "
+            "first_attempt_at = COALESCE(first_attempt_at, ?) WHERE job_id = ? AND target = ? AND seq = ?"
+        )
+        params = (error, at, job_id, target, seq)
+        await self._run(lambda c: c.execute(sql, params))
+
+    async def finish_delivery(
+        self, job_id: str, target: str, seq: int, /, *, status: Status, at: float, error: str | None
+    ) -> None:
+        sql = (
+            "UPDATE callback_outbox SET status = ?, finished_at = ?, last_error = COALESCE(?, last_error) "
+            "WHERE job_id = ? AND target = ? AND seq = ? AND status = ?"
+        )
+        params = (status, at, error, job_id, target, seq, PENDING)
+        await self._run(lambda c: c.execute(sql, params))
+
+    async def deliveries(self, job_id: str) -> list[Delivery]:
+        sql = f"SELECT {DELIVERY_COLUMNS} FROM callback_outbox WHERE job_id = ? ORDER BY target, seq"  # noqa: S608
+        return await self._run(lambda c: [delivery_from_row(tuple(r)) for r in c.execute(sql, (job_id,))])
 
     async def create_runner(self, record: RunnerRecord) -> tuple[RunnerRecord, bool]:
         return await self._run(functools.partial(_create_runner, record=record))

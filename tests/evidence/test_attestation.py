@@ -28,6 +28,7 @@ from orchestrator.evidence.attestation import (
     AttestedJob,
     JobFacts,
     build_statement,
+    check_job,
     key_id,
     pae,
     read_job,
@@ -612,3 +613,67 @@ def test_job_state_enum_is_recorded_as_its_value() -> None:
     statement = build_statement(facts(state=JobState.TIMED_OUT, exit_code=None, reason="timed out after 900 s"))
     assert b'"state":"timed_out"' in base64.b64decode(sign_envelope(statement, KEY)["payload"])
     assert read_job(statement).state == "timed_out"
+
+
+# -- what the controller verified itself: the fetched commit, the source, the artifacts and reports -------------
+
+
+ARTIFACT_SHA = hashlib.sha256(b"the build").hexdigest()
+
+
+def rich(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "source": "ci",
+        "checkout": {"remote": "https://git.example/org/app.git", "commit": SHA},
+        "artifacts": [{"name": "dist/app.tar.gz", "sha256": ARTIFACT_SHA, "size": 9}],
+        "junit": {"name": "junit.xml", "sha256": "ab" * 32, "tests": 3, "passed": 2, "failed": 1, "skipped": 0},
+        "sbom": {"name": "sbom.json", "sha256": "cd" * 32, "format": "CycloneDX", "spec_version": "1.6"},
+    }
+    return {**base, **overrides}
+
+
+def test_artifacts_checkout_source_and_reports_are_in_the_statement() -> None:
+    statement = build_statement(facts(**rich()))
+    assert {"name": "artifact/dist/app.tar.gz", "digest": {"sha256": ARTIFACT_SHA}} in statement["subject"]
+    deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+    assert {"uri": "git+https://git.example/org/app.git", "digest": {"gitCommit": SHA},
+            "annotations": {"fetchedBy": "controller", "repository": "org/app"}} in deps  # fmt: skip
+    assert statement["predicate"]["buildDefinition"]["externalParameters"]["source"] == "ci"
+    byproducts = {b["name"]: b for b in statement["predicate"]["runDetails"]["byproducts"]}
+    assert byproducts["junit"]["annotations"] == {"file": "junit.xml", "tests": 3, "passed": 2, "failed": 1,
+                                                  "skipped": 0}  # fmt: skip
+    assert byproducts["sbom"]["digest"] == {"sha256": "cd" * 32}
+    job = read_job(statement)
+    assert job.source == "ci" and job.fetched_commit == SHA and job.artifacts == {ARTIFACT_SHA: "dist/app.tar.gz"}
+    assert job.fetched_from == "https://git.example/org/app.git" and job.junit is not None
+
+
+def test_a_gate_can_require_what_the_controller_verified() -> None:
+    claimed = read_job(build_statement(facts()))
+    fetched = read_job(build_statement(facts(**rich())))
+    assert check_job(fetched, require_checkout=True, expect_source="ci", expect_ref="refs/heads/main",
+                     artifact_sha256=ARTIFACT_SHA) == []  # fmt: skip
+    assert any("did not fetch commit" in p for p in check_job(claimed, require_checkout=True))
+    assert any("source mismatch" in p for p in check_job(fetched, expect_source="other"))
+    assert any("ref mismatch" in p for p in check_job(fetched, expect_ref="refs/heads/dev"))
+    assert any("not a subject" in p for p in check_job(fetched, artifact_sha256="00" * 32))
+
+
+def test_a_fetched_commit_that_is_not_the_sha_is_refused() -> None:
+    statement = build_statement(facts(**rich(checkout={"remote": "https://x/y.git", "commit": "1" * 40})))
+    with pytest.raises(AttestationError, match="is not the attested sha"):
+        read_job(statement)
+
+
+def test_cli_verify_artifact(tmp_path: Path, pubkey: Path, controller_key: Ed25519PrivateKey, capsys: Any) -> None:
+    envelope = tmp_path / "envelope.json"
+    envelope.write_text(json.dumps(envelope_for(controller_key, **rich())))
+    built = tmp_path / "app.tar.gz"
+    built.write_bytes(b"the build")
+    argv = ["attest", "verify", str(envelope), "--pubkey", str(pubkey), "--artifact", str(built)]
+    assert main([*argv, "--require-checkout", "--expect-source", "ci"]) == 0
+    out = capsys.readouterr().out
+    assert f"OK: {built} is artifact dist/app.tar.gz (sha256 {ARTIFACT_SHA}) of job delivery-123" in out
+    built.write_bytes(b"tampered")
+    assert main(argv) == 1
+    assert "is not a subject" in capsys.readouterr().err

@@ -31,7 +31,7 @@ class PausingStream:
         self.go_on = threading.Event()
         self.closed = threading.Event()
 
-    def pump(self, on_output: Callable[[bytes], None]) -> None:
+    def pump(self, on_output: Callable[[bytes], None], on_side: Callable[[bytes], None] | None = None) -> None:
         on_output(b"token: " + PREFIX)
         while not (self.go_on.wait(0.01) or self.closed.is_set()):
             pass

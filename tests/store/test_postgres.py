@@ -358,7 +358,7 @@ async def test_open_is_idempotent_on_an_existing_schema(pg_dsn_file: Path, schem
     finally:
         await first.close()
     schema = await _schema_of(schema_dsn)
-    assert {row[0] for row in schema} == {"jobs", "probe", "runners"}
+    assert {row[0] for row in schema} == {"jobs", "probe", "runners", "callback_outbox"}
     rows = await _query(schema_dsn, "SELECT * FROM jobs ORDER BY id")
     assert len(rows) == 2
     for _ in range(3):
