@@ -12,6 +12,7 @@ import os
 import posixpath
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -935,97 +936,85 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
                         checkout[key] = str(base / checkout[key])
 
 
+def check_private_file(where: str, file: Path, parse: Callable[[str], object], *, private: bool = True) -> list[str]:
+    """The one check of a file the controller reads a secret from: readable UTF-8, accepted by `parse` (which raises
+    ValueError saying what is wrong, never quoting the content), and -- when `private` -- chmod 600."""
+    try:
+        parse(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return [f"{where}: file not found"]
+    except PermissionError:
+        return [f"{where}: not readable by this user"]
+    except UnicodeDecodeError:
+        return [f"{where}: not UTF-8 text"]
+    except OSError as exc:
+        return [f"{where}: cannot read: {exc.strerror or type(exc).__name__}"]
+    except ValueError as exc:
+        problems = [f"{where}: {exc}"]
+    else:
+        problems = []
+    if private and file.stat().st_mode & 0o077:
+        problems.append(f"{where}: readable by group/others; run chmod 600 on it")
+    return problems
+
+
+def _not_empty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("empty")
+    return text
+
+
+def _pem_key(hint: str) -> Callable[[str], object]:
+    def parse(text: str) -> None:
+        if "PRIVATE KEY-----" not in _not_empty(text):
+            raise ValueError(hint)
+
+    return parse
+
+
 def _check_forge_files(name: str, forge: ForgeConfig) -> list[str]:
     """The forge's key or token file: readable, not empty, chmod 600; errors never quote the content."""
     problems = []
-    for key, file in (("private_key_file", forge.private_key_file), ("token_file", forge.token_file)):
-        if file is None:
-            continue
-        where = f"sources.{name}.forge.{key}: {file}"
-        try:
-            text = file.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            problems.append(f"{where}: file not found")
-            continue
-        except PermissionError:
-            problems.append(f"{where}: not readable by this user")
-            continue
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(f"{where}: cannot read: {getattr(exc, 'strerror', None) or type(exc).__name__}")
-            continue
-        if not text:
-            problems.append(f"{where}: empty")
-        elif key == "private_key_file" and "PRIVATE KEY-----" not in text:
-            problems.append(f"{where}: not a PEM private key (download it from the GitHub App's settings)")
-        if file.stat().st_mode & 0o077:
-            problems.append(f"{where}: readable by group/others; run chmod 600 on it")
+    if forge.private_key_file is not None:
+        where = f"sources.{name}.forge.private_key_file: {forge.private_key_file}"
+        hint = "not a PEM private key (download it from the GitHub App's settings)"
+        problems += check_private_file(where, forge.private_key_file, _pem_key(hint))
+    if forge.token_file is not None:
+        problems += check_private_file(f"sources.{name}.forge.token_file: {forge.token_file}", forge.token_file,
+                                       _not_empty)  # fmt: skip
     return problems
 
 
 def _check_checkout_files(name: str, checkout: CheckoutConfig) -> list[str]:
     """The checkout's token or deploy key (readable, not empty, chmod 600) and known_hosts file (readable, not
     empty); errors never quote the content."""
+    where = f"sources.{name}.checkout"
     problems = []
-    files = (
-        ("token_file", checkout.token_file),
-        ("deploy_key_file", checkout.deploy_key_file),
-        ("known_hosts_file", checkout.known_hosts_file),
-    )
-    for key, file in files:
-        if file is None:
-            continue
-        where = f"sources.{name}.checkout.{key}: {file}"
-        try:
-            text = file.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            problems.append(f"{where}: file not found")
-            continue
-        except PermissionError:
-            problems.append(f"{where}: not readable by this user")
-            continue
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(f"{where}: cannot read: {getattr(exc, 'strerror', None) or type(exc).__name__}")
-            continue
-        if not text:
-            problems.append(f"{where}: empty")
-        elif key == "deploy_key_file" and "PRIVATE KEY-----" not in text:
-            problems.append(f"{where}: not a private key (ssh-keygen -t ed25519 -f FILE makes one)")
-        elif key == "token_file" and any(c.isspace() or ord(c) < 0x20 for c in text):
-            problems.append(f"{where}: the token must be one line without spaces")
-        if key != "known_hosts_file" and file.stat().st_mode & 0o077:
-            problems.append(f"{where}: readable by group/others; run chmod 600 on it")
+    if checkout.token_file is not None:
+        problems += check_private_file(f"{where}.token_file: {checkout.token_file}", checkout.token_file,
+                                       read_status_token_text)  # fmt: skip
+    if checkout.deploy_key_file is not None:
+        hint = "not a private key (ssh-keygen -t ed25519 -f FILE makes one)"
+        problems += check_private_file(f"{where}.deploy_key_file: {checkout.deploy_key_file}",
+                                       checkout.deploy_key_file, _pem_key(hint))  # fmt: skip
+    if checkout.known_hosts_file is not None:
+        problems += check_private_file(f"{where}.known_hosts_file: {checkout.known_hosts_file}",
+                                       checkout.known_hosts_file, _not_empty, private=False)  # fmt: skip
     return problems
 
 
 def _check_callback_files(name: str, src: SourceConfig) -> list[str]:
     """The callback secret (a whsec_ secret) and the commit-status token: readable, valid, chmod 600; errors never
     quote the content."""
-    files: list[tuple[str, Path]] = []
-    if src.callbacks is not None:
-        files.append((f"sources.{name}.callbacks.secret_file", src.callbacks.secret_file))
-    if src.commit_status is not None:
-        files.append((f"sources.{name}.commit_status.token_file", src.commit_status.token_file))
     problems = []
-    for where, file in files:
-        try:
-            if where.endswith("secret_file"):
-                read_callback_secret(file)
-            else:
-                read_status_token(file)
-        except FileNotFoundError:
-            problems.append(f"{where}: {file}: file not found")
-            continue
-        except PermissionError:
-            problems.append(f"{where}: {file}: not readable by this user")
-            continue
-        except OSError as exc:
-            problems.append(f"{where}: {file}: cannot read: {exc.strerror}")
-            continue
-        except (ValueError, UnicodeDecodeError) as exc:
-            problems.append(f"{where}: {file}: {exc}")
-            continue
-        if file.stat().st_mode & 0o077:
-            problems.append(f"{where}: {file}: readable by group/others; run chmod 600 on it")
+    if src.callbacks is not None:
+        file = src.callbacks.secret_file
+        problems += check_private_file(f"sources.{name}.callbacks.secret_file: {file}", file,
+                                       lambda text: decode_secret("standard-webhooks", text.strip()))  # fmt: skip
+    if src.commit_status is not None:
+        file = src.commit_status.token_file
+        problems += check_private_file(f"sources.{name}.commit_status.token_file: {file}", file,
+                                       read_status_token_text)  # fmt: skip
     return problems
 
 
@@ -1037,7 +1026,12 @@ def read_callback_secret(file: Path) -> str:
 
 
 def read_status_token(file: Path) -> str:
-    text = file.read_text(encoding="utf-8").strip()
+    return read_status_token_text(file.read_text(encoding="utf-8"))
+
+
+def read_status_token_text(text: str) -> str:
+    """A token file's token: one line, no spaces (ValueError never quotes it)."""
+    text = text.strip()
     if not text:
         raise ValueError("empty")
     if any(c.isspace() or ord(c) < 0x20 for c in text):
@@ -1048,40 +1042,17 @@ def read_status_token(file: Path) -> str:
 def _check_secret_files(name: str, src: SourceConfig) -> list[str]:
     problems = []
     for file in src.secret_files:
-        where = f"sources.{name}.secret_files: {file}"
-        try:
-            decode_secret(src.scheme, file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            problems.append(f"{where}: file not found")
-        except PermissionError:
-            problems.append(f"{where}: not readable by this user")
-        except OSError as exc:
-            problems.append(f"{where}: cannot read: {exc.strerror}")
-        except (ValueError, UnicodeDecodeError) as exc:
-            problems.append(f"{where}: {exc}")
-        else:
-            if file.stat().st_mode & 0o077:
-                problems.append(f"{where}: readable by group/others; run chmod 600 on it")
+        problems += check_private_file(f"sources.{name}.secret_files: {file}", file,
+                                       lambda text: decode_secret(src.scheme, text))  # fmt: skip
     return problems
 
 
 def _check_pool_secret(where: str, file: Path, min_length: int) -> list[str]:
-    try:
-        value = read_pool_secret(file)
-    except FileNotFoundError:
-        return [f"{where}: {file}: file not found"]
-    except PermissionError:
-        return [f"{where}: {file}: not readable by this user"]
-    except UnicodeDecodeError:
-        return [f"{where}: {file}: not UTF-8 text"]
-    except OSError as exc:
-        return [f"{where}: {file}: cannot read: {exc.strerror}"]
-    problems = []
-    if len(value) < min_length:
-        problems.append(f"{where}: the value is shorter than {min_length} characters and cannot be masked safely")
-    if file.stat().st_mode & 0o077:
-        problems.append(f"{where}: {file}: readable by group/others; run chmod 600 on it")
-    return problems
+    def parse(text: str) -> None:
+        if len(text.removesuffix("\n").removesuffix("\r")) < min_length:
+            raise ValueError(f"the value is shorter than {min_length} characters and cannot be masked safely")
+
+    return check_private_file(f"{where}: {file}", file, parse)
 
 
 def read_pool_secret(file: Path) -> str:
