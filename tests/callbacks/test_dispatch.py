@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from callback_receiver import Receiver
 
 from orchestrator.callbacks.outbox import CALLBACK, STATUS
 from orchestrator.evidence.audit import AUDIT_FILE_NAME
 
+from callback_receiver import Receiver
 from conftest import RunningController, job_spec
 from ports import free_port
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from git_server import Exec, GitDaemon, GitHttpServer, Link, SourceRepo, git
 
 from orchestrator.checkout import (
     Checkouts,
@@ -30,6 +29,8 @@ from orchestrator.checkout import (
     UnknownCommit,
 )
 from orchestrator.config import Config
+
+from git_server import Exec, GitDaemon, GitHttpServer, Link, SourceRepo, git
 
 TOKEN = "tok-3f9a1c77-never-in-argv"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from callback_receiver import Receiver
 
+from callback_receiver import Receiver
 from conftest import job_spec
 
 pytestmark = pytest.mark.docker

@@ -41,6 +41,8 @@ from orchestrator.runtime.container_spec import (
     stdin_payload,
 )
 
+from tarballs import tar_bytes
+
 SH = "/bin/sh"
 CMD_MARKER = "cmd-marker-7f3a9c"
 SECRET_MARKER = "secret-value-b81e44"
@@ -605,25 +607,12 @@ def test_bootstrap_with_character_count_frame_would_truncate(box: Sandbox) -> No
 # --- the workspace archive in, the side channel out --------------------------------------------------------------
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    import io
-    import tarfile
-
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def test_workspace_archive_is_unpacked_before_the_commands_and_the_rest_of_stdin_never_reaches_them(
     box: Sandbox,
 ) -> None:
     if not shutil.which("tar") or not shutil.which("dd"):
         pytest.skip("needs tar and dd")
-    inbound = _tar({"src/main.c": b"int main(void) { return 0; }\n", "README": b"hi\n"})
+    inbound = tar_bytes({"src/main.c": b"int main(void) { return 0; }\n", "README": b"hi\n"})
     io_ = WorkspaceIO(inbound_bytes=len(inbound), nonce="n0nce")
     script = box.localize(job_script(["cat README", "cat > stdin-seen"], io=io_).decode()).encode()
     res = box.run_bootstrap(stdin_payload(script) + inbound + b"echo INJECTED > injected\n")

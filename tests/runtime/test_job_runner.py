@@ -29,6 +29,7 @@ from orchestrator.runtime.workspace import Workspaces
 from orchestrator.store.sqlite import SQLiteJobStore
 
 from fakes import FakeCredentials, FakeRuntime, Program, RecordingEvents, Side, eventually, runs
+from tarballs import tar_bytes
 
 IMAGE = "runner-orchestrator/test-runner:local"
 
@@ -305,19 +306,6 @@ async def test_a_job_moved_by_another_writer_is_left_alone(rig: Any) -> None:
 # -- artifacts over the side channel (the fake container writes what the job script would) -----------------------
 
 
-def _side_tar(files: dict[str, bytes]) -> bytes:
-    import io
-    import tarfile
-
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 NONCE = "ab" * 16
 
 
@@ -327,7 +315,7 @@ def fixed_nonce(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_artifacts_from_the_side_channel_are_kept_and_attested(rig: Any, fixed_nonce: None) -> None:
-    section = f"ORCH1 {NONCE} artifacts\n".encode() + _side_tar({"dist/app": b"APP"})
+    section = f"ORCH1 {NONCE} artifacts\n".encode() + tar_bytes({"dist/app": b"APP"})
     r: Rig = await rig(runs(b"built\n", Side(b"sh: a bootstrap warning\n"), Side(section), exit_code=0))
     job = await r.run(await r.submit(["make"], artifacts={"paths": ["dist"]}))
     assert job.state is JobState.SUCCEEDED, job.reason

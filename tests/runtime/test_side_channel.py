@@ -9,17 +9,13 @@ from pathlib import Path
 
 from orchestrator.runtime.side_channel import SideChannel, iter_file, members_end, open_section, sections
 
+from tarballs import tar_bytes
+
 NONCE = "0123456789abcdef0123456789abcdef"
 
 
-def tar_bytes(files: dict[str, bytes], *, record_padding: bool = True) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    raw = buf.getvalue()
+def tar_of(files: dict[str, bytes], *, record_padding: bool = True) -> bytes:
+    raw = tar_bytes(files, format=tarfile.USTAR_FORMAT)
     if not record_padding:  # busybox tar: two zero blocks, no padding to a 10240-byte record
         raw = raw[: members_end(io.BytesIO(raw), 0, len(raw)) + 1024]
     return raw
@@ -35,8 +31,8 @@ def channel(tmp_path: Path, max_bytes: int = 10**7) -> tuple[SideChannel, list[b
 
 
 def test_sections_of_both_tar_styles_and_an_empty_one(tmp_path: Path) -> None:
-    gnu = tar_bytes({"a.txt": b"A" * 700, "b/c.txt": b"C"})
-    busybox = tar_bytes({"cache/x": b"X" * 5}, record_padding=False)
+    gnu = tar_of({"a.txt": b"A" * 700, "b/c.txt": b"C"})
+    busybox = tar_of({"cache/x": b"X" * 5}, record_padding=False)
     side, logged = channel(tmp_path)
     stream = b"sh: oops\n" + header("artifacts") + gnu + header("cache") + busybox + header("empty")
     for i in range(0, len(stream), 333):  # any chunking
@@ -57,7 +53,7 @@ def test_sections_of_both_tar_styles_and_an_empty_one(tmp_path: Path) -> None:
 
 
 def test_a_cut_stream_and_the_spool_cap(tmp_path: Path) -> None:
-    data = tar_bytes({"big": b"B" * 5000})
+    data = tar_of({"big": b"B" * 5000})
     side, _ = channel(tmp_path, max_bytes=3000)
     side.feed(header("artifacts") + data)
     side.close()
@@ -85,7 +81,7 @@ def test_garbage_after_a_header_is_no_section(tmp_path: Path) -> None:
 
 
 def test_two_archives_read_as_one_when_the_first_loses_its_end(tmp_path: Path) -> None:
-    first, second = tar_bytes({"src/main.c": b"int main;"}), tar_bytes({"deps/lib": b"L"})
+    first, second = tar_of({"src/main.c": b"int main;"}), tar_of({"deps/lib": b"L"})
     path = tmp_path / "first.tar"
     path.write_bytes(first)
     end = members_end(io.BytesIO(first), 0, len(first))
