@@ -5,8 +5,10 @@ the artifact, and caches are scoped to repository and ref with the default branc
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -155,6 +157,7 @@ async def test_caches_are_scoped_to_the_ref_with_the_default_branch_as_fallback(
 # -- the controller's own checkout: a real git smart-HTTP server with a token, a job without network --------------
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "checkout"))
+from callback_receiver import Receiver  # noqa: E402
 from git_server import Exec, GitHttpServer, Link, SourceRepo  # noqa: E402
 
 GIT_TOKEN = "git-token-" + "5" * 24
@@ -177,12 +180,18 @@ async def test_a_job_without_network_builds_its_checked_out_commit(
         token_file = tmp_path / "git.token"
         token_file.write_text(GIT_TOKEN + "\n")
         token_file.chmod(0o600)
+        callback_secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
+        (tmp_path / "callback.secret").write_text(callback_secret)
+        (tmp_path / "callback.secret").chmod(0o600)
+        receiver = Receiver(callback_secret)
+        await receiver.start()
         settings = {
             "sources": {
                 "test": {
                     "scheme": "standard-webhooks",
                     "secret_file": str(tmp_path / "webhook.secret"),
                     "checkout": {"remote": server.url + "/{repository}.git", "token_file": str(token_file)},
+                    "callbacks": {"url": receiver.url, "secret_file": str(tmp_path / "callback.secret")},
                 }
             }
         }
@@ -194,17 +203,42 @@ async def test_a_job_without_network_builds_its_checked_out_commit(
             job = await ctl.wait_final(body["id"])
             return job, (await ctl.logs(body["id"])).decode()
 
-        job, log = await run(
-            commands=["ls -l", "cat docs", "./build.sh", "mkdir -p deps && echo cached > deps/x"],
-            artifacts={"paths": ["dist/out.txt"]},
+        body = job_spec(
+            repository="acme/app",
+            sha=sha,
+            commands=["sleep 1", "ls -l", "cat docs", "./build.sh", "mkdir -p deps && echo cached > deps/x",
+                      write("junit.xml", JUNIT), write("sbom.json", SBOM)],
+            artifacts={"paths": ["dist/out.txt"], "reports": {"junit": "junit.xml", "sbom": "sbom.json"}},
             cache={"key": "deps", "paths": ["deps"], "key_files": ["deps.lock"]},
-        )
+        )  # fmt: skip
+        assert (await ctl.post_webhook(body))[0] == 202
+        # While it runs, `docker inspect` shows neither the git credential nor the callback secret.
+        for _ in range(100):
+            running = managed_containers(docker_client, ctl.controller_id)
+            if running:
+                inspected = json.dumps(docker_client.api.inspect_container(running[0].id))
+                assert GIT_TOKEN not in inspected and callback_secret not in inspected
+                assert base64.b64encode(GIT_TOKEN.encode()).decode()[:20] not in inspected
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the job's container was never seen running")
+        job = await ctl.wait_final(body["id"])
+        log = (await ctl.logs(body["id"])).decode()
         assert job["status"] == "succeeded", (job, log)
+        # The receiver got every state of the job, in order, each signature verified (svix and the intake's own).
+        await receiver.wait_for(lambda: receiver.states(body["id"])[-1:] == ["succeeded"])
+        assert receiver.states(body["id"]) == ["queued", "starting", "running", "succeeded"]
+        assert receiver.rejected == 0
         assert f"checkout: acme/app at {sha} from {server.url}/acme/app.git" in log
         assert "hello from git" in log and "built" in log
         assert GIT_TOKEN not in log
         status, manifest = await ctl.api("GET", f"/api/v1/jobs/{job['job_id']}/artifacts")
-        assert status == 200 and [f["name"] for f in manifest["files"]] == ["dist/out.txt"]
+        assert status == 200 and [f["name"] for f in manifest["files"]] == ["dist/out.txt", "junit.xml", "sbom.json"]
+        assert manifest["junit"]["failed"] == 1 and manifest["sbom"]["format"] == "CycloneDX"
+        for secret in (GIT_TOKEN, callback_secret):  # nothing secret in the store or the API either
+            assert secret.encode() not in (tmp_path / "data" / "jobs.sqlite3").read_bytes()
+            assert secret not in json.dumps((await ctl.api("GET", f"/api/v1/jobs/{job['job_id']}"))[1])
 
         # The attestation records the commit the controller fetched, and where from.
         att, pub = tmp_path / "att.json", tmp_path / "att.pub"
@@ -234,3 +268,5 @@ async def test_a_job_without_network_builds_its_checked_out_commit(
         assert managed_containers(docker_client, ctl.controller_id) == []
     finally:
         await server.stop()
+        if "receiver" in locals():
+            await receiver.stop()
