@@ -54,6 +54,7 @@ from orchestrator.runtime.docker_engine import DockerEngine
 from orchestrator.runtime.job_runner import JobRunner
 from orchestrator.runtime.protocol import ContainerRuntime
 from orchestrator.runtime.runtimes import check_pool_runtimes
+from orchestrator.runtime.warm_pool import WarmPool
 from orchestrator.runtime.workspace import Workspaces
 from orchestrator.scheduling.events import ControllerJobEvents
 from orchestrator.scheduling.scheduler import Scheduler
@@ -86,6 +87,7 @@ class Controller:
     connection_guards: dict[str, ConnectionGuard] = field(default_factory=dict)  # listener -> its guard (metrics)
     callbacks: Dispatcher | None = None  # status callbacks and commit statuses, from the store's outbox
     artifacts: ArtifactStore | None = None
+    warm: WarmPool | None = None
 
 
 def plan_connections(config: Config, soft_limit: int) -> tuple[ConnectionLimits, DescriptorPlan]:
@@ -169,11 +171,14 @@ def build_controller(
     )
     checkouts = Checkouts(config) if any(src.checkout is not None for src in config.sources.values()) else None
     workspaces = Workspaces(config, artifacts=artifacts, caches=caches, work_dir=data / "work", checkouts=checkouts)
+    warm = WarmPool(config, engine, metrics) if any(pool.warm for pool in config.pools.values()) else None
     runner = JobRunner(
         config, store, engine, logs, events, credentials=credentials, registrar=runners, attestations=attestations,
-        workspaces=workspaces,
+        workspaces=workspaces, warm=warm,
     )  # fmt: skip
-    scheduler = Scheduler(config, store, engine, runner, events, auditor, credentials=credentials)
+    scheduler = Scheduler(
+        config, store, engine, runner, events, auditor, credentials=credentials, owned=warm.owns if warm else None
+    )
     sources = {
         name: WebhookSource(name, src.scheme, tuple(read_source_secrets(src))) for name, src in config.sources.items()
     }
@@ -211,6 +216,8 @@ def build_controller(
             stats["vault"] = credentials.stats()
         if runners is not None:
             stats["runners"] = runners.stats()
+        if warm is not None:
+            stats["warm"] = warm.stats()
         return stats
 
     metrics.watch(live)
@@ -239,6 +246,7 @@ def build_controller(
         connection_guards=guards,
         callbacks=callbacks,
         artifacts=artifacts,
+        warm=warm,
     )
 
 
@@ -335,6 +343,8 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
             controller.background.append(asyncio.create_task(_rotate_keys_periodically(controller.signing_keys)))
         if controller.credentials is not None:
             controller.background.append(asyncio.create_task(_every(3600.0, controller.credentials.maintain)))
+        if controller.warm is not None:  # after reconciliation removed what a previous process left
+            controller.background.append(asyncio.create_task(controller.warm.run_forever(), name="warm-pool"))
         sweep = controller.scheduler.sweep_forever(controller.config.docker.sweep_interval_s)
         controller.background.append(asyncio.create_task(sweep))
         controller.background.append(asyncio.create_task(_summarise_refusals_periodically(controller)))

@@ -548,6 +548,8 @@ class PoolConfig(_Strict):
     )
     unsafe: UnsafeOptIns = Field(default_factory=UnsafeOptIns)
     runner: RunnerPoolConfig | None = Field(None, description="serve a forge's jobs with single-use runners")
+    warm: int = Field(0, ge=0, le=256, description="pre-started containers kept ready for this pool's next jobs")
+    warm_max_age_s: float = Field(900.0, ge=10, description="a warm container older than this is replaced")
     artifacts_max_bytes: int = Field(1024**3, description="most artifact bytes one job keeps; bytes or 512m")
     cache_max_bytes: int = Field(1024**3, description="largest cache entry a job saves; bytes or 512m")
 
@@ -710,7 +712,22 @@ class Config(_Strict):
     artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
     caches: CachesConfig = Field(default_factory=CachesConfig)
     max_total_concurrent: int = Field(16, ge=1)
+    max_warm: int = Field(32, ge=0, description="warm containers across pools; the pools' `warm` must fit")
+    warm_refill_concurrency: int = Field(2, ge=1, le=32, description="warm containers made at once")
     max_queued_total: int = Field(10_000, ge=1, description="accepted-but-waiting jobs across pools; then 429")
+
+    @model_validator(mode="after")
+    def _warm_fits(self) -> Config:
+        wanted = {name: pool.warm for name, pool in self.pools.items() if pool.warm}
+        if sum(wanted.values()) > self.max_warm:
+            listed = ", ".join(f"pools.{name}.warm = {n}" for name, n in wanted.items())
+            raise ValueError(f"max_warm = {self.max_warm} is less than the pools' warm containers ({listed})")
+        for name, pool in self.pools.items():
+            if pool.warm and pool.runner is not None:
+                raise ValueError(
+                    f"pools.{name}.warm: a forge runner pool keeps registered runners warm with runner.min_idle"
+                )
+        return self
 
     @model_validator(mode="after")
     def _runner_pools_name_forge_sources(self) -> Config:

@@ -66,6 +66,8 @@ class FakeStream:
         self.closed = threading.Event()
 
     def send(self, payload: bytes) -> None:
+        if self.container.exited.is_set() or self.closed.is_set():
+            raise BrokenPipeError("the container is gone")
         self.container.stdin += payload
 
     def pump(self, on_output: Callable[[bytes], None], on_side: Callable[[bytes], None] | None = None) -> None:
@@ -86,6 +88,9 @@ class FakeStream:
         while not (c.exited.is_set() or self.closed.is_set()):  # runs until stopped; its output ends with it
             c.exited.wait(0.01)
 
+    def alive(self) -> bool:
+        return not (self.closed.is_set() or self.container.exited.is_set())
+
     def close(self) -> None:
         self.closed.set()
 
@@ -105,6 +110,7 @@ class FakeRuntime:
         self.program = program or (lambda spec: runs(b"hello\n"))
         self.containers: dict[str, FakeContainer] = {}
         self.removed: list[str] = []
+        self.removed_stdin: dict[str, bytes] = {}  # what each removed container was sent
         self.calls: list[tuple[str, str]] = []
         self.fail: dict[str, list[EngineError]] = {}
         self.journal = journal if journal is not None else []
@@ -215,6 +221,7 @@ class FakeRuntime:
             container.stopping.set()
             container.exit(137)
             self.removed.append(container_id)
+            self.removed_stdin[container_id] = bytes(container.stdin)
             self.journal.append("container removed")
 
     async def list_managed(self, controller_id: str) -> list[ManagedContainer]:

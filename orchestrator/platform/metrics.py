@@ -129,6 +129,31 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.warm_ready = Gauge(
+            "orchestrator_warm_ready",
+            "Warm containers started and waiting for a job, by pool",
+            ["pool"],
+            registry=self.registry,
+        )
+        self.warm_claims = Counter(
+            "orchestrator_warm_claims",
+            "Jobs started, by pool and whether a warm container served them (warm) or one was made for them (cold)",
+            ["pool", "how"],
+            registry=self.registry,
+        )
+        self.warm_refill = Histogram(
+            "orchestrator_warm_refill_seconds",
+            "Making one warm container: create, attach, start",
+            ["pool"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.warm_replaced = Counter(
+            "orchestrator_warm_replaced",
+            "Warm containers removed unused, by pool and cause (age, config, image, died, outage, shutdown)",
+            ["pool", "cause"],
+            registry=self.registry,
+        )
         self.callbacks_pending = Gauge(
             "orchestrator_callbacks_pending",
             "Status callback and commit status deliveries waiting in the outbox, by target (callback, status)",

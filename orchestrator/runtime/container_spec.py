@@ -22,6 +22,7 @@ LABEL_CONTROLLER = LABEL_PREFIX + "controller-id"
 LABEL_JOB = LABEL_PREFIX + "job-id"
 LABEL_POOL = LABEL_PREFIX + "pool"
 LABEL_ATTEMPT = LABEL_PREFIX + "attempt"
+LABEL_WARM = LABEL_PREFIX + "warm"
 
 WORKSPACE = "/workspace"
 JOB_DIR = "/run/job"
@@ -111,6 +112,18 @@ def labels_for(pool_name: str, pool: PoolConfig, controller_id: str, job_id: str
     return labels
 
 
+def job_env(spec: JobSpec) -> dict[str, str]:
+    """The job's environment. It reaches the container in the script (exported before the commands), not in the
+    create arguments: a container made before its job (a warm one) holds nothing of the job."""
+    return {
+        "CI_JOB_ID": spec.id,
+        "CI_REPOSITORY": spec.repository,
+        "CI_REF": spec.ref,
+        "CI_SHA": spec.sha,
+        **spec.env,
+    }
+
+
 def build_container_spec(
     spec: JobSpec,
     pool: PoolConfig,
@@ -119,19 +132,27 @@ def build_container_spec(
     attempt: int = 1,
     init: bool = True,
 ) -> ContainerSpec:
+    labels = labels_for(spec.pool, pool, controller_id, spec.id, attempt)
+    return _container_spec(container_name(controller_id, spec.id, attempt), spec.pool, pool, labels, init=init)
+
+
+def build_warm_spec(
+    pool_name: str, pool: PoolConfig, *, controller_id: str, tag: str, init: bool = True
+) -> ContainerSpec:
+    """A pool's container made before any job claims it: the same hardening and bootstrap, labels that say warm
+    instead of naming a job, a name of its own (`tag`: random). Its job arrives over stdin at claim time."""
+    labels = {k: v for k, v in pool.labels.items() if not k.startswith(LABEL_PREFIX)}
+    labels.update({LABEL_MANAGED: "true", LABEL_CONTROLLER: controller_id, LABEL_POOL: pool_name, LABEL_WARM: "true"})
+    return _container_spec(f"orch-{controller_id}-warm-{pool_name}-{tag}", pool_name, pool, labels, init=init)
+
+
+def _container_spec(
+    name: str, pool_name: str, pool: PoolConfig, labels: dict[str, str], *, init: bool
+) -> ContainerSpec:
     uid, _, gid = pool.user.partition(":")
     gid = gid or uid
     owner = f"uid={uid},gid={gid}"
-    env = {
-        "HOME": WORKSPACE,
-        "CI": "true",
-        "CI_JOB_ID": spec.id,
-        "CI_REPOSITORY": spec.repository,
-        "CI_REF": spec.ref,
-        "CI_SHA": spec.sha,
-        "CI_POOL": spec.pool,
-        **spec.env,
-    }
+    env = {"HOME": WORKSPACE, "CI": "true", "CI_POOL": pool_name}
     create = CreateArgs(
         image=pool.image,
         entrypoint=["/bin/sh", "-c", BOOTSTRAP],
@@ -139,7 +160,7 @@ def build_container_spec(
         user=f"{uid}:{gid}",
         working_dir=WORKSPACE,
         environment=env,
-        labels=labels_for(spec.pool, pool, controller_id, spec.id, attempt),
+        labels=labels,
         hostname="job",
         stdin_open=True,
         tty=False,
@@ -173,7 +194,7 @@ def build_container_spec(
         # except nosuid and nodev, which it ignores; tests/integration/test_runsc.py shows what covers for them.
         host["runtime"] = pool.runtime
     _apply_unsafe(host, pool)
-    return ContainerSpec(name=container_name(controller_id, spec.id, attempt), create=create, host=host)
+    return ContainerSpec(name=name, create=create, host=host)
 
 
 def _apply_unsafe(host: HostConfig, pool: PoolConfig) -> None:
@@ -229,7 +250,12 @@ def _emit(kind: str, patterns: Sequence[str], nonce: str) -> list[str]:
     ]
 
 
-def job_script(commands: Sequence[str], secrets: Sequence[SecretFile] = (), io: WorkspaceIO | None = None) -> bytes:
+def job_script(
+    commands: Sequence[str],
+    secrets: Sequence[SecretFile] = (),
+    io: WorkspaceIO | None = None,
+    env: Mapping[str, str] | None = None,
+) -> bytes:
     """The script the bootstrap runs: secrets into the tmpfs / exported, the workspace archive unpacked, then each
     command, stopping at the first failure with its exit code, then the archives the job hands back. Commands share
     one shell so `cd` and variables carry over, as in GitLab CI; they run with stdin /dev/null and without fd 9."""
@@ -237,6 +263,8 @@ def job_script(commands: Sequence[str], secrets: Sequence[SecretFile] = (), io: 
     # One stream keeps the true order of stdout and stderr lines: Docker copies the two pipes independently. The
     # real stderr stays open as fd 9 for the side channel only.
     lines = [f"rm -f {JOB_DIR}/script.sh", "exec 9>&2 2>&1", "umask 077"]
+    for name, value in (env or {}).items():  # names validated at admission (jobs/spec.py)
+        lines.append(f"export {name}={_sh(value)}")
     for secret in secrets:
         if secret.deliver == "env":
             lines.append(f"export {secret.name}={_sh(secret.value)}")

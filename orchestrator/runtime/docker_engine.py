@@ -136,6 +136,16 @@ class AttachedStream:
         finally:
             self.close()
 
+    def alive(self) -> bool:
+        if self._closed.is_set():
+            return False
+        try:
+            return bool(self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))  # b"": the container is gone
+        except BlockingIOError:
+            return True  # nothing to read: the bootstrap waits for its script
+        except OSError:
+            return False
+
     def close(self) -> None:
         if not self._closed.is_set():
             self._closed.set()

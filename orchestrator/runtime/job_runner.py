@@ -26,8 +26,9 @@ from orchestrator.jobs.states import Job, JobState, exit_reason, state_for_exit,
 from orchestrator.logs.redact import SecretSet, SecretTooShortError, StreamRedactor
 from orchestrator.logs.store import JobLog, LogStore
 from orchestrator.logs.timestamps import LineTimestamper
-from orchestrator.runtime.container_spec import WorkspaceIO, build_container_spec, job_script, stdin_payload
+from orchestrator.runtime.container_spec import WorkspaceIO, build_container_spec, job_env, job_script, stdin_payload
 from orchestrator.runtime.protocol import ContainerRuntime, EngineError, OutputStream
+from orchestrator.runtime.warm_pool import WarmPool
 from orchestrator.runtime.workspace import Workspace, WorkspaceError, Workspaces
 from orchestrator.store.base import JobStore
 
@@ -87,10 +88,12 @@ class JobRunner:
         registrar: RunnerRegistrar | None = None,
         attestations: AttestationStore | None = None,
         workspaces: Workspaces | None = None,
+        warm: WarmPool | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.registrar = registrar
         self.workspaces = workspaces
+        self.warm = warm
         self.config = config
         self.store = store
         self.engine = engine
@@ -188,25 +191,20 @@ class JobRunner:
             at.workspace = await self.workspaces.prepare(at.job)
         elif at.job.spec.artifacts or at.job.spec.cache:
             raise WorkspaceError("the job asks for artifacts or a cache but this controller keeps none")
-        cspec = build_container_spec(
-            at.job.spec,
-            self.config.pools[at.job.pool],
-            controller_id=self.config.controller_id,
-            attempt=at.job.attempt,
-            init=self.config.docker.init,
-        )
-        with contextlib.suppress(EngineError):
-            at.image_id = await self.engine.image_id(self.config.pools[at.job.pool].image)
-        at.container_id = await self.engine.create(cspec)
-        at.job = await self._save(at.job, container_id=at.container_id)
-        if control.cancel.is_set():
-            return cancelled
-        at.stream = await self.engine.attach(at.container_id)
-        await self.engine.start(at.container_id)
         io = at.workspace.io if at.workspace is not None else WorkspaceIO()
-        payload = stdin_payload(job_script(at.job.spec.commands, delivered, io))
-        # Output is read from here on, while the script and the workspace archive are sent and the state change is
-        # stored: the first line never waits, and a container that stops reading its stdin cannot stall the send.
+        payload = stdin_payload(job_script(at.job.spec.commands, delivered, io, env=job_env(at.job.spec)))
+        if not await self._claim_warm(at, payload):
+            if control.cancel.is_set():
+                return cancelled
+            if not await self._start_cold(at, control):
+                return cancelled
+            assert at.stream is not None
+            await asyncio.to_thread(at.stream.send, payload)
+        elif control.cancel.is_set():
+            return cancelled
+        assert at.stream is not None and at.container_id is not None
+        # Output is read from here on, while the workspace archive is sent and the state change is stored: the
+        # first line never waits, and a container that stops reading its stdin cannot stall the send.
         pump = _OutputPump(at, at.redactor, self.clock)
         if at.workspace is not None:
             at.workspace.open_side(pump.output)  # what is not a section is output like any
@@ -215,15 +213,55 @@ class JobRunner:
         pump.start(at.stream)
         if io.inbound_bytes:
             assert at.workspace is not None
-            at.sender = asyncio.ensure_future(asyncio.to_thread(_send_all, at.stream, payload, at.workspace.inbound()))
-        else:
-            await asyncio.to_thread(at.stream.send, payload)
+            at.sender = asyncio.ensure_future(asyncio.to_thread(_send_all, at.stream, at.workspace.inbound()))
         at.job = await self._move(at.job, JobState.RUNNING)
         self.events.started(at.job)
         outcome = await self._supervise(at, at.container_id, at.stream, pump, control)
         if at.workspace is not None and outcome[2] is not None:  # it exited: what it handed back is complete
             outcome = await self._collect(at, outcome)
         return outcome
+
+    async def _claim_warm(self, at: _Attempt, payload: bytes) -> bool:
+        """Takes a warm container of the job's pool, if one is ready: recorded as the job's container in the store
+        *before* the script is sent (reconciliation after a crash must know which container ran which job), then
+        the script goes over its stdin. False: none was ready, or the one claimed died before it got the script
+        (then it is removed and the job is served cold)."""
+        if self.warm is None:
+            return False
+        warm = self.warm.claim(at.job.pool)
+        if warm is None:
+            return False
+        at.container_id, at.stream, at.image_id = warm.id, warm.stream, warm.image_id
+        at.job = await self._save(at.job, container_id=warm.id)
+        try:
+            await asyncio.to_thread(warm.stream.send, payload)
+        except OSError as exc:
+            log.warning("a warm container died before its script was sent; serving the job cold",
+                        extra={"job_id": at.job.id, "container_id": warm.id[:12], "error": str(exc)})  # fmt: skip
+            warm.stream.close()
+            await self._remove(at.job.id, warm.id)
+            self.warm.released(warm.id)
+            at.container_id, at.stream, at.image_id = None, None, ""
+            return False
+        return True
+
+    async def _start_cold(self, at: _Attempt, control: RunControl) -> bool:
+        """A container made for the job: create (its id stored at once), attach, start. False: cancelled meanwhile
+        (then it is never started)."""
+        pool = self.config.pools[at.job.pool]
+        cspec = build_container_spec(
+            at.job.spec, pool, controller_id=self.config.controller_id, attempt=at.job.attempt,
+            init=self.config.docker.init,
+        )  # fmt: skip
+        with contextlib.suppress(EngineError):
+            at.image_id = await self.engine.image_id(pool.image)
+        at.container_id = await self.engine.create(cspec)
+        at.job = await self._save(at.job, container_id=at.container_id)
+        if control.cancel.is_set():
+            return False
+        at.stream = await self.engine.attach(at.container_id)
+        await self.engine.start(at.container_id)
+        return not control.cancel.is_set()
 
     async def _collect(
         self, at: _Attempt, outcome: tuple[JobState, str | None, int | None]
@@ -337,6 +375,8 @@ class JobRunner:
             began = time.monotonic()
             await self._remove(job.id, at.container_id)
             self.events.torn_down(job, time.monotonic() - began)
+            if self.warm is not None:
+                self.warm.released(at.container_id)
         if at.creds is not None and self.credentials is not None:
             await self.credentials.release(at.creds)
         if at.registration is not None and self.registrar is not None:
@@ -487,9 +527,8 @@ class _OutputPump:
         threading.Thread(target=run, name=f"attach-{self._at.job.id}", daemon=True).start()
 
 
-def _send_all(stream: OutputStream, payload: bytes, chunks: Iterable[bytes]) -> None:
-    """The script, then the workspace archive, to the container's stdin (on a thread: blocking sends)."""
-    stream.send(payload)
+def _send_all(stream: OutputStream, chunks: Iterable[bytes]) -> None:
+    """The workspace archive to the container's stdin, after the script (on a thread: blocking sends)."""
     for chunk in chunks:
         stream.send(chunk)
 

@@ -47,6 +47,11 @@ class OutputStream(Protocol):
         thread of its own). Raises OSError when the stream breaks."""
         ...
 
+    def alive(self) -> bool:
+        """False once the container closed its output (it died): a warm container is checked before it is claimed.
+        Never blocks."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -59,8 +59,10 @@ class Scheduler:
         auditor: Auditor,
         *,
         credentials: CredentialsBackend | None = None,
+        owned: Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.owned = owned or (lambda container_id: False)  # containers sweeps leave alone (warm ones)
         self.auditor = auditor
         self.config = config
         self.store = store
@@ -152,6 +154,7 @@ class Scheduler:
             log.error("reconciliation could not list containers", extra={"error": str(exc)})
             containers = []
         still_running = {c.job_id for c in containers if c.status == "running"}
+        running_ids = {c.id for c in containers if c.status == "running"}  # a claimed warm container names no job
         now = self.clock()
         for c in containers:
             if c.job_id in self._running:
@@ -173,7 +176,7 @@ class Scheduler:
             end = self.runner.end_interrupted
             if job.pool not in self.config.pools:
                 await end(job, JobState.ERROR, f"pool {job.pool!r} is no longer configured")
-            elif job.id in still_running and overdue(job, now):
+            elif (job.id in still_running or job.container_id in running_ids) and overdue(job, now):
                 # Nothing enforced its timeout while no controller ran: it has had its time, so no retry either.
                 reason = (
                     f"timed out after {job.timeout_s} s: its container was still running past the timeout when the "
@@ -192,7 +195,7 @@ class Scheduler:
         removal left behind. Returns how many were removed."""
         removed = 0
         for c in await self.engine.list_managed(self.config.controller_id):
-            if c.job_id in self._running:
+            if c.job_id in self._running or self.owned(c.id):
                 continue
             try:
                 await self.engine.remove(c.id)

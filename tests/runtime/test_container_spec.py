@@ -27,6 +27,7 @@ from orchestrator.runtime.container_spec import (
     LABEL_MANAGED,
     LABEL_POOL,
     LABEL_PREFIX,
+    LABEL_WARM,
     SECRETS_DIR,
     WORKSPACE,
     CreateArgs,
@@ -34,7 +35,9 @@ from orchestrator.runtime.container_spec import (
     SecretFile,
     WorkspaceIO,
     build_container_spec,
+    build_warm_spec,
     container_name,
+    job_env,
     job_script,
     labels_for,
     managed_filters,
@@ -232,18 +235,29 @@ def test_docker_log_driver_disabled() -> None:
 
 
 def test_environment() -> None:
-    env = kwargs(job=spec(env={"FOO": "bar", "EMPTY": ""}))["environment"]
-    assert env == {
-        "HOME": "/workspace",
-        "CI": "true",
+    """The create arguments carry only what every container of the pool shares; the job's own environment goes
+    in the script, so a container made before its job (warm) holds nothing of it."""
+    job = spec(env={"FOO": "bar", "EMPTY": ""})
+    assert kwargs(job=job)["environment"] == {"HOME": "/workspace", "CI": "true", "CI_POOL": "default"}
+    assert job_env(job) == {
         "CI_JOB_ID": "job-42",
         "CI_REPOSITORY": "example/app",
         "CI_REF": "refs/heads/main",
         "CI_SHA": "3f786850e387550fdab836ed7e6dc881de23001b",
-        "CI_POOL": "default",
         "FOO": "bar",
         "EMPTY": "",
     }
+    lines = job_script(["true"], env={"FOO": "it's", "EMPTY": ""}).decode().splitlines()
+    assert "export FOO='it'\"'\"'s'" in lines and "export EMPTY=''" in lines
+
+
+def test_a_warm_container_holds_nothing_of_a_job() -> None:
+    warm = build_warm_spec("default", pool(), controller_id="ctl", tag="abcd1234")
+    job = build_container_spec(spec(), pool(), controller_id="ctl")
+    assert warm.host == job.host and warm.create["entrypoint"] == job.create["entrypoint"]
+    assert warm.name == "orch-ctl-warm-default-abcd1234"
+    assert warm.create["labels"][LABEL_WARM] == "true" and LABEL_JOB not in warm.create["labels"]
+    assert "job-42" not in json.dumps(warm.create) and "example/app" not in json.dumps(warm.create)
 
 
 # --- labels and names -----------------------------------------------------------------------------
