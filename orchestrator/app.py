@@ -51,6 +51,7 @@ from orchestrator.platform.connections import (
 from orchestrator.platform.metrics import Metrics
 from orchestrator.platform.serving import proxy_middlewares
 from orchestrator.runtime.docker_engine import DockerEngine
+from orchestrator.runtime.engines import EngineSet
 from orchestrator.runtime.job_runner import JobRunner
 from orchestrator.runtime.protocol import ContainerRuntime
 from orchestrator.runtime.runtimes import check_pool_runtimes
@@ -88,6 +89,7 @@ class Controller:
     callbacks: Dispatcher | None = None  # status callbacks and commit statuses, from the store's outbox
     artifacts: ArtifactStore | None = None
     warm: WarmPool | None = None
+    engines: EngineSet | None = None  # several Docker engines ([engines]); None: the one of docker.base_url
 
 
 def plan_connections(config: Config, soft_limit: int) -> tuple[ConnectionLimits, DescriptorPlan]:
@@ -103,6 +105,36 @@ def plan_connections(config: Config, soft_limit: int) -> tuple[ConnectionLimits,
     )
     limits = ConnectionLimits(plan.per_listener, server.header_timeout_s, server.keepalive_timeout_s)
     return limits, plan
+
+
+def build_engines(config: Config, auditor: Auditor, metrics: Metrics) -> EngineSet:
+    """The [engines] as DockerEngines behind one router; their state changes are audited and exported."""
+    import docker.tls
+
+    adapters: dict[str, ContainerRuntime] = {}
+    for name, cfg in config.engines.items():
+        tls = None
+        if cfg.tls_ca_file is not None and cfg.tls_cert_file is not None and cfg.tls_key_file is not None:
+            tls = docker.tls.TLSConfig(
+                client_cert=(str(cfg.tls_cert_file), str(cfg.tls_key_file)), ca_cert=str(cfg.tls_ca_file), verify=True
+            )
+        adapters[name] = DockerEngine(
+            cfg.base_url, api_timeout_s=config.docker.api_timeout_s, retry_budget_s=config.docker.retry_budget_s,
+            tls=tls,
+        )  # fmt: skip
+
+    def changed(engine: str, state: str) -> None:
+        auditor.reconcile(f"engine_{state}", engine, {"url": config.engines[engine].base_url})
+        for candidate in ("healthy", "unhealthy", "draining"):
+            metrics.engine_state.labels(engine, candidate).set(1 if candidate == state else 0)
+
+    engines = EngineSet(
+        config, adapters, {name: cfg.base_url for name, cfg in config.engines.items()},
+        state_file=config.data_dir / "engines.json", on_change=changed,
+    )  # fmt: skip
+    for name in config.engines:
+        metrics.engine_state.labels(name, engines.state(name)).set(1)
+    return engines
 
 
 def build_controller(
@@ -145,11 +177,19 @@ def build_controller(
         )
     else:
         store = SQLiteJobStore(data / "jobs.sqlite3", outbox=store_outbox(config))
-    engine = runtime or DockerEngine(
-        config.docker.base_url,
-        api_timeout_s=config.docker.api_timeout_s,
-        retry_budget_s=config.docker.retry_budget_s,
-    )
+    engines: EngineSet | None = None
+    if runtime is not None:
+        engine: ContainerRuntime = runtime
+        engines = runtime if isinstance(runtime, EngineSet) else None
+    elif config.engines:
+        engines = build_engines(config, auditor, metrics)
+        engine = engines
+    else:
+        engine = DockerEngine(
+            config.docker.base_url,
+            api_timeout_s=config.docker.api_timeout_s,
+            retry_budget_s=config.docker.retry_budget_s,
+        )
     logs = LogStore(data / "logs", max_bytes=config.logs.max_bytes)
     attest_key = load_or_create(data / "attestation.key")
     export_public_key(data / ATTESTATION_PUBLIC_KEY, attest_key)
@@ -202,6 +242,7 @@ def build_controller(
         auditor=auditor,
         attestations=attestations,
         artifacts=artifacts,
+        engines=engines,
         attestation_public_pem=public_pem(attest_key),
         audit_log=audit_log,
     )
@@ -247,6 +288,7 @@ def build_controller(
         callbacks=callbacks,
         artifacts=artifacts,
         warm=warm,
+        engines=engines,
     )
 
 
@@ -343,6 +385,8 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
             controller.background.append(asyncio.create_task(_rotate_keys_periodically(controller.signing_keys)))
         if controller.credentials is not None:
             controller.background.append(asyncio.create_task(_every(3600.0, controller.credentials.maintain)))
+        if controller.engines is not None:
+            controller.background.append(asyncio.create_task(controller.engines.probe_forever(), name="engines"))
         if controller.warm is not None:  # after reconciliation removed what a previous process left
             controller.background.append(asyncio.create_task(controller.warm.run_forever(), name="warm-pool"))
         sweep = controller.scheduler.sweep_forever(controller.config.docker.sweep_interval_s)

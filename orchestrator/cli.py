@@ -254,6 +254,22 @@ async def _artifacts(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _engines(args: argparse.Namespace) -> int:
+    if args.engines_cmd == "list":
+        status, body = await _request(args, "GET", "/api/v1/engines")
+    else:
+        status, body = await _request(args, "POST", f"/api/v1/engines/{quote(args.engine)}/{args.engines_cmd}")
+    if status >= 400:
+        return _fail(f"{status}: {body.get('error', body)}")
+    if getattr(args, "json", False):
+        print(json.dumps(body, indent=2))
+        return 0
+    print(f"{'ENGINE':16} {'STATE':10} {'CONTAINERS':>10}  URL")
+    for e in body["engines"]:
+        print(f"{e['name']:16} {e['state']:10} {e['containers']:>10}  {e['url']}")
+    return 0
+
+
 async def _runners(args: argparse.Namespace) -> int:
     query = f"?source={args.source}" if args.source else ""
     status, body = await _request(args, "GET", "/api/v1/runners" + query)
@@ -357,6 +373,14 @@ def _parser() -> argparse.ArgumentParser:
     jart.add_argument("--download", metavar="DIR", help="write every artifact under DIR, sha256 checked")
     jart.add_argument("--json", action="store_true")
 
+    engines = sub.add_parser("engines", help="the Docker engines jobs run on ([engines]) through the API")
+    engines.add_argument("--url", default=os.environ.get("ORCHESTRATOR_URL", DEFAULT_URL))
+    engines.add_argument("--token-file", help="file holding the API bearer token (default: $ORCHESTRATOR_TOKEN)")
+    esub = engines.add_subparsers(dest="engines_cmd", required=True)
+    esub.add_parser("list").add_argument("--json", action="store_true")
+    for name, what in (("drain", "no new jobs on the engine; running ones finish"), ("undrain", "new jobs again")):
+        esub.add_parser(name, help=what).add_argument("engine")
+
     runners = sub.add_parser("runners", help="forge runners (GitHub, Gitea) through the API")
     runners.add_argument("--url", default=os.environ.get("ORCHESTRATOR_URL", DEFAULT_URL))
     runners.add_argument("--token-file", help="file holding the API bearer token (default: $ORCHESTRATOR_TOKEN)")
@@ -416,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
             return _attest_verify(args)
         if args.cmd == "jobs":
             return asyncio.run(_jobs(args))
+        if args.cmd == "engines":
+            return asyncio.run(_engines(args))
         if args.cmd == "runners":
             return asyncio.run(_runners(args))
         if args.cmd == "send-webhook":

@@ -117,6 +117,41 @@ class ServerConfig(_Strict):
         return self
 
 
+class EngineConfig(_Strict):
+    """One Docker engine jobs may run on (`[engines.NAME]`). tcp:// needs TLS with a client certificate, the server's
+    verified against `tls_ca_file` (the daemon's API is root on that host: plain tcp only as an audited unsafe
+    opt-in); ssh:// goes through the ssh binary (keys and known_hosts of the controller's user)."""
+
+    base_url: str = Field(
+        pattern=r"^(unix|tcp|ssh)://", description="unix:///run/docker.sock, tcp://HOST:2376, ssh://USER@HOST"
+    )
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    unsafe_plain_tcp: bool = Field(False, description="tcp:// without TLS: anyone on the network gets root there")
+    probe_interval_s: float = Field(5.0, gt=0, le=300, description="how often the engine's health is checked")
+
+    @model_validator(mode="after")
+    def _transport(self) -> EngineConfig:
+        tls = [self.tls_ca_file, self.tls_cert_file, self.tls_key_file]
+        if self.base_url.startswith("tcp://"):
+            if not any(tls) and not self.unsafe_plain_tcp:
+                raise ValueError(
+                    f"{self.base_url}: tcp needs tls_ca_file, tls_cert_file and tls_key_file (the server verified, a "
+                    "client certificate presented), or unsafe_plain_tcp = true"
+                )
+            if any(tls) and not all(tls):
+                raise ValueError("tls_ca_file, tls_cert_file and tls_key_file go together")
+        elif any(tls):
+            raise ValueError(f"{self.base_url}: TLS files are for tcp:// engines only")
+        elif self.unsafe_plain_tcp:
+            raise ValueError(f"{self.base_url}: unsafe_plain_tcp is for tcp:// engines only")
+        return self
+
+
+DEFAULT_ENGINE = "default"  # the engine's name when [engines] is not configured
+
+
 class DockerConfig(_Strict):
     base_url: str | None = Field(None, description="Docker engine URL; default from DOCKER_HOST or the local socket")
     stop_grace_s: float = Field(10.0, ge=0, le=300)
@@ -548,6 +583,9 @@ class PoolConfig(_Strict):
     )
     unsafe: UnsafeOptIns = Field(default_factory=UnsafeOptIns)
     runner: RunnerPoolConfig | None = Field(None, description="serve a forge's jobs with single-use runners")
+    engines: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, description="[engines] this pool may use, each with its capacity; default: all"
+    )
     warm: int = Field(0, ge=0, le=256, description="pre-started containers kept ready for this pool's next jobs")
     warm_max_age_s: float = Field(900.0, ge=10, description="a warm container older than this is replaced")
     artifacts_max_bytes: int = Field(1024**3, description="most artifact bytes one job keeps; bytes or 512m")
@@ -701,6 +739,9 @@ class Config(_Strict):
     data_dir: Path
     server: ServerConfig = Field(default_factory=ServerConfig)
     docker: DockerConfig = Field(default_factory=DockerConfig)
+    engines: dict[Annotated[str, Field(pattern=_NAME)], EngineConfig] = Field(
+        default_factory=dict, description="several Docker engines; default: one, docker.base_url"
+    )
     storage: StorageConfig = Field(default_factory=StorageConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     sources: dict[Annotated[str, Field(pattern=_NAME)], SourceConfig] = Field(default_factory=dict)
@@ -715,6 +756,30 @@ class Config(_Strict):
     max_warm: int = Field(32, ge=0, description="warm containers across pools; the pools' `warm` must fit")
     warm_refill_concurrency: int = Field(2, ge=1, le=32, description="warm containers made at once")
     max_queued_total: int = Field(10_000, ge=1, description="accepted-but-waiting jobs across pools; then 429")
+
+    @model_validator(mode="after")
+    def _pools_name_engines(self) -> Config:
+        for name, pool in self.pools.items():
+            if pool.engines and not self.engines:
+                raise ValueError(f"pools.{name}.engines: no [engines] are configured (one engine: docker.base_url)")
+            unknown = sorted(set(pool.engines) - set(self.engines))
+            if unknown:
+                raise ValueError(f"pools.{name}.engines: no engine named {', '.join(map(repr, unknown))} in [engines]")
+            capacity = sum(pool.engines.values()) if pool.engines else None
+            if capacity is not None and pool.max_concurrent > capacity:
+                raise ValueError(
+                    f"pools.{name}.max_concurrent = {pool.max_concurrent} is more than its engines' capacity "
+                    f"({capacity}): lower it or raise the engines' capacity"
+                )
+        return self
+
+    def pool_engines(self, pool: str) -> dict[str, int]:
+        """The engines a pool may use, each with its capacity for the pool (config order); with no [engines], the
+        one engine "default"."""
+        cfg = self.pools[pool]
+        if not self.engines:
+            return {DEFAULT_ENGINE: cfg.max_concurrent + cfg.warm}
+        return dict(cfg.engines) if cfg.engines else dict.fromkeys(self.engines, cfg.max_concurrent + cfg.warm)
 
     @model_validator(mode="after")
     def _warm_fits(self) -> Config:
@@ -776,6 +841,12 @@ class Config(_Strict):
     def warnings(self) -> list[str]:
         """Every way this config weakens job isolation, for `config check` and the audit trail."""
         found = []
+        for name, engine in self.engines.items():
+            if engine.unsafe_plain_tcp:
+                found.append(
+                    f"engine {name!r} is reached over plain tcp ({engine.base_url}): anyone who can reach that port "
+                    "controls the engine, and the job scripts and secrets sent to it are readable on the network"
+                )
         for name, pool in self.pools.items():
             if pool.network == "bridge":
                 found.append(
@@ -859,9 +930,30 @@ def load_config(path: Path) -> Config:
     problems += [
         p for name, src in config.sources.items() if src.checkout for p in _check_checkout_files(name, src.checkout)
     ]
+    problems += [p for name, engine in config.engines.items() for p in _check_engine_files(name, engine)]
     if problems:
         raise ConfigError(str(path), problems)
     return config
+
+
+def _check_engine_files(name: str, engine: EngineConfig) -> list[str]:
+    """An engine's TLS files: readable PEM; the client key chmod 600 (it is root on that engine)."""
+    problems = []
+    for key, file, private in (
+        ("tls_ca_file", engine.tls_ca_file, False),
+        ("tls_cert_file", engine.tls_cert_file, False),
+        ("tls_key_file", engine.tls_key_file, True),
+    ):
+        if file is not None:
+            hint = "not a PEM private key" if private else "not a PEM certificate"
+            marker = "PRIVATE KEY-----" if private else "BEGIN CERTIFICATE-----"
+
+            def parse(text: str, marker: str = marker, hint: str = hint) -> None:
+                if marker not in text:
+                    raise ValueError(hint)
+
+            problems += check_private_file(f"engines.{name}.{key}: {file}", file, parse, private=private)
+    return problems
 
 
 def _check_dsn_file(storage: StorageConfig) -> list[str]:
@@ -918,6 +1010,12 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
         for key in ("ca_cert", "revoker_token_file"):
             if isinstance(vault.get(key), str):
                 vault[key] = str(base / vault[key])
+    engines = raw.get("engines")
+    if isinstance(engines, dict):
+        for engine in engines.values():
+            for key in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+                if isinstance(engine, dict) and isinstance(engine.get(key), str):
+                    engine[key] = str(base / engine[key])
     pools = raw.get("pools")
     if isinstance(pools, dict):
         for pool in pools.values():

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from orchestrator.credentials.base import JobCredentials, SecretFile
 from orchestrator.jobs.states import Job
-from orchestrator.runtime.container_spec import LABEL_ATTEMPT, LABEL_CONTROLLER, LABEL_JOB, ContainerSpec
+from orchestrator.runtime.container_spec import LABEL_ATTEMPT, LABEL_CONTROLLER, LABEL_JOB, LABEL_POOL, ContainerSpec
 from orchestrator.runtime.protocol import ContainerGoneError, EngineError, ManagedContainer
 
 
@@ -106,7 +106,9 @@ class FakeRuntime:
         *,
         journal: list[str] | None = None,
         runtimes: dict[str, list[str]] | None = None,
+        id_prefix: str = "c",  # container ids are unique across engines, as Docker's are
     ) -> None:
+        self.id_prefix = id_prefix
         self.program = program or (lambda spec: runs(b"hello\n"))
         self.containers: dict[str, FakeContainer] = {}
         self.removed: list[str] = []
@@ -180,7 +182,7 @@ class FakeRuntime:
         for container in self.containers.values():
             if container.spec.name == spec.name:
                 return container.id  # idempotent by name, as the Engine API's 409 makes it
-        cid = f"c{next(self._ids):04d}"
+        cid = f"{self.id_prefix}{next(self._ids):04d}"
         self.containers[cid] = FakeContainer(cid, spec, self.program(spec))
         return cid
 
@@ -233,6 +235,7 @@ class FakeRuntime:
                 job_id=c.labels.get(LABEL_JOB, ""),
                 attempt=int(c.labels.get(LABEL_ATTEMPT, "1")),
                 status=c.status,
+                pool=c.labels.get(LABEL_POOL, ""),
             )
             for c in self.containers.values()
             if c.labels.get(LABEL_CONTROLLER) == controller_id

@@ -23,6 +23,7 @@ from orchestrator.jobs.views import job_view, runner_view
 from orchestrator.logs.sse import SseEncoder, parse_last_event_id
 from orchestrator.logs.store import LogStore
 from orchestrator.platform.metrics import CONTENT_TYPE, Metrics
+from orchestrator.runtime.engines import EngineSet
 from orchestrator.runtime.protocol import ContainerRuntime, EngineError
 from orchestrator.scheduling.scheduler import NotCancellableError, Scheduler
 from orchestrator.store.base import JobStore
@@ -56,8 +57,10 @@ class Api:
         attestation_public_pem: bytes,
         audit_log: AuditLog,
         artifacts: ArtifactStore | None = None,
+        engines: EngineSet | None = None,
     ) -> None:
         self.artifacts = artifacts
+        self.engines = engines
         self.metrics = metrics
         self.auditor = auditor
         self.attestations = attestations
@@ -91,6 +94,9 @@ class Api:
             web.get("/api/v1/jobs/{job_id}/artifacts/{name:.+}", self._auth("viewer", self.job_artifact)),
             web.get("/api/v1/attestation-key", self._auth("viewer", self.attestation_key)),
             web.get("/api/v1/audit/head", self._auth("admin", self.audit_head)),
+            web.get("/api/v1/engines", self._auth("viewer", self.list_engines)),
+            web.post("/api/v1/engines/{name}/drain", self._auth("operator", self.drain_engine)),
+            web.post("/api/v1/engines/{name}/undrain", self._auth("operator", self.drain_engine)),
         ]
 
     def _auth(self, role: Role, handler: Handler) -> Handler:
@@ -159,7 +165,10 @@ class Api:
             name, state = check()
             checks[name] = state
         ready = all(v == "ok" for v in checks.values())
-        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+        body: dict[str, object] = {"ready": ready, "checks": checks}
+        if self.engines is not None:  # ready while one engine takes jobs; each engine's state is shown
+            body["engines"] = self.engines.describe()
+        return web.json_response(body, status=200 if ready else 503)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         state_arg = request.query.get("status")
@@ -275,6 +284,28 @@ class Api:
             },
         )
         return response
+
+    async def list_engines(self, request: web.Request) -> web.Response:
+        if self.engines is None:
+            return _err(404, "this controller has one Docker engine (docker.base_url); [engines] lists several")
+        return web.json_response({"engines": self.engines.describe()})
+
+    async def drain_engine(self, request: web.Request) -> web.Response:
+        """drain: no new containers on the engine, running jobs finish; undrain: new ones again. Audited."""
+        name = request.match_info["name"]
+        draining = request.path.endswith("/drain")
+        principal = request[PRINCIPAL]
+        action = "api.engine_drain" if draining else "api.engine_undrain"
+        if self.engines is None:
+            return _err(404, "this controller has one Docker engine (docker.base_url); [engines] lists several")
+        try:
+            self.engines.drain(name, draining=draining)
+        except KeyError:
+            self.auditor.api(principal.name, principal.role, action, name, request.remote, "refused")
+            return _err(404, f"no engine {name!r} (engines: {', '.join(self.engines.engines)})")
+        self.auditor.api(principal.name, principal.role, action, name, request.remote, "ok")
+        log.info("engine drain changed", extra={"engine": name, "draining": draining, "by": principal.name})
+        return web.json_response({"engines": self.engines.describe()})
 
     async def attestation_key(self, request: web.Request) -> web.Response:
         return web.Response(body=self.attestation_public_pem, content_type="application/x-pem-file")

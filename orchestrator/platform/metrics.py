@@ -129,6 +129,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.engine_state = Gauge(
+            "orchestrator_engine_state",
+            "Each Docker engine's state: 1 for the one it is in (healthy, unhealthy, draining)",
+            ["engine", "state"],
+            registry=self.registry,
+        )
         self.warm_ready = Gauge(
             "orchestrator_warm_ready",
             "Warm containers started and waiting for a job, by pool",

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import docker
 import docker.errors
+import docker.tls
 import requests.exceptions
 from tenacity import (
     AsyncRetrying,
@@ -30,6 +31,7 @@ from tenacity import (
 from orchestrator.runtime.container_spec import (
     LABEL_ATTEMPT,
     LABEL_JOB,
+    LABEL_POOL,
     ContainerSpec,
     managed_filters,
 )
@@ -168,8 +170,10 @@ class DockerEngine:
         retry_budget_s: float = 30.0,
         retry_attempts: int = 5,
         max_workers: int = 32,
+        tls: docker.tls.TLSConfig | None = None,
     ) -> None:
         self._base_url = base_url
+        self._tls = tls
         self._timeout = api_timeout_s
         self._retry_budget_s = retry_budget_s
         self._retry_attempts = retry_attempts
@@ -185,6 +189,10 @@ class DockerEngine:
         if self._client is None:
             kwargs: dict[str, Any] = {"timeout": int(self._timeout), "max_pool_size": 64}
             if self._base_url:
+                if self._tls is not None:
+                    kwargs["tls"] = self._tls
+                if self._base_url.startswith("ssh://"):
+                    kwargs["use_ssh_client"] = True  # the ssh binary: the controller user's keys and known_hosts
                 self._client = docker.DockerClient(base_url=self._base_url, **kwargs)
             else:
                 self._client = docker.from_env(**kwargs)
@@ -309,6 +317,7 @@ class DockerEngine:
                     job_id=labels.get(LABEL_JOB, ""),
                     attempt=int(labels.get(LABEL_ATTEMPT, "1") or 1),
                     status=row.get("State", ""),
+                    pool=labels.get(LABEL_POOL, ""),
                 )
             )
         return found

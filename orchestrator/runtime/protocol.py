@@ -32,6 +32,7 @@ class ManagedContainer:
     job_id: str
     attempt: int
     status: str  # the engine's word: "created", "running", "exited", ...
+    pool: str = ""
 
 
 class OutputStream(Protocol):
