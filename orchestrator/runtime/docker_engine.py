@@ -42,7 +42,9 @@ T = TypeVar("T")
 
 _HEADER = struct.Struct(">BxxxI")
 _RECV_BYTES = 256 * 1024
-_UNREACHABLE = (requests.exceptions.ConnectionError, ConnectionError)
+# The engine went away: no connection, or one cut in the middle of an answer (a `wait` in progress when the daemon
+# dies ends in ChunkedEncodingError).
+_UNREACHABLE = (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError, ConnectionError)
 
 
 def out_of_descriptors(exc: BaseException) -> bool:
@@ -75,7 +77,7 @@ def _explain(exc: BaseException) -> EngineError:
         status = exc.status_code
         transient = status is None or (status >= 500 and "OCI runtime" not in str(exc.explanation))
         return EngineError(f"Docker API error {status}: {exc.explanation}", transient=transient, status=status)
-    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)):
+    if isinstance(exc, (*_UNREACHABLE, requests.exceptions.Timeout)):
         return EngineError(f"Docker engine unreachable: {type(exc).__name__}", transient=True)
     if isinstance(exc, docker.errors.DockerException):
         return EngineError(f"Docker error: {exc}", transient=True)
