@@ -48,7 +48,7 @@ import docker
 TEST_IMAGE = os.environ.get("ORCHESTRATOR_TEST_IMAGE", "runner-orchestrator/test-runner:local")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
-_SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; containerd adds ".ttrpc" to its socket's name
+_SOCKET_PATH_MAX = 100  # containerd refuses socket paths over 104 bytes, and adds ".ttrpc" to its socket's name
 _DEFAULT_RUNTIMES = {"runc", "io.containerd.runc.v2", "io.containerd.runtime.v1.linux"}
 _MNT_DETACH = 2
 _SHIM_SOCKETS = Path("/run/containerd/s")
@@ -145,7 +145,7 @@ class DockerDaemon:
         self.root = Path(root).resolve()
         self.data_root = self.root / "data"
         run = self.root / "run"
-        if len(str(run / "containerd" / "containerd.sock")) > _SOCKET_PATH_MAX:
+        if len(str(run / "containerd" / "containerd.sock.ttrpc")) > _SOCKET_PATH_MAX:
             run = _short_dir(name)  # removed with the rest by stop()
         self.exec_root = run
         self.socket = run / "docker.sock"
