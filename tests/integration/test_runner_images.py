@@ -33,7 +33,7 @@ import pytest
 from orchestrator.config import PoolConfig
 from orchestrator.credentials.base import SecretFile
 from orchestrator.jobs.spec import JobSpec
-from orchestrator.runtime.container_spec import build_container_spec, job_script, stdin_payload
+from orchestrator.runtime.container_spec import build_container_spec, job_env, job_script, stdin_payload
 from orchestrator.runtime.docker_engine import DockerEngine
 
 from conftest import RUN_TAG, TEST_CONTROLLER_PREFIX, RunningController, managed_containers
@@ -130,7 +130,8 @@ async def run_hardened(
         stream = await engine.attach(container_id)
         await engine.start(container_id)
         pump = asyncio.create_task(asyncio.to_thread(stream.pump, chunks.append))
-        await asyncio.to_thread(stream.send, stdin_payload(job_script(spec.commands, list(secret_files))))
+        payload = stdin_payload(job_script(spec.commands, list(secret_files), env=job_env(spec)))
+        await asyncio.to_thread(stream.send, payload)
         inspected = await asyncio.to_thread(docker_client.api.inspect_container, container_id)
         code = await engine.wait(container_id, timeout)
         await asyncio.wait_for(pump, timeout)

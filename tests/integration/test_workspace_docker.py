@@ -261,10 +261,18 @@ async def test_a_job_without_network_builds_its_checked_out_commit(
         # checkout: false -- an empty workspace; an unknown commit fails before any container starts.
         job, log = await run(commands=["test ! -e README"], checkout=False)
         assert job["status"] == "succeeded", log
-        created = len(docker_client.api.containers(all=True))
+        engine = ctl.controller.engine
+        created: list[str] = []
+        real_create = engine.create
+
+        async def counting_create(cspec: Any) -> str:
+            created.append(cspec.name)
+            return await real_create(cspec)
+
+        engine.create = counting_create  # type: ignore[method-assign]
         job, log = await run(commands=["true"], sha="1" * 40)
         assert job["status"] == "error" and "checkout:" in job["reason"] and "1" * 40 in job["reason"], job
-        assert job["container_id"] is None and len(docker_client.api.containers(all=True)) <= created
+        assert job["container_id"] is None and created == []  # refused before any container was made
         assert managed_containers(docker_client, ctl.controller_id) == []
     finally:
         await server.stop()
