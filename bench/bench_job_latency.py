@@ -24,6 +24,16 @@ the output up to the line `first` (that time is the figure), read to EOF, wait, 
   differs only by `runtime = "runsc"` (gVisor) and a pids limit that leaves room for gVisor's own threads. They
   run in the same rounds, so the start cost of runsc against runc is measured under the same load. Left out when
   the engine offers no runsc runtime (`.ci/setup` adds it) or with --no-runsc.
+* warm: controller again, for a third pool of the same controller that differs only by `warm = N` (--warm, 1 by
+  default; 0 leaves the side out): the job claims a pre-started container whose bootstrap waits on stdin, so no
+  container is created or started on its path. Before every trial of every kind the bench waits until the warm
+  pool is full again and its refills and removals are over (`controller.warm.ready(pool)`, `settle()`), so each
+  warm trial has a warm container available and no refill overlaps another kind's trial (the refill the claim
+  itself triggers does run during the warm trial, as it would in service). Reported against the raw floor
+  (raw, raw-job) of the same rounds as a ratio; the warm-pool issue's goal is a median <= 0.25x the raw floor.
+  Its phases come from instrumenting the warm pool of this process from outside (the bench wraps
+  `WarmPool.claim` and the claimed container's `send`/`pump`; no product code changes), from the job record
+  (`created_at`, `started_at`) and from the client (202, first log byte).
 
 Docker's event stream (filtered on this run's controller-id label, read in a thread) gives create/attach/
 start/die/destroy times (`timeNano`) for every container: they split (b) into phases and give (c) = destroy - die.
@@ -72,6 +82,7 @@ RAW_KINDS = ("raw", "raw-hardened", "raw-job")
 RUNSC_KINDS = ("raw-job/runsc", "controller/runsc")
 # gVisor's own threads (≈ 57, plus ≈ 8 per job process on the ptrace platform) count against the pids limit.
 RUNSC_POOL = {"runtime": "runsc", "pids": 1024}
+WARM_POOL = "warm"
 
 
 class Events:
@@ -116,6 +127,91 @@ class Trial:
     first_byte_ms: float | None = None  # controller only: t0 -> first log chunk (the echoed command)
     end_ms: float | None = None  # controller only: t0 -> end of the follow stream (job final, container gone)
     phases: dict[str, float] = field(default_factory=dict)
+    p0: float = 0.0  # time.perf_counter() at t0 (controller kinds), for the warm probe's stamps
+    job: dict[str, Any] = field(default_factory=dict)  # controller kinds: the job record at the end
+
+
+class WarmProbe:
+    """Stamps (time.perf_counter) of the warm path of the job being measured, taken by wrapping, from outside,
+    this process's WarmPool.claim and the claimed container's stream: when the job runner claimed, whether a warm
+    container was handed out, when its script was sent over stdin, when the container's first output reached the
+    controller and when the output line `first` did. Trials run one at a time, so one probe serves them all."""
+
+    def __init__(self, warm_pool: Any, pool: str) -> None:
+        self.stamps: dict[str, float] = {}
+        self.container_id: str | None = None
+        self.claims = {"warm": 0, "cold": 0}
+        original, watched = warm_pool.claim, pool
+
+        def claim(pool: str) -> Any:
+            at = time.perf_counter()
+            container = original(pool)
+            self.stamps["claim"] = at
+            self.stamps["claimed"] = time.perf_counter()
+            if pool == watched:
+                self.claims["warm" if container is not None else "cold"] += 1
+            if container is not None:
+                self.container_id = container.id
+                self._wrap(container.stream)
+            return container
+
+        warm_pool.claim = claim
+
+    def reset(self) -> None:
+        self.stamps, self.container_id = {}, None
+
+    def _wrap(self, stream: Any) -> None:
+        send, pump = stream.send, stream.pump
+        stamps = self.stamps
+
+        def timed_send(payload: bytes) -> None:
+            stamps.setdefault("send start", time.perf_counter())
+            send(payload)
+            stamps["send end"] = time.perf_counter()
+
+        def timed_pump(on_output: Any, on_side: Any = None) -> None:
+            out = bytearray()
+
+            def seen(chunk: bytes) -> None:
+                now = time.perf_counter()
+                stamps.setdefault("first chunk", now)
+                if "line chunk" not in stamps:
+                    out.extend(chunk)
+                    if b"\nfirst\n" in out or out.startswith(b"first\n"):
+                        stamps["line chunk"] = now
+                on_output(chunk)
+
+            pump(seen, on_side)
+
+        stream.send, stream.pump = timed_send, timed_pump
+
+
+# (label, from, to): the chain (rows marked `=`) adds up to t0 -> first line; the others are side marks.
+WARM_PHASES = (
+    ("  t0 -> 202 (HTTP, signature, store insert, admission)", None, "accepted"),
+    ("  t0 -> job created_at (record stamp, wall clock)", None, "created_at"),
+    ("= t0 -> claim (HTTP + store + scheduling + runner setup)", None, "claim"),
+    ("= claim (WarmPool.claim itself)", "claim", "claimed"),
+    ("= claimed -> send start (store write container->job, thread hop)", "claimed", "send start"),
+    ("= send start -> end (stdin delivery of the script)", "send start", "send end"),
+    ("= send end -> first byte from the container", "send end", "first chunk"),
+    ("= first byte -> chunk holding `first`", "first chunk", "line chunk"),
+    ("= that chunk -> client reads `first` (log store, follow)", "line chunk", "first line"),
+    ("  t0 -> job started_at (running stored, wall clock)", None, "started_at"),
+)
+
+
+def add_warm_phases(trial: Trial, probe: WarmProbe) -> None:
+    """ms from t0 to each stamp of the warm path, then the differences named in WARM_PHASES."""
+    at = {name: (stamp - trial.p0) * 1000 for name, stamp in probe.stamps.items()}
+    at["accepted"] = trial.accepted_ms or float("nan")
+    at["first line"] = trial.first_ms
+    for key in ("created_at", "started_at"):
+        if trial.job.get(key) is not None:
+            at[key] = trial.job[key] * 1000 - trial.t0_ns / 1e6
+    for label, start, end in WARM_PHASES:
+        if end in at and (start is None or start in at):
+            trial.phases[label] = at[end] - (at[start] if start else 0.0)
 
 
 def _create_args(
@@ -206,13 +302,29 @@ async def controller_once(
     async with session.get(f"{bc.url}/api/v1/jobs/{job_id}", headers=auth) as resp:
         job = await resp.json()
     assert job["status"] == "succeeded", job
-    return Trial(kind, first_ms, t0_ns, job["container_id"], accepted_ms, first_byte_ms, end_ms)
+    return Trial(kind, first_ms, t0_ns, job["container_id"], accepted_ms, first_byte_ms, end_ms, p0=p0, job=job)
+
+
+async def wait_warm(bc: BenchController, pool: str, wanted: int, timeout_s: float = 60.0) -> None:
+    """Until the pool holds `wanted` ready warm containers and no refill or removal is under way."""
+    warm = bc.controller.warm
+    assert warm is not None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        await warm.settle()
+        if warm.ready(pool) >= wanted:
+            await warm.settle()
+            if warm.ready(pool) >= wanted:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"warm pool {pool!r} not refilled within {timeout_s} s: {warm.stats()}")
+        await asyncio.sleep(0.01)
 
 
 def add_phases(trial: Trial, events: Events) -> None:
     seen = {a: events.wait_for(trial.container_id, a) for a in ("create", "attach", "start", "die", "destroy")}
     ms = {a: (t - trial.t0_ns) / 1e6 for a, t in seen.items() if t is not None}
-    if {"create", "attach", "start"} <= ms.keys():
+    if trial.kind != "warm" and {"create", "attach", "start"} <= ms.keys():  # a warm one was made before t0
         trial.phases["t0->create"] = ms["create"]
         trial.phases["create->attach"] = ms["attach"] - ms["create"]
         trial.phases["attach->start"] = ms["start"] - ms["attach"]
@@ -238,25 +350,50 @@ async def run(args: argparse.Namespace) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-latency-", dir=args.tmpdir) as tmp:
             configure_logging(args.log, Path(tmp))
-            sandboxed = {"sandboxed": RUNSC_POOL} if runsc else None
-            bc = await start_controller(Path(tmp), controller_id, image=args.image, pools=sandboxed)
+            extra_pools: dict[str, dict[str, Any]] = {"sandboxed": RUNSC_POOL} if runsc else {}
+            if args.warm:
+                extra_pools[WARM_POOL] = {"warm": args.warm}
+            bc = await start_controller(Path(tmp), controller_id, image=args.image, pools=extra_pools or None)
             pool = bc.controller.config.pools["default"]
+            probe = WarmProbe(bc.controller.warm, WARM_POOL) if args.warm else None
+            served_cold = 0
+
+            async def quiet() -> None:  # the warm pool full again, no refill or removal under way
+                if args.warm:
+                    await wait_warm(bc, WARM_POOL, args.warm)
+
             try:
                 async with aiohttp.ClientSession() as session:
                     for n in range(args.warmup + args.runs):
-                        batch = [
-                            await asyncio.to_thread(raw_once, api, controller_id, args.image, pool, kind, n)
-                            for kind in RAW_KINDS
-                        ]
+                        batch = []
+                        for kind in RAW_KINDS:
+                            await quiet()
+                            batch.append(
+                                await asyncio.to_thread(raw_once, api, controller_id, args.image, pool, kind, n)
+                            )
+                        await quiet()
                         batch.append(await controller_once(session, bc, f"lat-{controller_id}-{n}"))
+                        if probe is not None:
+                            await quiet()
+                            probe.reset()
+                            job_id = f"lat-{controller_id}-{n}-warm"
+                            trial = await controller_once(session, bc, job_id, WARM_POOL, "warm")
+                            if probe.container_id != trial.container_id:
+                                served_cold += n >= args.warmup
+                                print(f"WARNING: warm trial {n} was not served by a warm container", flush=True)
+                            else:
+                                add_warm_phases(trial, probe)
+                            batch.append(trial)
                         if runsc:
                             runsc_pool = bc.controller.config.pools["sandboxed"]
+                            await quiet()
                             batch.append(
                                 await asyncio.to_thread(
                                     raw_once, api, controller_id, args.image, runsc_pool, "raw-job/runsc", n
                                 )
                             )
                             job_id = f"lat-{controller_id}-{n}-runsc"
+                            await quiet()
                             batch.append(await controller_once(session, bc, job_id, "sandboxed", "controller/runsc"))
                         if n >= args.warmup:
                             trials += batch
@@ -278,8 +415,10 @@ async def run(args: argparse.Namespace) -> int:
         argv += ["--tmpdir", args.tmpdir]
     if args.no_runsc:
         argv.append("--no-runsc")
+    argv += ["--warm", str(args.warm)]
     print(reproduce_line("bench/bench_job_latency.py", argv))
-    kinds = [*RAW_KINDS, "controller", *(RUNSC_KINDS if runsc else ())]
+    print(f"at the end, {machine_line()}")  # the load others put on the machine during the run
+    kinds = [*RAW_KINDS, "controller", *(("warm",) if args.warm else ()), *(RUNSC_KINDS if runsc else ())]
     by = {k: [t for t in trials if t.kind == k] for k in kinds}
 
     def stats(values: list[float]) -> list[object]:
@@ -300,7 +439,11 @@ async def run(args: argparse.Namespace) -> int:
     print(
         table(
             ["", *phase_names],
-            [[k, *[median([t.phases[p] for t in by[k] if p in t.phases]) for p in phase_names]] for k in kinds],
+            [
+                [k, *[median([t.phases[p] for t in by[k] if p in t.phases]) for p in phase_names]]
+                for k in kinds
+                if k != "warm"  # made before t0: see the warm phases below
+            ],
         )
     )
     med = {k: median([t.first_ms for t in by[k]]) for k in kinds}
@@ -317,7 +460,7 @@ async def run(args: argparse.Namespace) -> int:
     def lean(kind: str) -> float:
         return median([t.first_ms - t.phases["attach->start"] for t in by[kind] if "attach->start" in t.phases])
 
-    lean_med = {k: lean(k) for k in kinds}
+    lean_med = {k: lean(k) for k in kinds if k != "warm"}
     print(
         "without Docker's start step (first line - (attach->start), the noisiest part), medians: controller - raw "
         f"{lean_med['controller'] - lean_med['raw']:.1f} ms = hardening options (raw-hardened - raw) "
@@ -340,6 +483,9 @@ async def run(args: argparse.Namespace) -> int:
     print(f"result (c): median {teardown_med:.1f} ms; goal <= 500 ms: {_verdict(teardown_med <= 500)}")
     if runsc:
         _runsc_report(by, teardown)
+    if args.warm:
+        assert probe is not None
+        _warm_report(by, args.warm, probe, served_cold)
     if missing:
         print(f"WARNING: {missing} controller containers have no die/destroy event")
         return 1
@@ -377,6 +523,43 @@ def _runsc_report(by: dict[str, list[Trial]], teardown: dict[str, list[float]]) 
     )
 
 
+def _warm_report(by: dict[str, list[Trial]], warm: int, probe: WarmProbe, served_cold: int) -> None:
+    """The warm side against the raw floor of the same rounds, and where its time goes."""
+    trials = by["warm"]
+    print(
+        f"warm (pool `{WARM_POOL}`, warm = {warm}, a warm container ready before every trial): t0 -> first output "
+        f"line against the raw floor of the same rounds, ms; its claims over the run (warm-up included): "
+        f"{probe.claims['warm']} warm, "
+        f"{probe.claims['cold']} cold; measured trials served cold: {served_cold}"
+    )
+    rows = []
+    med_warm = median([t.first_ms for t in trials])
+    for floor in ("raw", "raw-job"):
+        med_floor = median([t.first_ms for t in by[floor]])
+        per_round = median([w.first_ms / f.first_ms for w, f in zip(trials, by[floor], strict=True)])
+        rows.append([floor, med_floor, med_warm, f"{med_warm / med_floor:.2f}x", f"{per_round:.2f}x"])
+    ctl = median([t.first_ms for t in by["controller"]])
+    rows.append(["controller (cold)", ctl, med_warm, f"{med_warm / ctl:.2f}x", "-"])
+    print(table(["floor", "floor median", "warm median", "ratio of medians", "median per-round ratio"], rows))
+    print("warm phases, ms (`=` rows chain up to t0 -> first line; stamps from the bench's wrappers around this")
+    print("process's WarmPool.claim and the claimed stream's send/pump, the job record and the client)")
+    rows = []
+    for label, _start, _end in WARM_PHASES:
+        values = [t.phases[label] for t in trials if label in t.phases]
+        rows.append([label, len(values), *([median(values), pct(values, 90), min(values), max(values)] if values
+                                           else ["-"] * 4)])  # fmt: skip
+    rows.append(["  t0 -> first output line (client)", len(trials), median([t.first_ms for t in trials]),
+                 pct([t.first_ms for t in trials], 90), min(t.first_ms for t in trials),
+                 max(t.first_ms for t in trials)])  # fmt: skip
+    print(table(["", "n", "median", "p90", "min", "max"], rows))
+    floor = median([t.first_ms for t in by["raw"]])
+    ratio = med_warm / floor
+    print(
+        f"result warm: median {med_warm:.1f} ms = {ratio:.2f}x the raw docker create+start+first-line floor "
+        f"({floor:.1f} ms, kind raw); goal <= 0.25x: {_verdict(ratio <= 0.25)}"
+    )
+
+
 def _verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
@@ -391,6 +574,7 @@ def main() -> None:
     )
     parser.add_argument("--image", default=TEST_IMAGE)
     parser.add_argument("--no-runsc", action="store_true", help="leave out the runsc (gVisor) side")
+    parser.add_argument("--warm", type=int, default=1, help="warm containers of the warm side's pool (0: no warm side)")
     args = parser.parse_args()
     sys.exit(asyncio.run(run(args)))
 

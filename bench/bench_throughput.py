@@ -18,8 +18,20 @@ and after each round, so CPU per job is everything the controller process spent,
   script for `echo hi`, read the output to EOF, wait, remove. The `managed` label is left out so the controller's
   sweep never touches these containers; the controller-id label stays, for the leftover check.
 
-Rounds alternate which side goes first (controller, raw / raw, controller / ...) after one unmeasured warm-up
-round per side. Also shown: dockerd + containerd CPU per job for each side (the machine has 2 cores, and Docker
+* warm round (`--sides ... warm ...`): the controller round again, for a second pool `warm` of the same controller
+  process that differs from `default` only by `warm = W` (--warm-count, default C; `max_warm` raised to fit): the
+  first W jobs claim pre-started containers, and the claims trigger background refills (`warm_refill_concurrency`
+  at a time, --refill-concurrency, product default 2) that overlap with the running jobs; jobs that find no warm
+  container ready are served cold. Before every round of every side the bench waits, polling /metrics
+  (`orchestrator_warm_ready`), until the pool holds W again, so no refill overlaps another side's round -- and so
+  each warm round starts with W containers made before its clock starts (the refill topping the pool up after its
+  last claims runs after the clock stops). Claimed warm containers carry no job label, so the round's end is
+  seen from their `destroy` events (label `warm`) plus the job-labelled ones of jobs served cold. The warm-pool
+  issue's goal: warm >= 1.5x the raw loop's jobs/min.
+
+Rounds rotate the order of the sides (controller, raw / raw, controller / ...; with three sides each goes first
+in turn) after one unmeasured warm-up round per side. `--sides` picks them (default: controller raw, the original
+comparison). Also shown: dockerd + containerd CPU per job for each side (the machine has 2 cores, and Docker
 is most of the work), and the raw loop's own CPU per job (this process, `resource.getrusage`).
 """
 
@@ -63,6 +75,8 @@ from orchestrator.runtime.container_spec import (
     LABEL_CONTROLLER,
     LABEL_JOB,
     LABEL_MANAGED,
+    LABEL_POOL,
+    LABEL_WARM,
     build_container_spec,
     job_script,
     stdin_payload,
@@ -72,6 +86,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = ["echo hi"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 FINAL = {"succeeded", "failed", "timed_out", "cancelled", "error"}
+WARM_POOL = "warm"
 
 
 # -- CPU accounting ----------------------------------------------------------------------------------------------
@@ -123,22 +138,31 @@ class Destroyed:
             filters={"label": f"{LABEL_CONTROLLER}={controller_id}", "type": "container", "event": "destroy"},
         )
         self.job_ids: set[str] = set()
+        self.warm = 0  # destroyed warm containers of the `warm` pool (claimed ones carry no job label)
         self._lock = threading.Lock()
         threading.Thread(target=self._run, name="docker-events", daemon=True).start()
 
     def _run(self) -> None:
         try:
             for event in self._stream:
-                job_id = event.get("Actor", {}).get("Attributes", {}).get(LABEL_JOB)
+                attrs = event.get("Actor", {}).get("Attributes", {})
+                job_id = attrs.get(LABEL_JOB)
                 if job_id:
                     with self._lock:
                         self.job_ids.add(job_id)
+                elif attrs.get(LABEL_WARM) == "true" and attrs.get(LABEL_POOL) == WARM_POOL:
+                    with self._lock:
+                        self.warm += 1
         except Exception:  # closed under us at the end
             return
 
     def count(self, ids: set[str]) -> int:
         with self._lock:
             return len(ids & self.job_ids)
+
+    def warm_count(self) -> int:
+        with self._lock:
+            return self.warm
 
     def close(self) -> None:
         self._stream.close()
@@ -161,19 +185,40 @@ class ControllerProcess:
 
 
 def write_config(
-    directory: Path, controller_id: str, concurrency: int, image: str, extra_toml: str = ""
+    directory: Path,
+    controller_id: str,
+    concurrency: int,
+    image: str,
+    extra_toml: str = "",
+    *,
+    warm: int = 0,
+    refill_concurrency: int | None = None,
 ) -> tuple[Path, bytes, str]:
     """A TOML config for `orchestrator serve` (the shape of _support.make_config); `extra_toml` is appended. The
-    controller chooses its port (port = 0) and names it in its `listening` line."""
+    controller chooses its port (port = 0) and names it in its `listening` line. `warm` > 0 adds a pool `warm`,
+    the default pool with `warm = N` (and `max_warm` raised to fit)."""
     key, secret_file = write_secret(directory)
     token = os.urandom(16).hex()
     q = json.dumps  # TOML basic strings accept JSON string escapes for these values
+    top = f"max_warm = {max(32, warm)}\n" if warm else ""
+    if warm and refill_concurrency is not None:
+        top += f"warm_refill_concurrency = {refill_concurrency}\n"
+    pool_toml = f"""image = {q(image)}
+memory = "128m"
+cpus = 1.0
+pids = 64
+max_concurrent = {concurrency}
+max_queue = 5000
+default_timeout_s = 60
+max_timeout_s = 300
+"""
+    warm_toml = f"\n[pools.{WARM_POOL}]\n{pool_toml}warm = {warm}\n" if warm else ""
     text = (
         f"""
 controller_id = {q(controller_id)}
 data_dir = {q(str(directory / "data"))}
 max_total_concurrent = {concurrency}
-
+{top}
 [server]
 host = "127.0.0.1"
 port = 0
@@ -191,15 +236,7 @@ role = "operator"
 sha256 = {q(hash_token(token))}
 
 [pools.default]
-image = {q(image)}
-memory = "128m"
-cpus = 1.0
-pids = 64
-max_concurrent = {concurrency}
-max_queue = 5000
-default_timeout_s = 60
-max_timeout_s = 300
-"""
+{pool_toml}{warm_toml}"""
         + extra_toml
     )
     path = directory / "orchestrator.toml"
@@ -209,9 +246,18 @@ max_timeout_s = 300
 
 
 async def start_controller_process(
-    directory: Path, controller_id: str, concurrency: int, image: str, extra_toml: str = ""
+    directory: Path,
+    controller_id: str,
+    concurrency: int,
+    image: str,
+    extra_toml: str = "",
+    *,
+    warm: int = 0,
+    refill_concurrency: int | None = None,
 ) -> ControllerProcess:
-    config, key, token = write_config(directory, controller_id, concurrency, image, extra_toml)
+    config, key, token = write_config(
+        directory, controller_id, concurrency, image, extra_toml, warm=warm, refill_concurrency=refill_concurrency
+    )
     log = (directory / "controller.log").open("ab")
     offset = log.tell()
     proc = subprocess.Popen(
@@ -273,6 +319,7 @@ class Round:
     wall_s: float
     own_cpu_s: float  # controller process (controller side) / this process (raw side)
     docker_cpu_s: float
+    served: dict[str, int] | None = None  # warm side: jobs served {"warm": n, "cold": n} (from /metrics)
 
     @property
     def per_min(self) -> float:
@@ -290,12 +337,60 @@ async def _non_final(session: aiohttp.ClientSession, cp: ControllerProcess, ids:
     return len(ids) - sum(1 for v in views.values() if v["status"] in FINAL)
 
 
+async def metrics_values(session: aiohttp.ClientSession, cp: ControllerProcess, *names: str) -> dict[str, float]:
+    """Samples of /metrics whose name (with labels, as exposed) starts with one of `names`."""
+    auth = {"Authorization": f"Bearer {cp.token}"}
+    async with session.get(f"{cp.url}/metrics", headers=auth) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"/metrics answered {resp.status}")
+        text = await resp.text()
+    found = {}
+    for line in text.splitlines():
+        if line.startswith(names):
+            sample, _, value = line.rpartition(" ")
+            found[sample] = float(value)
+    return found
+
+
+READY = f'orchestrator_warm_ready{{pool="{WARM_POOL}"}}'
+
+
+def _claims(values: dict[str, float]) -> dict[str, int]:
+    """{"warm": n, "cold": n} of the warm pool from `orchestrator_warm_claims_total` samples (any label order)."""
+    found = {"warm": 0, "cold": 0}
+    for sample, value in values.items():
+        if sample.startswith("orchestrator_warm_claims_total{") and f'pool="{WARM_POOL}"' in sample:
+            for how in found:
+                if f'how="{how}"' in sample:
+                    found[how] += int(value)
+    return found
+
+
+async def wait_warm_full(session: aiohttp.ClientSession, cp: ControllerProcess, wanted: int) -> None:
+    """Until the warm pool holds `wanted` ready containers (polling /metrics), then a moment for the event stream."""
+    deadline = time.monotonic() + 120
+    while (await metrics_values(session, cp, READY)).get(READY, 0.0) < wanted:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the warm pool did not refill to {wanted} within 120 s")
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.2)
+
+
 async def controller_round(
-    session: aiohttp.ClientSession, cp: ControllerProcess, destroyed: Destroyed, prefix: str, n: int, dpids: list[int]
+    session: aiohttp.ClientSession,
+    cp: ControllerProcess,
+    destroyed: Destroyed,
+    prefix: str,
+    n: int,
+    dpids: list[int],
+    pool: str = "default",
 ) -> Round:
     ids = [f"{prefix}-{i:03d}" for i in range(n)]
-    bodies = [signed(cp.key, job_spec(job_id, COMMANDS)) for job_id in ids]
+    bodies = [signed(cp.key, job_spec(job_id, COMMANDS, pool=pool)) for job_id in ids]
     wanted = set(ids)
+    warm = pool == WARM_POOL
+    claims0 = _claims(await metrics_values(session, cp, "orchestrator_warm_claims_total")) if warm else {}
+    warm0 = destroyed.warm_count()
 
     async def post(body: bytes, headers: dict[str, str]) -> None:
         async with session.post(f"{cp.url}/webhooks/{SOURCE}", data=body, headers=headers) as resp:
@@ -308,14 +403,18 @@ async def controller_round(
     await asyncio.gather(*(post(b, h) for b, h in bodies))
     last_poll = time.perf_counter()
     while True:
-        gone = destroyed.count(wanted) == n
+        gone = destroyed.count(wanted) + (destroyed.warm_count() - warm0 if warm else 0) >= n
         if gone or time.perf_counter() - last_poll > 1.0:
             last_poll = time.perf_counter()
             if await _non_final(session, cp, wanted) == 0:
                 break
         await asyncio.sleep(0.005 if gone else 0.02)
     wall = time.perf_counter() - t0
-    return Round("controller", n, wall, proc_cpu_s(cp.pid) - cpu0, docker_cpu_s(dpids) - dcpu0)
+    done = Round("warm" if warm else "controller", n, wall, proc_cpu_s(cp.pid) - cpu0, docker_cpu_s(dpids) - dcpu0)
+    if warm:
+        claims = _claims(await metrics_values(session, cp, "orchestrator_warm_claims_total"))
+        done.served = {how: claims[how] - claims0[how] for how in claims}
+    return done
 
 
 def _raw_args(controller_id: str, pool: PoolConfig, job_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -385,31 +484,41 @@ async def run_concurrency(
     destroyed: Destroyed,
     base: Path,
     dpids: list[int],
-) -> tuple[list[tuple[Round, Round, str]], float]:
+) -> tuple[list[tuple[dict[str, Round], str]], float]:
     directory = base / f"c{c}"
     directory.mkdir()
-    cp = await start_controller_process(directory, controller_id, c, args.image)
+    warm = (args.warm_count or c) if "warm" in args.sides else 0
+    cp = await start_controller_process(
+        directory, controller_id, c, args.image, warm=warm, refill_concurrency=args.refill_concurrency
+    )
     pool = PoolConfig(image=args.image, memory="128m", cpus=1.0, pids=64, max_concurrent=c)
     apis = [docker.APIClient(timeout=60) for _ in range(c)]  # one connection per raw worker, like the engine's pool
-    pairs: list[tuple[Round, Round, str]] = []
+    rounds: list[tuple[dict[str, Round], str]] = []
+    sides = list(args.sides)
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.jobs)) as session:
             for r in range(-1, args.rounds):  # round -1: warm-up, not reported
                 n = args.warmup_jobs if r < 0 else args.jobs
                 tag = "w" if r < 0 else str(r)
-                order = ("controller", "raw") if r % 2 == 0 else ("raw", "controller")
+                shift = r % len(sides)
+                order = tuple(sides[shift:] + sides[:shift])
                 got: dict[str, Round] = {}
                 for side in order:
                     prefix = f"tp{c}-{side[:3]}-{tag}"
-                    if side == "controller":
-                        got[side] = await controller_round(session, cp, destroyed, prefix, n, dpids)
-                    else:
+                    if warm:  # the pool full again: no refill overlaps this round (or a warm round starts full)
+                        await wait_warm_full(session, cp, warm)
+                    if side == "raw":
                         got[side] = await asyncio.to_thread(raw_round, apis, controller_id, pool, prefix, n, dpids)
+                    else:
+                        job_pool = WARM_POOL if side == "warm" else "default"
+                        got[side] = await controller_round(session, cp, destroyed, prefix, n, dpids, job_pool)
                 if r >= 0:
-                    pairs.append((got["controller"], got["raw"], " -> ".join(order)))
+                    rounds.append((got, " -> ".join(order)))
+                    figures = ", ".join(f"{side} {got[side].per_min:.0f}/min" for side in sides)
+                    served = got["warm"].served if "warm" in got else None
                     print(
-                        f"  C={c} round {r} ({' -> '.join(order)}): controller {got['controller'].per_min:.0f}/min, "
-                        f"raw {got['raw'].per_min:.0f}/min",
+                        f"  C={c} round {r} ({' -> '.join(order)}): {figures}"
+                        + (f" (warm side served {served['warm']} warm, {served['cold']} cold)" if served else ""),
                         flush=True,
                     )
         rss_kib = _rss_kib(cp.pid)
@@ -419,7 +528,7 @@ async def run_concurrency(
             api.close()
     if code != 0:
         raise RuntimeError(f"controller exited {code} on SIGTERM; see {directory / 'controller.log'}")
-    return pairs, rss_kib / 1024
+    return rounds, rss_kib / 1024
 
 
 def _rss_kib(pid: int) -> float:
@@ -429,7 +538,7 @@ def _rss_kib(pid: int) -> float:
     return float("nan")
 
 
-def report(c: int, pairs: list[tuple[Round, Round, str]], rss_mib: float, jobs: int) -> float:
+def report(c: int, pairs: list[tuple[Round, Round, str]], rss_mib: float, jobs: int, side: str = "ctl") -> float:
     rows = []
     for i, (ctl, raw, order) in enumerate(pairs):
         rows.append(
@@ -459,19 +568,22 @@ def report(c: int, pairs: list[tuple[Round, Round, str]], rss_mib: float, jobs: 
             median([ctl.docker_cpu_s / ctl.jobs * 1000 for ctl, _, _ in pairs]),
         ]
     )
-    print(f"C={c}: {jobs} jobs at once per round, `echo hi`; jobs/min from first webhook (first create) to last final")
+    print(
+        f"C={c}, side {side}: {jobs} jobs at once per round, `echo hi`; jobs/min from first webhook (first create) to "
+        "last final"
+    )
     print(
         table(
             [
                 "",
                 "order",
                 "raw jobs/min",
-                "ctl jobs/min",
+                f"{side} jobs/min",
                 "ratio",
-                "ctl CPU ms/job",
+                f"{side} CPU ms/job",
                 "raw loop CPU ms/job",
                 "dockerd+containerd ms/job raw",
-                "... ctl",
+                f"... {side}",
             ],
             rows,
         )
@@ -492,7 +604,7 @@ async def run(args: argparse.Namespace) -> int:
     )
     events_client = docker.from_env()
     destroyed = Destroyed(events_client, controller_id)
-    results: dict[int, tuple[list[tuple[Round, Round, str]], float]] = {}
+    results: dict[int, tuple[list[tuple[dict[str, Round], str]], float]] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="bench-throughput-", dir=args.tmpdir) as tmp:
             for c in args.concurrency:
@@ -505,13 +617,33 @@ async def run(args: argparse.Namespace) -> int:
             events_client.close()
             client.close()
     argv = ["--jobs", str(args.jobs), "--rounds", str(args.rounds), "--warmup-jobs", str(args.warmup_jobs)]
-    argv += ["--concurrency", *map(str, args.concurrency)]
+    argv += ["--concurrency", *map(str, args.concurrency), "--sides", *args.sides]
+    if args.warm_count:
+        argv += ["--warm-count", str(args.warm_count)]
+    if args.refill_concurrency:
+        argv += ["--refill-concurrency", str(args.refill_concurrency)]
     if args.tmpdir:
         argv += ["--tmpdir", args.tmpdir]
     print(reproduce_line("bench/bench_throughput.py", argv))
-    for c, (pairs, rss) in results.items():
-        ratio = report(c, pairs, rss, args.jobs)
-        print(f"result C={c}: controller/raw = {ratio:.2f}x (goal >= 0.8x: {'met' if ratio >= 0.8 else 'NOT met'})")
+    print(f"at the end, {machine_line()}")  # the load others put on the machine during the run
+    for c, (rounds, rss) in results.items():
+        if "controller" in args.sides:
+            pairs = [(got["controller"], got["raw"], order) for got, order in rounds]
+            ratio = report(c, pairs, rss, args.jobs)
+            verdict = "met" if ratio >= 0.8 else "NOT met"
+            print(f"result C={c}: controller/raw = {ratio:.2f}x (goal >= 0.8x: {verdict})")
+        if "warm" in args.sides:
+            pairs = [(got["warm"], got["raw"], order) for got, order in rounds]
+            ratio = report(c, pairs, rss, args.jobs, side="warm")
+            served = [got["warm"].served or {} for got, _ in rounds]
+            warm_n = sum(x.get("warm", 0) for x in served)
+            cold_n = sum(x.get("cold", 0) for x in served)
+            print(
+                f"C={c}, warm = {args.warm_count or c}: measured warm rounds served {warm_n} jobs warm, {cold_n} cold "
+                f"(of {args.jobs * len(rounds)})"
+            )
+            verdict = "met" if ratio >= 1.5 else "NOT met"
+            print(f"result C={c}: warm/raw = {ratio:.2f}x (warm-pool goal >= 1.5x: {verdict})")
     return 0
 
 
@@ -521,9 +653,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds per side and concurrency")
     parser.add_argument("--warmup-jobs", type=int, default=16, help="jobs in the unmeasured warm-up round")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 16], help="C: pool max_concurrent")
+    parser.add_argument(
+        "--sides",
+        nargs="+",
+        choices=["controller", "warm", "raw"],
+        default=["controller", "raw"],
+        help="sides to run, in this order in round 0 (raw is the baseline and must be one of them)",
+    )
+    parser.add_argument("--warm-count", type=int, default=None, help="warm side: the pool's `warm` (default: C)")
+    parser.add_argument(
+        "--refill-concurrency", type=int, default=None, help="warm side: warm_refill_concurrency (default: product's)"
+    )
     parser.add_argument("--tmpdir", default=None, help="parent of the data dir (default: $TMPDIR)")
     parser.add_argument("--image", default=TEST_IMAGE)
     args = parser.parse_args()
+    if "raw" not in args.sides or len(set(args.sides)) != len(args.sides):
+        parser.error("--sides: each side at most once, raw (the baseline) among them")
     sys.exit(asyncio.run(run(args)))
 
 
