@@ -211,7 +211,9 @@ def build_controller(
     )
     checkouts = Checkouts(config) if any(src.checkout is not None for src in config.sources.values()) else None
     workspaces = Workspaces(config, artifacts=artifacts, caches=caches, work_dir=data / "work", checkouts=checkouts)
-    warm = WarmPool(config, engine, metrics) if any(pool.warm for pool in config.pools.values()) else None
+    warm = None
+    if any(pool.warm for pool in config.pools.values()):
+        warm = WarmPool(config, engine, metrics, usable=engines.usable if engines is not None else lambda cid: True)
     runner = JobRunner(
         config, store, engine, logs, events, credentials=credentials, registrar=runners, attestations=attestations,
         workspaces=workspaces, warm=warm,

@@ -156,7 +156,7 @@ class Metrics:
         )
         self.warm_replaced = Counter(
             "orchestrator_warm_replaced",
-            "Warm containers removed unused, by pool and cause (age, config, image, died, outage, shutdown)",
+            "Warm containers removed unused, by pool and cause (age, config, image, died, engine, outage, shutdown)",
             ["pool", "cause"],
             registry=self.registry,
         )

@@ -93,6 +93,12 @@ class EngineSet:
     def engine_of(self, container_id: str) -> str | None:
         return self._where.get(container_id)
 
+    def usable(self, container_id: str) -> bool:
+        """Whether a container made earlier (a warm one) may still take a job: its engine is neither draining nor
+        unhealthy."""
+        where = self._where.get(container_id)
+        return where is None or (where not in self.draining and where not in self.unhealthy)
+
     # -- health ------------------------------------------------------------------------------------------------
 
     async def probe(self) -> None:

@@ -48,11 +48,20 @@ class WarmContainer:
 
 
 def stale_cause(
-    container: WarmContainer, *, now: float, max_age_s: float, digest: str, image_id: str | None
+    container: WarmContainer,
+    *,
+    now: float,
+    max_age_s: float,
+    digest: str,
+    image_id: str | None,
+    usable: Callable[[str], bool] = lambda container_id: True,
 ) -> str | None:
-    """Why a ready warm container must be replaced, or None. Pure. `image_id` None: not known right now."""
+    """Why a ready warm container must be replaced, or None. Pure. `image_id` None: not known right now; `usable`
+    False: its engine is draining or unhealthy (several engines)."""
     if not container.stream.alive():
         return "died"
+    if not usable(container.id):
+        return "engine"
     if container.digest != digest:
         return "config"
     if image_id is not None and container.image_id != image_id:
@@ -95,7 +104,9 @@ class WarmPool:
         *,
         clock: Callable[[], float] = time.monotonic,
         tick_s: float = 1.0,
+        usable: Callable[[str], bool] = lambda container_id: True,
     ) -> None:
+        self.usable = usable
         self.config = config
         self.engine = engine
         self.metrics = metrics
@@ -137,7 +148,7 @@ class WarmPool:
         while entry.ready:
             container = entry.ready.pop(0)  # the oldest first: the others stay younger than their max age
             cause = stale_cause(container, now=self.clock(), max_age_s=self.config.pools[pool].warm_max_age_s,
-                                digest=digest, image_id=None)  # fmt: skip
+                                digest=digest, image_id=None, usable=self.usable)  # fmt: skip
             if cause is not None:
                 self._discard(container, cause)
                 continue
@@ -193,7 +204,7 @@ class WarmPool:
             pool = self.config.pools[name]
             for container in list(entry.ready):
                 cause = stale_cause(container, now=now, max_age_s=pool.warm_max_age_s, digest=self.digests[name],
-                                    image_id=images.get(pool.image))  # fmt: skip
+                                    image_id=images.get(pool.image), usable=self.usable)  # fmt: skip
                 if cause is not None:
                     entry.ready.remove(container)
                     self._discard(container, cause)

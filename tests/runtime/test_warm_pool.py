@@ -53,6 +53,7 @@ def test_stale_causes() -> None:
     assert stale_cause(warm(digest="old"), **check) == "config"  # type: ignore[arg-type]
     assert stale_cause(warm(image_id="sha256:b"), **check) == "image"  # type: ignore[arg-type]
     assert stale_cause(warm(made_at=80.0), **check) == "age"  # type: ignore[arg-type]
+    assert stale_cause(warm(), **check, usable=lambda cid: False) == "engine"  # type: ignore[arg-type]
     assert stale_cause(warm(image_id="sha256:b"), **{**check, "image_id": None}) is None  # type: ignore[arg-type]
 
 
