@@ -116,6 +116,18 @@ def docker_client() -> Iterator[docker.DockerClient]:
     assert not leftovers, f"containers left behind by the test suite: {leftovers}"
 
 
+def local_image(client: docker.DockerClient, name: str) -> str:
+    """`name` if the engine has it (images are built locally: images/build-test-images.sh); else the test is skipped,
+    or fails where CI requires Docker."""
+    try:
+        client.images.get(name)
+    except docker.errors.ImageNotFound:
+        if REQUIRE_DOCKER:
+            raise
+        pytest.skip(f"{name} missing (run images/build-test-images.sh)")
+    return name
+
+
 def managed_containers(client: docker.DockerClient, controller_id: str) -> list[Any]:
     return client.containers.list(all=True, filters={"label": f"{LABEL_CONTROLLER}={controller_id}"})
 

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from orchestrator.forges.protocol import RunnerScope
 from orchestrator.intake.signatures import SignatureError, verify
 
-from conftest import REQUIRE_DOCKER
+from conftest import local_image
 from fake_github import FakeGitHub, decode_jit_config, run_python_agent
 
 FORGE_AGENT_IMAGE = os.environ.get("ORCHESTRATOR_FORGE_AGENT_IMAGE", "runner-orchestrator/test-forge-agent:local")
@@ -638,13 +638,7 @@ async def test_a_failing_webhook_receiver_is_recorded_and_does_not_block(
 
 @pytest.fixture
 def forge_agent_image(docker_client: docker.DockerClient) -> str:
-    try:
-        docker_client.images.get(FORGE_AGENT_IMAGE)
-    except docker.errors.ImageNotFound:
-        if REQUIRE_DOCKER:
-            raise
-        pytest.skip(f"{FORGE_AGENT_IMAGE} missing (run images/build-test-images.sh)")
-    return FORGE_AGENT_IMAGE
+    return local_image(docker_client, FORGE_AGENT_IMAGE)
 
 
 async def run_agent_container(image: str, stdin: bytes | None, *, timeout: float = 60) -> tuple[int, str, str]:

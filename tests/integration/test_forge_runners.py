@@ -22,7 +22,7 @@ from typing import Any
 import docker
 import pytest
 
-from conftest import RunningController, managed_containers
+from conftest import RunningController, local_image, managed_containers
 from ports import free_port
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "forges"))
@@ -38,13 +38,7 @@ REPO = "acme/app"
 
 @pytest.fixture
 def agent_image(docker_client: docker.DockerClient) -> str:
-    try:
-        docker_client.images.get(AGENT_IMAGE)
-    except docker.errors.ImageNotFound:
-        if os.environ.get("ORCHESTRATOR_REQUIRE_DOCKER") == "1":
-            raise
-        pytest.skip(f"{AGENT_IMAGE} missing (run images/build-test-images.sh)")
-    return AGENT_IMAGE
+    return local_image(docker_client, AGENT_IMAGE)
 
 
 @pytest.fixture

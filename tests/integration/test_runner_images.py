@@ -36,7 +36,7 @@ from orchestrator.jobs.spec import JobSpec
 from orchestrator.runtime.container_spec import build_container_spec, job_env, job_script, stdin_payload
 from orchestrator.runtime.docker_engine import DockerEngine
 
-from conftest import RUN_TAG, TEST_CONTROLLER_PREFIX, RunningController, managed_containers
+from conftest import RUN_TAG, TEST_CONTROLLER_PREFIX, RunningController, local_image, managed_containers
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "forges"))
 from fake_gitea import FakeGitea
@@ -54,24 +54,14 @@ GITEA_ARGS = "daemon --once --config /etc/gitea-runner/config.yaml"
 CONTROLLER_ID = f"{TEST_CONTROLLER_PREFIX}{RUN_TAG}img"  # so the session's leftover check covers these containers
 
 
-def _image(client: docker.DockerClient, name: str) -> str:
-    try:
-        client.images.get(name)
-    except docker.errors.ImageNotFound:
-        if os.environ.get("ORCHESTRATOR_REQUIRE_DOCKER") == "1":
-            raise
-        pytest.skip(f"{name} missing (run images/build-test-images.sh)")
-    return name
-
-
 @pytest.fixture
 def github_image(docker_client: docker.DockerClient) -> str:
-    return _image(docker_client, GITHUB_IMAGE)
+    return local_image(docker_client, GITHUB_IMAGE)
 
 
 @pytest.fixture
 def gitea_image(docker_client: docker.DockerClient) -> str:
-    return _image(docker_client, GITEA_IMAGE)
+    return local_image(docker_client, GITEA_IMAGE)
 
 
 def sha256(text: str) -> str:
