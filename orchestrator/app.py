@@ -57,6 +57,7 @@ from orchestrator.runtime.protocol import ContainerRuntime
 from orchestrator.runtime.runtimes import check_pool_runtimes
 from orchestrator.runtime.warm_pool import WarmPool
 from orchestrator.runtime.workspace import Workspaces
+from orchestrator.scheduling.cluster import Cluster, Leases
 from orchestrator.scheduling.events import ControllerJobEvents
 from orchestrator.scheduling.scheduler import Scheduler
 from orchestrator.store.base import JobStore
@@ -90,6 +91,7 @@ class Controller:
     artifacts: ArtifactStore | None = None
     warm: WarmPool | None = None
     engines: EngineSet | None = None  # several Docker engines ([engines]); None: the one of docker.base_url
+    cluster: Cluster | None = None  # leases and takeover, when controllers share PostgreSQL
 
 
 def plan_connections(config: Config, soft_limit: int) -> tuple[ConnectionLimits, DescriptorPlan]:
@@ -164,6 +166,7 @@ def build_controller(
 
         credentials, signing_keys = build_vault_credentials(config, auditor)
     store: JobStore
+    leases: Leases | None = None  # controllers sharing PostgreSQL hold leases (scheduling/cluster.py)
     if config.storage.backend == "postgres":
         from orchestrator.store.postgres import PostgresJobStore  # optional: the 'postgres' extra
 
@@ -175,6 +178,7 @@ def build_controller(
             connect_timeout_s=storage.connect_timeout_s,
             outbox=store_outbox(config),
         )
+        leases = store
     else:
         store = SQLiteJobStore(data / "jobs.sqlite3", outbox=store_outbox(config))
     engines: EngineSet | None = None
@@ -291,6 +295,7 @@ def build_controller(
         artifacts=artifacts,
         warm=warm,
         engines=engines,
+        cluster=Cluster(config, leases, scheduler, auditor) if leases is not None else None,
     )
 
 
@@ -380,7 +385,11 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
         if controller.descriptors is not None:
             for warning in controller.descriptors.warnings:
                 log.warning("open-files limit is low", extra={"warning": warning})
+        if controller.cluster is not None:
+            await controller.cluster.join()  # a new lease generation before anything of its jobs is touched
         await controller.scheduler.start()
+        if controller.cluster is not None:
+            controller.background.append(asyncio.create_task(controller.cluster.run_forever(), name="cluster"))
         if controller.webhook_listener is not None:
             await controller.webhook_listener.open()
         if controller.signing_keys is not None:

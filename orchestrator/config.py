@@ -711,6 +711,23 @@ class StorageConfig(_Strict):
         return self
 
 
+class ClusterConfig(_Strict):
+    """Controllers sharing a PostgreSQL store (scheduling/cluster.py): how long a lease lives without a heartbeat
+    before another controller takes over its jobs."""
+
+    heartbeat_s: float = Field(2.0, gt=0, le=60, description="how often the lease is renewed")
+    lease_ttl_s: float = Field(15.0, gt=0, le=600, description="a lease not renewed this long is taken over")
+
+    @model_validator(mode="after")
+    def _ttl_covers_heartbeats(self) -> ClusterConfig:
+        if self.lease_ttl_s < 3 * self.heartbeat_s:
+            raise ValueError(
+                f"lease_ttl_s = {self.lease_ttl_s} must be at least 3 heartbeats ({3 * self.heartbeat_s} s): a late "
+                "heartbeat would otherwise hand a live controller's jobs to another"
+            )
+        return self
+
+
 class ArtifactsConfig(_Strict):
     """Where jobs' artifacts are kept (data_dir/artifacts) and for how long."""
 
@@ -751,6 +768,7 @@ class Config(_Strict):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
     artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     caches: CachesConfig = Field(default_factory=CachesConfig)
     max_total_concurrent: int = Field(16, ge=1)
     max_warm: int = Field(32, ge=0, description="warm containers across pools; the pools' `warm` must fit")

@@ -148,8 +148,17 @@ class Scheduler:
     async def reconcile(self) -> None:
         """Settle what a previous process left: containers with our labels are removed, jobs that were starting
         or running end in `error` (or are re-queued when the pool allows), queued jobs are queued again."""
+        await self._settle_left(self.config.controller_id, await self.store.unfinished(), "controller restarted")
+
+    async def adopt(self, controller_id: str, jobs: list[Job]) -> None:
+        """Jobs of another controller whose lease expired, already ours in the store (scheduling/cluster.py): its
+        containers (on the engines we share) are removed, its queued jobs run here, its starting or running ones
+        end in `error` -- or are queued again where the pool allows -- and their Vault tokens are revoked."""
+        await self._settle_left(controller_id, jobs, f"controller {controller_id} lost its lease")
+
+    async def _settle_left(self, owner: str, jobs: list[Job], why: str) -> None:
         try:
-            containers = await self.engine.list_managed(self.config.controller_id)
+            containers = await self.engine.list_managed(owner)
         except EngineError as exc:
             log.error("reconciliation could not list containers", extra={"error": str(exc)})
             containers = []
@@ -165,7 +174,7 @@ class Scheduler:
                 self.auditor.reconcile("container_removed", c.job_id, {"container": c.name, "was": c.status})
             except EngineError as exc:
                 log.error("could not remove leftover container", extra={"job_id": c.job_id, "error": str(exc)})
-        for job in await self.store.unfinished():
+        for job in jobs:
             if job.controller_id != self.config.controller_id or job.id in self._running:
                 continue
             if job.state is JobState.QUEUED and job.pool in self.config.pools:
@@ -184,11 +193,12 @@ class Scheduler:
                 )
                 await end(job, JobState.TIMED_OUT, reason)
             elif self.config.pools[job.pool].retry_on_restart:
-                requeued = await self._settle(job, JobState.QUEUED, "re-queued after controller restart")
+                requeued = await self._settle(job, JobState.QUEUED, f"re-queued: {why}")
                 if requeued is not None:
                     self._queues[job.pool].append(requeued)
             else:
-                await end(job, JobState.ERROR, "controller restarted while the job was running")
+                await end(job, JobState.ERROR, f"{why} while the job was running")
+        self._dispatch()
 
     async def sweep(self) -> int:
         """Removes containers with our labels whose job is not running here: what a Docker outage or a failed

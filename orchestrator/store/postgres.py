@@ -94,6 +94,15 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at)",
     "CREATE INDEX IF NOT EXISTS jobs_pool ON jobs (pool, created_at)",
     "CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at DOUBLE PRECISION NOT NULL)",
+    # One lease per controller: its generation fences a controller whose jobs were taken over (scheduling/cluster.py).
+    """
+    CREATE TABLE IF NOT EXISTS controllers (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        generation BIGINT NOT NULL,
+        heartbeat_at DOUBLE PRECISION NOT NULL,
+        taken_over_by TEXT
+    )
+    """,
     # Forge ids (job, runner) outgrow 32 bits: BIGINT.
     """
     CREATE TABLE IF NOT EXISTS runners (
@@ -139,7 +148,7 @@ _SCHEMA = (
 # of _SCHEMA runs again (each statement IF NOT EXISTS), so a new table must be named here too.
 _SCHEMA_OBJECTS = (
     *("jobs", "jobs_state", "jobs_created", "jobs_pool", "probe", "runners", "runners_source"),
-    *("callback_outbox", "callback_outbox_pending"),
+    *("callback_outbox", "callback_outbox_pending", "controllers"),
 )
 _SCHEMA_EXISTS = "SELECT " + ", ".join(["to_regclass(%s)"] * len(_SCHEMA_OBJECTS))
 
@@ -149,9 +158,28 @@ _INSERT = (
     "ON CONFLICT (id) DO NOTHING RETURNING id"
 )
 _SELECT_ONE = f"SELECT {_COLUMNS} FROM jobs WHERE id = %s"  # noqa: S608
+# `controller_id = %s`: only the job's owner writes it -- a controller whose jobs were taken over (its lease expired)
+# finds its writes refused and stops (fencing).
 _UPDATE = (
     f"UPDATE jobs SET {', '.join(f'{c.strip()} = %s' for c in _COLUMNS.split(',')[1:])} "  # noqa: S608
-    "WHERE id = %s AND state = %s"
+    "WHERE id = %s AND state = %s AND controller_id = %s"
+)
+_LEASE_ACQUIRE = (
+    "INSERT INTO controllers (id, generation, heartbeat_at, taken_over_by) VALUES (%s, 1, %s, NULL) "
+    "ON CONFLICT (id) DO UPDATE SET generation = controllers.generation + 1, heartbeat_at = EXCLUDED.heartbeat_at, "
+    "taken_over_by = NULL RETURNING generation"
+)
+_LEASE_RENEW = "UPDATE controllers SET heartbeat_at = %s WHERE id = %s AND generation = %s AND taken_over_by IS NULL"
+_LEASES_EXPIRED = (
+    "SELECT id, generation FROM controllers WHERE heartbeat_at < %s AND taken_over_by IS NULL AND id <> %s ORDER BY id"
+)
+_LEASE_TAKE = (
+    "UPDATE controllers SET generation = generation + 1, taken_over_by = %s "
+    "WHERE id = %s AND generation = %s AND taken_over_by IS NULL"
+)
+_JOBS_TAKE = (
+    f"UPDATE jobs SET controller_id = %s, updated_at = %s WHERE controller_id = %s AND NOT (state = ANY(%s)) "  # noqa: S608
+    f"RETURNING {_COLUMNS}"
 )
 _UNFINISHED = f"SELECT {_COLUMNS} FROM jobs WHERE NOT (state = ANY(%s)) ORDER BY created_at, id"  # noqa: S608
 _RUNNER_SELECT = f"SELECT {RUNNER_COLUMNS} FROM runners"  # noqa: S608
@@ -417,7 +445,7 @@ class PostgresJobStore:
         return [_job(r) for r in rows]
 
     async def update(self, job: Job, *, expected: JobState) -> bool:
-        values = (*_row(job)[1:], job.id, expected.value)
+        values = (*_row(job)[1:], job.id, expected.value, job.controller_id)
         targets = tuple(self.outbox(job)) if job.state is not expected else ()
         async with self._conn() as conn:
             if not targets:
@@ -433,6 +461,39 @@ class PostgresJobStore:
                 async with conn.cursor() as outbox:
                     await outbox.executemany(_OUTBOX_INSERT, _outbox_rows(job, seq, targets))
             return True
+
+    # --- leases of controllers sharing this database (scheduling/cluster.py) ------------------------------------
+
+    async def acquire_lease(self, controller_id: str, now: float) -> int:
+        """Registers the controller (again): a new generation, which fences off its previous process."""
+        async with self._conn() as conn:
+            cur = await conn.execute(_LEASE_ACQUIRE, (controller_id, now))
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def renew_lease(self, controller_id: str, generation: int, now: float) -> bool:
+        """False: the lease is no longer this process's (taken over, or a newer process of the same id)."""
+        async with self._conn() as conn:
+            cur = await conn.execute(_LEASE_RENEW, (now, controller_id, generation))
+            return cur.rowcount == 1
+
+    async def expired_leases(self, cutoff: float, *, besides: str) -> list[tuple[str, int]]:
+        async with self._conn() as conn:
+            cur = await conn.execute(_LEASES_EXPIRED, (cutoff, besides))
+            return [(str(r[0]), int(r[1])) for r in await cur.fetchall()]
+
+    async def take_over(self, controller_id: str, generation: int, *, by: str, now: float) -> list[Job] | None:
+        """Ends the lease of `controller_id` at `generation` and makes `by` the owner of its unfinished jobs, in one
+        transaction; returns them. None: someone else took it over first, or it renewed its lease meanwhile."""
+        final = sorted(s.value for s in FINAL_STATES)
+        async with self._conn() as conn, conn.transaction():
+            cur = await conn.execute(_LEASE_TAKE, (by, controller_id, generation))
+            if cur.rowcount != 1:
+                return None
+            cur = await conn.execute(_JOBS_TAKE, (by, now, controller_id, final))
+            rows = await cur.fetchall()
+        return [_job(r) for r in rows]
 
     async def unfinished(self) -> list[Job]:
         final = sorted(s.value for s in FINAL_STATES)

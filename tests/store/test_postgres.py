@@ -9,6 +9,7 @@ that cannot connect need no server and always run.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import re
@@ -358,7 +359,7 @@ async def test_open_is_idempotent_on_an_existing_schema(pg_dsn_file: Path, schem
     finally:
         await first.close()
     schema = await _schema_of(schema_dsn)
-    assert {row[0] for row in schema} == {"jobs", "probe", "runners", "callback_outbox"}
+    assert {row[0] for row in schema} == {"jobs", "probe", "runners", "callback_outbox", "controllers"}
     rows = await _query(schema_dsn, "SELECT * FROM jobs ORDER BY id")
     assert len(rows) == 2
     for _ in range(3):
@@ -484,3 +485,32 @@ async def test_nothing_logged_contains_the_dsn(
     real = conninfo_to_dict(schema_dsn).get("password")
     assert_no_secret(caplog.text, schema_dsn, *([str(real)] if real else []))
     assert_no_secret(repr(store), schema_dsn)
+
+
+# --- leases of controllers sharing the database (scheduling/cluster.py) ----------------------------------------
+
+
+async def test_leases_take_over_and_fence(pg_store: PostgresJobStore) -> None:
+    assert await pg_store.acquire_lease("a", 100.0) == 1
+    assert await pg_store.acquire_lease("b", 100.0) == 1
+    queued = dataclasses.replace(make_job("q1"), controller_id="a")
+    running = transition(dataclasses.replace(make_job("r1"), controller_id="a"), JobState.STARTING, now=101.0)
+    mine = dataclasses.replace(make_job("b1"), controller_id="b")
+    for job in (queued, running, mine):
+        assert (await pg_store.create(job))[1]
+    assert await pg_store.renew_lease("a", 1, 105.0)
+    assert await pg_store.expired_leases(104.0, besides="b") == []
+    assert await pg_store.expired_leases(106.0, besides="b") == [("a", 1)]
+    taken = await pg_store.take_over("a", 1, by="b", now=120.0)
+    assert taken is not None and sorted(j.id for j in taken) == ["q1", "r1"]
+    assert {j.controller_id for j in taken} == {"b"}
+    assert await pg_store.take_over("a", 1, by="c", now=121.0) is None  # only one controller takes it over
+    # Fencing: the old owner can renew nothing and write nothing of the jobs it lost.
+    assert not await pg_store.renew_lease("a", 1, 122.0)
+    ended = transition(running, JobState.ERROR, now=123.0, reason="the old owner's late write")
+    assert not await pg_store.update(ended, expected=JobState.STARTING)
+    stored = await pg_store.get("r1")
+    assert stored is not None and stored.controller_id == "b" and stored.state is JobState.STARTING
+    # The same controller id starting again gets a new generation, and nothing back.
+    assert await pg_store.acquire_lease("a", 130.0) == 3
+    assert await pg_store.expired_leases(125.0, besides="b") == []
