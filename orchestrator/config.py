@@ -717,6 +717,7 @@ class ClusterConfig(_Strict):
 
     heartbeat_s: float = Field(2.0, gt=0, le=60, description="how often the lease is renewed")
     lease_ttl_s: float = Field(15.0, gt=0, le=600, description="a lease not renewed this long is taken over")
+    share_queued: bool = Field(True, description="a controller with free slots runs other controllers' queued jobs")
 
     @model_validator(mode="after")
     def _ttl_covers_heartbeats(self) -> ClusterConfig:

@@ -12,6 +12,10 @@ its jobs within a bounded time -- and a controller that comes back after losing 
   lease renewal fails -- it was taken over while it was stopped or cut off -- stops at once (SIGTERM to itself:
   it drains, and its writes to jobs it no longer owns are refused).
 
+* Queued jobs go to whichever controller has room: each heartbeat, a controller with free slots in a pool claims
+  the oldest queued jobs other controllers accepted (`FOR UPDATE SKIP LOCKED`); their old owner's attempt to start
+  one is then refused by the fence and it moves on. Pool limits hold per controller.
+
 Takeover time is at most `lease_ttl_s` + `heartbeat_s` after the last heartbeat."""
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class Leases(Protocol):
     async def renew_lease(self, controller_id: str, generation: int, now: float) -> bool: ...
     async def expired_leases(self, cutoff: float, *, besides: str) -> list[tuple[str, int]]: ...
     async def take_over(self, controller_id: str, generation: int, *, by: str, now: float) -> list[Job] | None: ...
+    async def claim_queued(self, pool: str, limit: int, *, by: str, now: float) -> list[Job]: ...
 
 
 def _stop_this_process() -> None:
@@ -62,6 +67,7 @@ class Cluster:
         self.on_lost = on_lost
         self.generation = 0
         self.taken_over: list[str] = []  # controllers whose jobs this one took over
+        self.claimed = 0  # queued jobs claimed from other controllers
         self.lost = False
 
     async def join(self) -> None:
@@ -94,6 +100,24 @@ class Cluster:
                         extra={"controller_id": other, "jobs": len(jobs)})  # fmt: skip
             self.auditor.reconcile("lease_taken_over", other, {"jobs": len(jobs), "by": me})
             await self.scheduler.adopt(other, jobs)
+        if self.config.cluster.share_queued:
+            await self.claim()
+
+    async def claim(self) -> int:
+        """Queued jobs other controllers have not started yet, claimed for this one's free slots: whichever
+        controller has room runs the oldest waiting job. Returns how many it took."""
+        taken = 0
+        for pool in self.config.pools:
+            room = self.scheduler.room(pool)
+            if room <= 0:
+                continue
+            jobs = await self.leases.claim_queued(pool, room, by=self.config.controller_id, now=self.clock())
+            if jobs:
+                taken += len(jobs)
+                log.info("claimed queued jobs of other controllers", extra={"pool": pool, "jobs": len(jobs)})
+                self.scheduler.take(jobs)
+        self.claimed += taken
+        return taken
 
     async def run_forever(self) -> None:
         while not self.lost:

@@ -252,6 +252,21 @@ class Scheduler:
         self._queues[job.pool].append(job)
         self._dispatch()
 
+    def room(self, pool: str) -> int:
+        """How many more jobs of `pool` this controller could start now: its free slots, nothing queued for them."""
+        cfg = self.config.pools.get(pool)
+        if cfg is None or not self._accepting:
+            return 0
+        waiting = sum(len(q) for q in self._queues.values())
+        total = self.config.max_total_concurrent - len(self._running) - waiting
+        return max(0, min(cfg.max_concurrent - self._running_per_pool[pool] - len(self._queues[pool]), total))
+
+    def take(self, jobs: list[Job]) -> None:
+        """Queued jobs claimed from other controllers sharing the store (scheduling/cluster.py), already ours."""
+        for job in jobs:
+            self._queues[job.pool].append(job)
+        self._dispatch()
+
     def _dispatch(self) -> None:
         """Starts what the limits allow: FIFO within a pool, and the pools in turn, each pass beginning with the
         pool after the one that got the last slot, so under the controller-wide limit a pool early in the config

@@ -177,6 +177,15 @@ _LEASE_TAKE = (
     "UPDATE controllers SET generation = generation + 1, taken_over_by = %s "
     "WHERE id = %s AND generation = %s AND taken_over_by IS NULL"
 )
+# Queued jobs of other controllers, oldest first, for a controller with room: SKIP LOCKED lets several claim at
+# once without waiting on each other, and a job its owner is starting right now (its row locked) is skipped. Only
+# jobs that waited `min_age` (not updated since): an owner with room starts its own at once, and a job just claimed
+# is not claimed away again before its new owner starts it.
+_CLAIM_QUEUED = (
+    "UPDATE jobs SET controller_id = %s, updated_at = %s WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' "  # noqa: S608
+    "AND pool = %s AND controller_id <> %s AND updated_at < %s ORDER BY created_at, id LIMIT %s "
+    f"FOR UPDATE SKIP LOCKED) RETURNING {_COLUMNS}"
+)
 _JOBS_TAKE = (
     f"UPDATE jobs SET controller_id = %s, updated_at = %s WHERE controller_id = %s AND NOT (state = ANY(%s)) "  # noqa: S608
     f"RETURNING {_COLUMNS}"
@@ -494,6 +503,14 @@ class PostgresJobStore:
             cur = await conn.execute(_JOBS_TAKE, (by, now, controller_id, final))
             rows = await cur.fetchall()
         return [_job(r) for r in rows]
+
+    async def claim_queued(self, pool: str, limit: int, *, by: str, now: float, min_age_s: float = 1.0) -> list[Job]:
+        """Up to `limit` queued jobs of `pool` that other controllers accepted and have not touched for `min_age_s`,
+        now `by`'s (oldest first). Their old owner's attempt to start one then fails (the fenced write)."""
+        async with self._conn() as conn:
+            cur = await conn.execute(_CLAIM_QUEUED, (by, now, pool, by, now - min_age_s, limit))
+            rows = await cur.fetchall()
+        return sorted((_job(r) for r in rows), key=lambda j: (j.created_at, j.id))
 
     async def unfinished(self) -> list[Job]:
         final = sorted(s.value for s in FINAL_STATES)

@@ -127,3 +127,23 @@ async def test_a_frozen_controller_that_lost_its_lease_stops_without_touching_th
     assert (later["status"], later["reason"]) == (job["status"], job["reason"])  # it wrote nothing over them
     assert "lease was taken over" in (a.tmp / "controller.log").read_text()
     b.kill(signal.SIGTERM)
+
+
+async def test_queued_jobs_go_to_whichever_controller_has_room(pair: list[ControllerProcess]) -> None:
+    """A takes 8 jobs but runs 2 at a time; B, idle, claims the waiting ones: every job runs once, some on each."""
+    a, b = pair
+    a.start()
+    b.start()
+    specs = [job_spec(commands=["sleep 1", "echo done-$CI_JOB_ID"]) for _ in range(8)]
+    for spec in specs:
+        assert await asyncio.to_thread(a.send, spec) == 202
+    owners = []
+    for spec in specs:
+        job = await wait_final(a, spec["id"])
+        assert job["status"] == "succeeded", job
+        owners.append(job["controller_id"])
+        log = await asyncio.to_thread((a if job["controller_id"] == a.controller_id else b).log_text, spec["id"])
+        assert log.count(f"done-{spec['id']}") == 1  # its output once: it ran once
+    assert set(owners) == {a.controller_id, b.controller_id}, owners
+    for cp in pair:
+        cp.kill(signal.SIGTERM)

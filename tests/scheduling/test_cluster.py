@@ -20,6 +20,7 @@ class Leases:
         self.expired: list[tuple[str, int]] = []
         self.taken: dict[str, list[Any] | None] = {}
         self.calls: list[str] = []
+        self.queued: list[Any] = []
 
     async def acquire_lease(self, controller_id: str, now: float) -> int:
         return 7
@@ -35,13 +36,25 @@ class Leases:
         self.calls.append(f"take {controller_id} {generation} by {by}")
         return self.taken.get(controller_id)
 
+    async def claim_queued(self, pool: str, limit: int, *, by: str, now: float) -> list[Job]:
+        self.calls.append(f"claim {pool} {limit} by {by}")
+        return self.queued[:limit]
+
 
 class Scheduler:
     def __init__(self) -> None:
         self.adopted: list[tuple[str, list[Any]]] = []
+        self.free = 0
+        self.taken: list[Any] = []
 
     async def adopt(self, controller_id: str, jobs: list[Any]) -> None:
         self.adopted.append((controller_id, jobs))
+
+    def room(self, pool: str) -> int:
+        return self.free
+
+    def take(self, jobs: list[Any]) -> None:
+        self.taken.extend(jobs)
 
 
 class Auditor:
@@ -65,7 +78,7 @@ async def test_takes_over_only_what_it_won() -> None:
     leases.expired = [("dead", 3), ("raced", 4)]
     leases.taken = {"dead": ["job-1", "job-2"], "raced": None}  # another controller took "raced" first
     await c.beat()
-    assert leases.calls == ["renew 7", "take dead 3 by me", "take raced 4 by me"]
+    assert leases.calls == ["renew 7", "take dead 3 by me", "take raced 4 by me"]  # no room: nothing claimed
     assert scheduler.adopted == [("dead", ["job-1", "job-2"])] and c.taken_over == ["dead"]
     assert auditor.records == [("lease_taken_over", "dead")] and stops == []
 
@@ -85,3 +98,12 @@ def test_the_lease_outlives_several_heartbeats() -> None:
     with pytest.raises(ValidationError, match="at least 3 heartbeats"):
         ClusterConfig(heartbeat_s=2, lease_ttl_s=5)
     assert ClusterConfig(heartbeat_s=0.5, lease_ttl_s=3).lease_ttl_s == 3
+
+
+async def test_a_controller_with_room_claims_queued_jobs_of_others() -> None:
+    c, leases, scheduler, _, _ = cluster()
+    await c.join()
+    leases.queued = ["old-1", "old-2", "old-3"]
+    scheduler.free = 2
+    await c.beat()
+    assert "claim p 2 by me" in leases.calls and scheduler.taken == ["old-1", "old-2"] and c.claimed == 2

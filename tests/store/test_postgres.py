@@ -514,3 +514,22 @@ async def test_leases_take_over_and_fence(pg_store: PostgresJobStore) -> None:
     # The same controller id starting again gets a new generation, and nothing back.
     assert await pg_store.acquire_lease("a", 130.0) == 3
     assert await pg_store.expired_leases(125.0, besides="b") == []
+
+
+async def test_claim_queued_takes_the_oldest_of_others_once(pg_store: PostgresJobStore) -> None:
+    jobs = [dataclasses.replace(make_job(f"q{n}", now=100.0 + n), controller_id="a") for n in range(5)]
+    jobs.append(dataclasses.replace(make_job("fresh", now=199.5), controller_id="a"))  # not waited min_age_s yet
+    jobs.append(transition(dataclasses.replace(make_job("started", now=10.0), controller_id="a"), JobState.STARTING,
+                           now=11.0))  # fmt: skip
+    for job in jobs:
+        assert (await pg_store.create(job))[1]
+    first, second = await asyncio.gather(
+        pg_store.claim_queued("default", 2, by="b", now=200.0), pg_store.claim_queued("default", 2, by="c", now=200.0)
+    )
+    claimed = [j.id for j in first + second]
+    assert len(claimed) == 4 and len(set(claimed)) == 4 and set(claimed) <= {"q0", "q1", "q2", "q3", "q4"}
+    assert [j.id for j in first] == sorted(j.id for j in first)  # oldest first
+    assert await pg_store.claim_queued("other-pool", 5, by="b", now=200.0) == []
+    # the old owner's start of a claimed job is refused (fenced)
+    (lost,) = [j for j in jobs if j.id == claimed[0]]
+    assert not await pg_store.update(transition(lost, JobState.STARTING, now=201.0), expected=JobState.QUEUED)
