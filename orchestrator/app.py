@@ -249,6 +249,8 @@ def build_controller(
         attestations=attestations,
         artifacts=artifacts,
         engines=engines,
+        controller_id=config.controller_id,
+        peers=leases.controller_url if leases is not None else None,
         attestation_public_pem=public_pem(attest_key),
         audit_log=audit_log,
     )

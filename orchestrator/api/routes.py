@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
+import aiohttp
 from aiohttp import web
 
 from orchestrator.api.auth import FailureLimiter, Principal, Role, authenticate
@@ -35,6 +36,9 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+FORWARDED = "X-Orchestrator-Forwarded"  # a request one controller passes to another: never passed on again
+
+
 def _err(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -58,9 +62,13 @@ class Api:
         audit_log: AuditLog,
         artifacts: ArtifactStore | None = None,
         engines: EngineSet | None = None,
+        controller_id: str = "",
+        peers: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.artifacts = artifacts
         self.engines = engines
+        self.controller_id = controller_id
+        self.peers = peers  # controller id -> its API URL (controllers sharing PostgreSQL)
         self.metrics = metrics
         self.auditor = auditor
         self.attestations = attestations
@@ -213,6 +221,13 @@ class Api:
         follow = sse or request.query.get("follow", "false").lower() in {"1", "true", "yes"}
         principal = request[PRINCIPAL]
         self.auditor.api(principal.name, principal.role, "api.logs_read", job_id, request.remote, "ok")
+        if (
+            self.peers is not None
+            and job.controller_id != self.controller_id
+            and not request.headers.get(FORWARDED)
+            and self.logs.size(job_id) == 0
+        ):
+            return await self._forward_logs(request, job.controller_id)
         resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8", "X-Job-Status": job.state})
         if not follow:
             size = self.logs.size(job_id)
@@ -245,6 +260,34 @@ class Api:
             await resp.write(encoder.end(final.state.value if final else "unknown"))
         await resp.write_eof()
         return resp
+
+    async def _forward_logs(self, request: web.Request, owner: str) -> web.StreamResponse:
+        """The log of a job another controller runs: its answer, streamed through (the same token is accepted by
+        every controller sharing the store; one hop only)."""
+        assert self.peers is not None
+        url = await self.peers(owner)
+        if not url:
+            return _err(502, f"the job runs on controller {owner!r}, which published no server.public_url")
+        headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "Accept", "Last-Event-ID")}
+        headers[FORWARDED] = self.controller_id or "1"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.get(f"{url.rstrip('/')}{request.path}", params=request.query, headers=headers) as upstream,
+            ):
+                resp = web.StreamResponse(status=upstream.status)
+                for name in ("Content-Type", "X-Job-Status", "X-Log-Offset", "Cache-Control"):
+                    if name in upstream.headers:
+                        resp.headers[name] = upstream.headers[name]
+                resp.headers["X-Served-By"] = owner
+                await resp.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    await resp.write(chunk)
+                await resp.write_eof()
+                return resp
+        except (aiohttp.ClientError, OSError) as exc:
+            return _err(502, f"the job runs on controller {owner!r} at {url}, which does not answer: {exc}")
 
     async def job_attestation(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 
 class Leases(Protocol):
-    async def acquire_lease(self, controller_id: str, now: float) -> int: ...
+    async def acquire_lease(self, controller_id: str, now: float, url: str | None = None) -> int: ...
+    async def controller_url(self, controller_id: str) -> str | None: ...
     async def renew_lease(self, controller_id: str, generation: int, now: float) -> bool: ...
     async def expired_leases(self, cutoff: float, *, besides: str) -> list[tuple[str, int]]: ...
     async def take_over(self, controller_id: str, generation: int, *, by: str, now: float) -> list[Job] | None: ...
@@ -72,7 +73,9 @@ class Cluster:
 
     async def join(self) -> None:
         """Takes this controller's lease (a new generation) before it reconciles or runs anything."""
-        self.generation = await self.leases.acquire_lease(self.config.controller_id, self.clock())
+        self.generation = await self.leases.acquire_lease(
+            self.config.controller_id, self.clock(), self.config.server.public_url
+        )
         log.info("lease taken", extra={"controller_id": self.config.controller_id, "generation": self.generation})
 
     async def beat(self) -> None:

@@ -100,7 +100,8 @@ _SCHEMA = (
         id TEXT COLLATE "C" PRIMARY KEY,
         generation BIGINT NOT NULL,
         heartbeat_at DOUBLE PRECISION NOT NULL,
-        taken_over_by TEXT
+        taken_over_by TEXT,
+        url TEXT
     )
     """,
     # Forge ids (job, runner) outgrow 32 bits: BIGINT.
@@ -165,10 +166,11 @@ _UPDATE = (
     "WHERE id = %s AND state = %s AND controller_id = %s"
 )
 _LEASE_ACQUIRE = (
-    "INSERT INTO controllers (id, generation, heartbeat_at, taken_over_by) VALUES (%s, 1, %s, NULL) "
+    "INSERT INTO controllers (id, generation, heartbeat_at, taken_over_by, url) VALUES (%s, 1, %s, NULL, %s) "
     "ON CONFLICT (id) DO UPDATE SET generation = controllers.generation + 1, heartbeat_at = EXCLUDED.heartbeat_at, "
-    "taken_over_by = NULL RETURNING generation"
+    "taken_over_by = NULL, url = EXCLUDED.url RETURNING generation"
 )
+_CONTROLLER_URL = "SELECT url FROM controllers WHERE id = %s"
 _LEASE_RENEW = "UPDATE controllers SET heartbeat_at = %s WHERE id = %s AND generation = %s AND taken_over_by IS NULL"
 _LEASES_EXPIRED = (
     "SELECT id, generation FROM controllers WHERE heartbeat_at < %s AND taken_over_by IS NULL AND id <> %s ORDER BY id"
@@ -473,13 +475,20 @@ class PostgresJobStore:
 
     # --- leases of controllers sharing this database (scheduling/cluster.py) ------------------------------------
 
-    async def acquire_lease(self, controller_id: str, now: float) -> int:
-        """Registers the controller (again): a new generation, which fences off its previous process."""
+    async def acquire_lease(self, controller_id: str, now: float, url: str | None = None) -> int:
+        """Registers the controller (again): a new generation, which fences off its previous process; `url` is
+        where the others reach its API (to forward log followers of its jobs)."""
         async with self._conn() as conn:
-            cur = await conn.execute(_LEASE_ACQUIRE, (controller_id, now))
+            cur = await conn.execute(_LEASE_ACQUIRE, (controller_id, now, url))
             row = await cur.fetchone()
         assert row is not None
         return int(row[0])
+
+    async def controller_url(self, controller_id: str) -> str | None:
+        async with self._conn() as conn:
+            cur = await conn.execute(_CONTROLLER_URL, (controller_id,))
+            row = await cur.fetchone()
+        return str(row[0]) if row is not None and row[0] else None
 
     async def renew_lease(self, controller_id: str, generation: int, now: float) -> bool:
         """False: the lease is no longer this process's (taken over, or a newer process of the same id)."""

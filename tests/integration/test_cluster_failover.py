@@ -17,7 +17,10 @@ from typing import Any
 import docker
 import psycopg
 import pytest
+import requests
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from orchestrator.config import hash_token
 
 from conftest import job_spec, managed_containers
 from controller_process import ControllerProcess
@@ -145,5 +148,31 @@ async def test_queued_jobs_go_to_whichever_controller_has_room(pair: list[Contro
         log = await asyncio.to_thread((a if job["controller_id"] == a.controller_id else b).log_text, spec["id"])
         assert log.count(f"done-{spec['id']}") == 1  # its output once: it ran once
     assert set(owners) == {a.controller_id, b.controller_id}, owners
+    for cp in pair:
+        cp.kill(signal.SIGTERM)
+
+
+async def test_a_jobs_log_is_followed_through_any_controller(pair: list[ControllerProcess]) -> None:
+    """The job runs on A; its log is followed live through B, which forwards to A (the same API token works on
+    every controller sharing the store)."""
+    a, b = pair
+    config = b.config.read_text().replace(hash_token(b.token), hash_token(a.token))
+    b.config.write_text(config)
+    b.token = a.token
+    a.start()
+    b.start()
+    spec = job_spec(commands=["for i in 1 2 3 4 5; do echo line-$i; sleep 0.3; done"])
+    assert await asyncio.to_thread(a.send, spec) == 202
+    await asyncio.to_thread(a.wait, spec["id"], {"running"})
+
+    def follow() -> tuple[str, str]:
+        r = requests.get(f"{b.url}/api/v1/jobs/{spec['id']}/logs", params={"follow": "true"},
+                         headers={"Authorization": f"Bearer {b.token}"}, timeout=30, stream=True)  # fmt: skip
+        assert r.status_code == 200, r.text
+        return r.headers.get("X-Served-By", ""), r.content.decode()
+
+    served_by, text = await asyncio.to_thread(follow)
+    assert served_by == a.controller_id
+    assert [line for line in text.splitlines() if line.startswith("line-")] == [f"line-{i}" for i in range(1, 6)]
     for cp in pair:
         cp.kill(signal.SIGTERM)

@@ -22,8 +22,11 @@ class Leases:
         self.calls: list[str] = []
         self.queued: list[Any] = []
 
-    async def acquire_lease(self, controller_id: str, now: float) -> int:
+    async def acquire_lease(self, controller_id: str, now: float, url: str | None = None) -> int:
         return 7
+
+    async def controller_url(self, controller_id: str) -> str | None:
+        return None
 
     async def renew_lease(self, controller_id: str, generation: int, now: float) -> bool:
         self.calls.append(f"renew {generation}")
