@@ -33,6 +33,8 @@ from orchestrator.platform.serving import Network, app_runner, proxy_middlewares
 
 log = logging.getLogger("orchestrator.intake.worker")  # not __main__: it runs with -m
 
+ACCEPTED_GRACE_S = 0.5  # after SIGTERM: how long connections already accepted have to send their request
+
 _UNAVAILABLE = Refusal("controller_unavailable", "the controller is not reachable; retry later")
 
 
@@ -170,7 +172,12 @@ async def serve(listen_fd: int, link_fd: int) -> int:
     # and before its handler is removed, and Python prints a BrokenPipeError traceback.
     loop.remove_signal_handler(signal.SIGTERM)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # Stop taking connections, let the handlers in flight get their answers, then hang up.
+    # Stop taking connections; give the ones just accepted a moment for their request to arrive (a connection
+    # closed before it was read would be a delivery the sender sees refused, though nothing took it); let the
+    # handlers in flight get their answers, then hang up.
+    for site in list(runner.sites):
+        await site.stop()
+    await asyncio.sleep(ACCEPTED_GRACE_S)
     await runner.cleanup()
     link.frames.close()
     return 0 if stop.is_set() else 1
