@@ -785,10 +785,10 @@ class Config(_Strict):
             if unknown:
                 raise ValueError(f"pools.{name}.engines: no engine named {', '.join(map(repr, unknown))} in [engines]")
             capacity = sum(pool.engines.values()) if pool.engines else None
-            if capacity is not None and pool.max_concurrent > capacity:
+            if capacity is not None and pool.max_concurrent + pool.warm > capacity:
                 raise ValueError(
-                    f"pools.{name}.max_concurrent = {pool.max_concurrent} is more than its engines' capacity "
-                    f"({capacity}): lower it or raise the engines' capacity"
+                    f"pools.{name}: max_concurrent + warm = {pool.max_concurrent + pool.warm} is more than its "
+                    f"engines' capacity ({capacity}): lower them or raise the engines' capacity"
                 )
         return self
 

@@ -49,8 +49,10 @@ class EngineSet:
         self.on_change = on_change or (lambda engine, state: None)
         self.unhealthy: set[str] = set()
         self.draining: set[str] = set(self._load_draining())
-        self._where: dict[str, str] = {}  # container id -> engine
-        self._pool: dict[str, str] = {}  # container id -> pool
+        self._where: dict[str, str] = {}  # container id -> engine: where its calls go (learnt from listings too)
+        # container id -> (engine, pool) of what this process placed and has not removed: the capacity in use. Only
+        # create and remove change it -- a listing racing a removal must not count a container that is gone.
+        self._placed: dict[str, tuple[str, str]] = {}
         self._deferred: dict[str, str] = {}  # container id -> engine: to remove once the engine answers again
 
     # -- state -------------------------------------------------------------------------------------------------
@@ -83,7 +85,7 @@ class EngineSet:
 
     def describe(self) -> list[dict[str, object]]:
         counts: dict[str, int] = {}
-        for engine in self._where.values():
+        for engine, _pool in self._placed.values():
             counts[engine] = counts.get(engine, 0) + 1
         return [
             {"name": name, "url": self.urls[name], "state": self.state(name), "containers": counts.get(name, 0)}
@@ -122,6 +124,7 @@ class EngineSet:
                     with contextlib.suppress(EngineError):
                         await engine.remove(cid)
                         self._deferred.pop(cid, None)
+                        self._placed.pop(cid, None)
 
     async def probe_forever(self) -> None:
         interval = min((e.probe_interval_s for e in self.config.engines.values()), default=5.0)
@@ -184,8 +187,8 @@ class EngineSet:
         pool = spec.create["labels"].get(LABEL_POOL, "")
         capacity = self.config.pool_engines(pool)
         used: dict[str, int] = {}
-        for cid, where in self._where.items():
-            if self._pool.get(cid) == pool:
+        for where, of_pool in self._placed.values():
+            if of_pool == pool:
                 used[where] = used.get(where, 0) + 1
         choice = place(pool, capacity, used, unhealthy=self.unhealthy, draining=self.draining)
         if isinstance(choice, NoRoom):
@@ -195,7 +198,7 @@ class EngineSet:
             cid = await self.engines[name].create(spec)
         except EngineError as exc:
             raise self._named(name, exc) from exc
-        self._where[cid], self._pool[cid] = name, pool
+        self._where[cid], self._placed[cid] = name, (name, pool)
         return cid
 
     async def attach(self, container_id: str) -> OutputStream:
@@ -239,14 +242,15 @@ class EngineSet:
                         await engine.remove(container_id)
             return
         if where in self.unhealthy:
-            self._deferred[container_id] = where
-        else:
-            try:
-                await self.engines[where].remove(container_id)
-            except EngineError as exc:
-                raise self._named(where, exc) from exc
+            self._deferred[container_id] = where  # counted until it is really gone
+            self._where.pop(container_id, None)
+            return
+        try:
+            await self.engines[where].remove(container_id)
+        except EngineError as exc:
+            raise self._named(where, exc) from exc
         self._where.pop(container_id, None)
-        self._pool.pop(container_id, None)
+        self._placed.pop(container_id, None)
 
     async def list_managed(self, controller_id: str) -> list[ManagedContainer]:
         """This controller's containers on every engine that answers (an unreachable one's are listed once it is
@@ -262,8 +266,6 @@ class EngineSet:
                 continue
             for c in listed:
                 self._where.setdefault(c.id, name)
-                if c.pool:
-                    self._pool.setdefault(c.id, c.pool)
             found += listed
         return found
 

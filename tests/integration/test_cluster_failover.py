@@ -28,7 +28,7 @@ from controller_process import ControllerProcess
 pytestmark = pytest.mark.docker
 DSN = os.environ.get("ORCHESTRATOR_TEST_POSTGRES_DSN", "")
 FINAL = {"succeeded", "failed", "timed_out", "cancelled", "error"}
-LEASE = "[cluster]\nheartbeat_s = 0.5\nlease_ttl_s = 3\n"
+LEASE = "[cluster]\nheartbeat_s = 0.5\nlease_ttl_s = 3\nshare_queued = {share}\n"
 
 
 @pytest.fixture
@@ -53,13 +53,16 @@ def shared_dsn_file(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def pair(
-    tmp_path: Path, shared_dsn_file: Path, docker_client: docker.DockerClient
+    request: pytest.FixtureRequest, tmp_path: Path, shared_dsn_file: Path, docker_client: docker.DockerClient
 ) -> Iterator[list[ControllerProcess]]:
+    """Two controllers on one schema; `indirect` parameter: whether they share queued jobs (default true)."""
+    share = str(getattr(request, "param", True)).lower()
     made = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         storage = f'[storage]\nbackend = "postgres"\ndsn_file = "{shared_dsn_file}"\n'
-        made.append(ControllerProcess(tmp_path / name, max_concurrent=2, extra_toml=storage + LEASE))
+        lease = LEASE.format(share=share)
+        made.append(ControllerProcess(tmp_path / name, max_concurrent=2, extra_toml=storage + lease))
     yield made
     for cp in made:
         if cp.proc is not None and cp.proc.poll() is None:
@@ -75,6 +78,7 @@ async def wait_final(cp: ControllerProcess, job_id: str, timeout: float = 60) ->
     return job
 
 
+@pytest.mark.parametrize("pair", [False], indirect=True)  # A's queued jobs wait for A: taken over, not claimed
 async def test_a_killed_controllers_jobs_are_taken_over(
     pair: list[ControllerProcess], docker_client: docker.DockerClient
 ) -> None:

@@ -147,3 +147,24 @@ async def test_listing_relearns_which_engine_holds_a_container(tmp_path: Path) -
     assert [c.id for c in listed] == [left] and fresh.engine_of(left) == "three"
     await fresh.remove(left)
     assert left in fakes["three"].removed
+
+
+async def test_a_listing_racing_a_removal_does_not_count_a_gone_container(tmp_path: Path) -> None:
+    """The sweep's listing can return a container a job's removal deletes a moment later: capacity is what this
+    process placed and has not removed, not what a listing saw."""
+    engines, fakes = engine_set(tmp_path, max_concurrent=1, engines={"one": 1})
+    from orchestrator.runtime.container_spec import build_container_spec
+
+    spec = JobSpec.model_validate({"id": "j", "pool": "default", "repository": "o/r", "ref": "main", "sha": "0" * 40,
+                                   "commands": ["true"]})  # fmt: skip
+    cid = await engines.create(build_container_spec(spec, engines.config.pools["default"], controller_id="unit"))
+    stale = await fakes["one"].list_managed("unit")  # listed while it still exists ...
+    await engines.remove(cid)  # ... removed by its job ...
+
+    async def late_listing(controller_id: str) -> Any:
+        return stale  # ... and the listing's answer arrives after
+
+    fakes["one"].list_managed = late_listing  # type: ignore[method-assign]
+    await engines.list_managed("unit")
+    spec2 = JobSpec.model_validate({**spec.model_dump(), "id": "k"})
+    assert await engines.create(build_container_spec(spec2, engines.config.pools["default"], controller_id="unit"))
