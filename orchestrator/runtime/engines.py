@@ -186,13 +186,19 @@ class EngineSet:
     async def create(self, spec: ContainerSpec) -> str:
         pool = spec.create["labels"].get(LABEL_POOL, "")
         capacity = self.config.pool_engines(pool)
-        used: dict[str, int] = {}
-        for where, of_pool in self._placed.values():
-            if of_pool == pool:
-                used[where] = used.get(where, 0) + 1
-        choice = place(pool, capacity, used, unhealthy=self.unhealthy, draining=self.draining)
-        if isinstance(choice, NoRoom):
-            raise EngineError(choice.message, transient=False)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.config.docker.retry_budget_s
+        while True:
+            used: dict[str, int] = {}
+            for where, of_pool in self._placed.values():
+                if of_pool == pool:
+                    used[where] = used.get(where, 0) + 1
+            choice = place(pool, capacity, used, unhealthy=self.unhealthy, draining=self.draining)
+            if not isinstance(choice, NoRoom):
+                break
+            if loop.time() >= give_up:  # no engine came back or freed a slot within the retry budget
+                raise EngineError(choice.message, transient=False)
+            await asyncio.sleep(0.5)  # an engine may answer again, or a container's removal free its slot
         name = choice.engine
         try:
             cid = await self.engines[name].create(spec)

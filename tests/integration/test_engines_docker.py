@@ -68,7 +68,8 @@ async def test_placement_loss_and_drain_across_three_engines(controller_factory:
         assert status == 200, body
         fresh = job_spec(commands=["echo on-the-third"])
         assert (await ctl.post_webhook(fresh))[0] == 202
-        assert (await ctl.wait_final(fresh["id"]))["status"] == "succeeded"
+        fresh_job = await ctl.wait_final(fresh["id"])
+        assert fresh_job["status"] == "succeeded", fresh_job
         assert len(containers(drained, cid)) == 1  # only its running job's
         for spec in others:
             await ctl.api("POST", f"/api/v1/jobs/{spec['id']}/cancel")
