@@ -47,6 +47,42 @@ def new_controller_id() -> str:
     return f"bench-{uuid.uuid4().hex[:10]}"
 
 
+def write_serve_config(
+    directory: Path, controller_id: str, *, total: int, top: str = "", tail: str
+) -> tuple[Path, bytes, str]:
+    """A TOML config for `orchestrator serve` run as its own process (the shape of make_config): a signing secret,
+    an operator token, port 0 (the controller names its port in its `listening` line); `top` goes with the
+    top-level keys, `tail` (pools, engines, storage ...) after the tables. Returns (path, webhook key, token)."""
+    key, secret_file = write_secret(directory)
+    token = os.urandom(16).hex()
+    q = json.dumps  # TOML basic strings accept JSON string escapes for these values
+    text = f"""
+controller_id = {q(controller_id)}
+data_dir = {q(str(directory / "data"))}
+max_total_concurrent = {total}
+{top}
+[server]
+host = "127.0.0.1"
+port = 0
+
+[docker]
+stop_grace_s = 1
+
+[sources.{SOURCE}]
+scheme = "standard-webhooks"
+secret_file = {q(str(secret_file))}
+
+[[api.tokens]]
+name = "ops"
+role = "operator"
+sha256 = {q(hash_token(token))}
+{tail}"""
+    path = directory / "orchestrator.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+    return path, key, token
+
+
 def write_secret(directory: Path) -> tuple[bytes, Path]:
     key = secrets.token_bytes(24)
     path = directory / "webhook.secret"

@@ -74,11 +74,11 @@ from _support import (
     reproduce_line,
     signed,
     table,
-    write_secret,
+    write_serve_config,
 )
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from orchestrator.config import ClusterConfig, hash_token
+from orchestrator.config import ClusterConfig
 from orchestrator.runtime.container_spec import LABEL_CONTROLLER, LABEL_JOB
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,41 +178,16 @@ def write_config(
     dsn_file: Path | None = None,
     cluster: dict[str, Any] | None = None,
 ) -> tuple[Path, bytes, str]:
-    """A TOML config for `orchestrator serve` (the shape of bench_throughput's); `pools` is TOML of [pools.*]."""
-    key, secret_file = write_secret(directory)
-    token = os.urandom(16).hex()
+    """A TOML config for `orchestrator serve`; `pools` is TOML of [pools.*]."""
     q = json.dumps
-    text = f"""
-controller_id = {q(controller_id)}
-data_dir = {q(str(directory / "data"))}
-max_total_concurrent = {total}
-
-[server]
-host = "127.0.0.1"
-port = 0
-
-[docker]
-stop_grace_s = 1
-
-[sources.{SOURCE}]
-scheme = "standard-webhooks"
-secret_file = {q(str(secret_file))}
-
-[[api.tokens]]
-name = "ops"
-role = "operator"
-sha256 = {q(hash_token(token))}
-{pools}"""
+    tail = pools
     for name, base_url in (engines or {}).items():
-        text += f"\n[engines.{name}]\nbase_url = {q(base_url)}\n"
+        tail += f"\n[engines.{name}]\nbase_url = {q(base_url)}\n"
     if dsn_file is not None:
-        text += f'\n[storage]\nbackend = "postgres"\ndsn_file = {q(str(dsn_file))}\n'
+        tail += f'\n[storage]\nbackend = "postgres"\ndsn_file = {q(str(dsn_file))}\n'
     if cluster:
-        text += "\n[cluster]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in cluster.items())
-    path = directory / "orchestrator.toml"
-    path.write_text(text)
-    path.chmod(0o600)
-    return path, key, token
+        tail += "\n[cluster]\n" + "".join(f"{k} = {q(v)}\n" for k, v in cluster.items())
+    return write_serve_config(directory, controller_id, total=total, tail=tail)
 
 
 class Processes:

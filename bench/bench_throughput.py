@@ -66,10 +66,10 @@ from _support import (
     reproduce_line,
     signed,
     table,
-    write_secret,
+    write_serve_config,
 )
 
-from orchestrator.config import PoolConfig, hash_token
+from orchestrator.config import PoolConfig
 from orchestrator.jobs.spec import JobSpec
 from orchestrator.runtime.container_spec import (
     LABEL_CONTROLLER,
@@ -197,8 +197,6 @@ def write_config(
     """A TOML config for `orchestrator serve` (the shape of _support.make_config); `extra_toml` is appended. The
     controller chooses its port (port = 0) and names it in its `listening` line. `warm` > 0 adds a pool `warm`,
     the default pool with `warm = N` (and `max_warm` raised to fit)."""
-    key, secret_file = write_secret(directory)
-    token = os.urandom(16).hex()
     q = json.dumps  # TOML basic strings accept JSON string escapes for these values
     top = f"max_warm = {max(32, warm)}\n" if warm else ""
     if warm and refill_concurrency is not None:
@@ -213,36 +211,8 @@ default_timeout_s = 60
 max_timeout_s = 300
 """
     warm_toml = f"\n[pools.{WARM_POOL}]\n{pool_toml}warm = {warm}\n" if warm else ""
-    text = (
-        f"""
-controller_id = {q(controller_id)}
-data_dir = {q(str(directory / "data"))}
-max_total_concurrent = {concurrency}
-{top}
-[server]
-host = "127.0.0.1"
-port = 0
-
-[docker]
-stop_grace_s = 1
-
-[sources.{SOURCE}]
-scheme = "standard-webhooks"
-secret_file = {q(str(secret_file))}
-
-[[api.tokens]]
-name = "ops"
-role = "operator"
-sha256 = {q(hash_token(token))}
-
-[pools.default]
-{pool_toml}{warm_toml}"""
-        + extra_toml
-    )
-    path = directory / "orchestrator.toml"
-    path.write_text(text)
-    path.chmod(0o600)
-    return path, key, token
+    tail = f"\n[pools.default]\n{pool_toml}{warm_toml}" + extra_toml
+    return write_serve_config(directory, controller_id, total=concurrency, top=top, tail=tail)
 
 
 async def start_controller_process(
