@@ -586,6 +586,11 @@ class PoolConfig(_Strict):
     engines: dict[str, Annotated[int, Field(ge=1)]] = Field(
         default_factory=dict, description="[engines] this pool may use, each with its capacity; default: all"
     )
+    engine_loss_retries: int = Field(
+        0, ge=0, le=5,
+        description="times a job whose engine stopped answering mid-job is queued again to run on another engine "
+        "(its attempt + 1); 0: it ends in error naming the engine. Forge runner jobs are never retried this way",
+    )  # fmt: skip
     warm: int = Field(0, ge=0, le=256, description="pre-started containers kept ready for this pool's next jobs")
     warm_max_age_s: float = Field(900.0, ge=10, description="a warm container older than this is replaced")
     artifacts_max_bytes: int = Field(1024**3, description="most artifact bytes one job keeps; bytes or 512m")

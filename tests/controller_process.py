@@ -37,6 +37,7 @@ class ControllerProcess:
         retry_on_restart: bool = False,
         drain_s: float = 0.0,
         max_concurrent: int = 4,
+        max_total: int = 32,  # the controller's max_total_concurrent
         vault: Mapping[str, str] | None = None,  # [credentials.vault] settings
         revoker_token: str | None = None,
         intake_workers: int = 0,
@@ -75,7 +76,7 @@ class ControllerProcess:
             f"""
 controller_id = "{self.controller_id}"
 data_dir = "data"
-max_total_concurrent = 32
+max_total_concurrent = {max_total}
 [server]
 host = "127.0.0.1"
 port = {self.port}

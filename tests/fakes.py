@@ -142,6 +142,9 @@ class FakeRuntime:
         self.containers[cid] = container
         return cid
 
+    def outages_at(self, container_id: str) -> int:
+        return self.outages
+
     def _enter(self, method: str, target: str) -> None:
         self.calls.append((method, target))
         queued = self.fail.get(method)

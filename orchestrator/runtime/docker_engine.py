@@ -187,6 +187,9 @@ class DockerEngine:
         # (a restarting daemon kills containers).
         self.outages = 0
 
+    def outages_at(self, container_id: str) -> int:
+        return self.outages
+
     def _api(self) -> Any:
         if self._client is None:
             kwargs: dict[str, Any] = {"timeout": int(self._timeout), "max_pool_size": 64}

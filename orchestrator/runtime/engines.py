@@ -25,6 +25,7 @@ from orchestrator.runtime.protocol import (
     ContainerGoneError,
     ContainerRuntime,
     EngineError,
+    EngineLostError,
     ManagedContainer,
     OutputStream,
 )
@@ -138,6 +139,10 @@ class EngineSet:
     def outages(self) -> int:
         return sum(engine.outages for engine in self.engines.values())
 
+    def outages_at(self, container_id: str) -> int:
+        where = self._where.get(container_id)
+        return self.engines[where].outages if where is not None else self.outages
+
     def stats(self) -> dict[str, int]:
         out = {"errors": 0, "retries": 0}
         for engine in self.engines.values():
@@ -224,7 +229,7 @@ class EngineSet:
     async def wait(self, container_id: str, timeout_s: float) -> int:
         name, engine = self._engine(container_id)
         if name in self.unhealthy:
-            raise EngineError(f"engine {name} ({self.urls[name]}) is unreachable; the job's container was there")
+            raise EngineLostError(f"engine {name} ({self.urls[name]}) is unreachable; the job's container was there")
         try:
             return await engine.wait(container_id, timeout_s)
         except EngineError as exc:
@@ -292,4 +297,6 @@ class EngineSet:
         message = f"engine {name}: {exc}"
         if isinstance(exc, ContainerGoneError):
             return ContainerGoneError(message, status=exc.status)
+        if name in self.unhealthy:  # it failed because its engine went away
+            return EngineLostError(f"engine {name} ({self.urls[name]}) is unreachable: {exc}", status=exc.status)
         return EngineError(message, transient=exc.transient, status=exc.status)

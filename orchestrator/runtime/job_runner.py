@@ -27,7 +27,7 @@ from orchestrator.logs.redact import SecretSet, SecretTooShortError, StreamRedac
 from orchestrator.logs.store import JobLog, LogStore
 from orchestrator.logs.timestamps import LineTimestamper
 from orchestrator.runtime.container_spec import WorkspaceIO, build_container_spec, job_env, job_script, stdin_payload
-from orchestrator.runtime.protocol import ContainerRuntime, EngineError, OutputStream
+from orchestrator.runtime.protocol import ContainerRuntime, EngineError, EngineLostError, OutputStream
 from orchestrator.runtime.warm_pool import WarmPool
 from orchestrator.runtime.workspace import Workspace, WorkspaceError, Workspaces
 from orchestrator.store.base import JobStore
@@ -61,6 +61,15 @@ class _Attempt:
 
 class JobLostError(Exception):
     """Another writer moved the job (e.g. reconciliation in a second controller); this runner must stop."""
+
+
+class PoolAtLimitError(Exception):
+    """The job's pool already runs `max_concurrent` jobs counted over every controller sharing the store: the job
+    was not started and is still queued here (the scheduler queues it again and retries)."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(f"pool {job.pool!r} is at its limit across controllers")
+        self.job = job
 
 
 @dataclass
@@ -116,11 +125,24 @@ class JobRunner:
             raise JobLostError(job.id)
         return updated
 
+    async def _begin(self, job: Job) -> Job | None:
+        """queued -> starting within the pool's limit over all controllers; None if the job is no longer ours."""
+        limit = self.config.pools[job.pool].max_concurrent if job.pool in self.config.pools else None
+        moved = transition(job, JobState.STARTING, now=self.clock())
+        if await self.store.update(moved, expected=job.state, pool_limit=limit):
+            self.events.state_changed(moved)
+            return moved
+        current = await self.store.get(job.id)
+        if current is not None and current.state is job.state and current.controller_id == job.controller_id:
+            raise PoolAtLimitError(job)
+        return None
+
     async def run(self, job: Job, control: RunControl) -> Job:
-        try:
-            job = await self._move(job, JobState.STARTING)
-        except JobLostError:
+        """Runs a queued job to its end. Raises PoolAtLimitError (nothing done) when its pool is full cluster-wide."""
+        begun = await self._begin(job)
+        if begun is None:
             return job
+        job = begun
         try:
             joblog = self.logs.open(job.id)
         except (OSError, ValueError) as exc:
@@ -140,6 +162,9 @@ class JobRunner:
             outcome = (JobState.ERROR, f"forge: {exc.message}", None)
         except WorkspaceError as exc:
             outcome = (JobState.ERROR, str(exc), None)
+        except EngineLostError as exc:
+            retry = self._retries_engine_loss(attempt.job)
+            outcome = (JobState.QUEUED if retry else JobState.ERROR, f"docker: {exc}", None)
         except EngineError as exc:
             outcome = (JobState.ERROR, f"docker: {exc}", None)
         except JobLostError:
@@ -153,6 +178,12 @@ class JobRunner:
         finally:
             job = await asyncio.shield(self._finish(attempt, *outcome))
         return job
+
+    def _retries_engine_loss(self, job: Job) -> bool:
+        """Whether a job whose engine went away runs again (pool engine_loss_retries; never a forge runner's job:
+        its one-time registration died with the container)."""
+        pool = self.config.pools.get(job.pool)
+        return pool is not None and job.spec.runner is None and job.attempt <= pool.engine_loss_retries
 
     async def _execute(self, at: _Attempt, control: RunControl) -> tuple[JobState, str | None, int | None]:
         cancelled = (JobState.CANCELLED, control.cancel_reason, None)
@@ -301,7 +332,7 @@ class JobRunner:
         job = at.job
         loop = asyncio.get_running_loop()
         pumped = pump.done
-        outages_before = self.engine.outages
+        outages_before = self.engine.outages_at(container_id)
         deadline = loop.time() + job.timeout_s
         cancel_wait = asyncio.ensure_future(control.cancel.wait())
         try:
@@ -323,7 +354,7 @@ class JobRunner:
                     code = await self._wait_exit(container_id, deadline)
                     if code is None:
                         break
-                    if self.engine.outages != outages_before:
+                    if self.engine.outages_at(container_id) != outages_before:
                         return (
                             JobState.ERROR,
                             f"docker: the engine was unreachable while the job ran; its exit code {code} "
@@ -381,6 +412,8 @@ class JobRunner:
             await self.credentials.release(at.creds)
         if at.registration is not None and self.registrar is not None:
             await self.registrar.unregister(job, at.registration)
+        if final is JobState.QUEUED:
+            return await self._requeue(at, reason or "interrupted")
         # The log is closed and the attestation signed before the final state is stored, so whoever sees the
         # final state can fetch both.
         ended = transition(job, final, now=self.clock(), reason=reason, exit_code=exit_code)
@@ -394,6 +427,24 @@ class JobRunner:
             log.warning("job moved by another writer before it could finish", extra={"job_id": job.id})
             return job
         return stored
+
+    async def _requeue(self, at: _Attempt, why: str) -> Job:
+        """The attempt was lost with its engine and the pool retries: the job is queued again (attempt + 1; the
+        scheduler runs it where there is room), its log says so and goes on with the next attempt's output."""
+        job = at.job
+        requeued = transition(job, JobState.QUEUED, now=self.clock(), reason=f"re-queued: {why}")
+        notice = f"\n[orchestrator] attempt {job.attempt} lost ({why}); queued again as attempt {requeued.attempt}\n"
+        at.pump.store(notice.encode()) if at.pump is not None else at.store(notice.encode(), self.clock())
+        await self.logs.close(job.id)
+        self.logs.forget(job.id)  # followers wait (polling) for the next attempt's output
+        if at.workspace is not None:
+            await asyncio.to_thread(at.workspace.cleanup)
+        if not await self.store.update(requeued, expected=job.state):
+            log.warning("job moved by another writer before it could be queued again", extra={"job_id": job.id})
+            return job
+        self.events.state_changed(requeued)
+        log.warning("job queued again: its engine was lost", extra={"job_id": job.id, "attempt": requeued.attempt})
+        return requeued
 
     async def _conclude(self, job: Job, ended: Job, image_id: str, workspace: Workspace | None = None) -> Job | None:
         """Once the job's log is closed: the attestation is signed, then the final state stored, so whoever sees

@@ -19,6 +19,11 @@ class EngineError(Exception):
         self.status = status
 
 
+class EngineLostError(EngineError):
+    """The engine holding the job's container stopped answering: what became of the container is unknown (it is
+    removed once the engine is back). The job may be retried elsewhere where its pool allows."""
+
+
 class ContainerGoneError(EngineError):
     """The container no longer exists (removed out from under us, or never created)."""
 
@@ -61,6 +66,11 @@ class ContainerRuntime(Protocol):
     def outages(self) -> int:
         """Bumped whenever the engine could not be reached: a job that saw it change while running cannot trust
         its exit code (a restarting engine kills containers)."""
+        ...
+
+    def outages_at(self, container_id: str) -> int:
+        """`outages` of the engine holding `container_id` (with several engines, another one's outage says nothing
+        about this container)."""
         ...
 
     def stats(self) -> dict[str, int]:

@@ -13,8 +13,12 @@ its jobs within a bounded time -- and a controller that comes back after losing 
   it drains, and its writes to jobs it no longer owns are refused).
 
 * Queued jobs go to whichever controller has room: each heartbeat, a controller with free slots in a pool claims
-  the oldest queued jobs other controllers accepted (`FOR UPDATE SKIP LOCKED`); their old owner's attempt to start
-  one is then refused by the fence and it moves on. Pool limits hold per controller.
+  the oldest queued jobs other controllers accepted (`FOR UPDATE SKIP LOCKED`), no more than the pool has free
+  across controllers; their old owner's attempt to start one is then refused by the fence and it moves on.
+* A pool's `max_concurrent` holds across controllers: a job starts (queued -> starting) only in a transaction that
+  takes the pool's advisory lock and counts its starting and running jobs over all controllers (store/postgres.py);
+  a start refused for the limit leaves the job queued at the head of its queue, and the pool tries again shortly
+  (Scheduler._hold). Each controller's own `max_total_concurrent` is its share of the hosts' capacity.
 
 Takeover time is at most `lease_ttl_s` + `heartbeat_s` after the last heartbeat."""
 
@@ -42,7 +46,7 @@ class Leases(Protocol):
     async def renew_lease(self, controller_id: str, generation: int, now: float) -> bool: ...
     async def expired_leases(self, cutoff: float, *, besides: str) -> list[tuple[str, int]]: ...
     async def take_over(self, controller_id: str, generation: int, *, by: str, now: float) -> list[Job] | None: ...
-    async def claim_queued(self, pool: str, limit: int, *, by: str, now: float) -> list[Job]: ...
+    async def claim_queued(self, pool: str, limit: int, *, pool_limit: int, by: str, now: float) -> list[Job]: ...
 
 
 def _stop_this_process() -> None:
@@ -114,7 +118,10 @@ class Cluster:
             room = self.scheduler.room(pool)
             if room <= 0:
                 continue
-            jobs = await self.leases.claim_queued(pool, room, by=self.config.controller_id, now=self.clock())
+            jobs = await self.leases.claim_queued(
+                pool, room, pool_limit=self.config.pools[pool].max_concurrent, by=self.config.controller_id,
+                now=self.clock(),
+            )  # fmt: skip
             if jobs:
                 taken += len(jobs)
                 log.info("claimed queued jobs of other controllers", extra={"pool": pool, "jobs": len(jobs)})

@@ -19,11 +19,14 @@ from orchestrator.evidence.auditor import Auditor
 from orchestrator.jobs.events import JobEvents
 from orchestrator.jobs.refusal import Refusal
 from orchestrator.jobs.states import Job, JobState, transition
-from orchestrator.runtime.job_runner import JobRunner, RunControl
+from orchestrator.runtime.job_runner import JobRunner, PoolAtLimitError, RunControl
 from orchestrator.runtime.protocol import ContainerRuntime, EngineError
 from orchestrator.store.base import JobStore
 
 log = logging.getLogger(__name__)
+
+
+POOL_RETRY_S = 0.5  # how soon a pool full across controllers tries again
 
 
 class QueueFullError(Exception):
@@ -33,6 +36,12 @@ class QueueFullError(Exception):
 def overdue(job: Job, now: float) -> bool:
     """Whether a job has been running longer than its timeout (it starts counting once the job is running)."""
     return job.started_at is not None and now - job.started_at >= job.timeout_s
+
+
+def _requeued(job: Job, result: Job) -> bool:
+    """Whether the runner queued the job again for another attempt (not: it found the job taken by another
+    controller and left it, which returns it unchanged)."""
+    return result.state is JobState.QUEUED and result.attempt > job.attempt
 
 
 class NotCancellableError(Exception):
@@ -75,6 +84,7 @@ class Scheduler:
         self._running: dict[str, _Running] = {}
         self._running_per_pool: dict[str, int] = dict.fromkeys(config.pools, 0)
         self._reserved: dict[str, int] = {}
+        self._held: set[str] = set()  # pools full across controllers: nothing starts there until the retry
         self._accepting = True
         self._next_pool = 0  # index into the pools: where the next dispatch pass begins
 
@@ -257,6 +267,8 @@ class Scheduler:
         cfg = self.config.pools.get(pool)
         if cfg is None or not self._accepting:
             return 0
+        if pool in self._held:
+            return 0
         waiting = sum(len(q) for q in self._queues.values())
         total = self.config.max_total_concurrent - len(self._running) - waiting
         return max(0, min(cfg.max_concurrent - self._running_per_pool[pool] - len(self._queues[pool]), total))
@@ -280,7 +292,9 @@ class Scheduler:
             first = self._next_pool % len(pools)
             for index in (*range(first, len(pools)), *range(first)):
                 name, queue = pools[index], self._queues[pools[index]]
-                if not queue or self._running_per_pool[name] >= self.config.pools[name].max_concurrent:
+                if not queue or name in self._held:
+                    continue
+                if self._running_per_pool[name] >= self.config.pools[name].max_concurrent:
                     continue
                 if len(self._running) >= self.config.max_total_concurrent:
                     break
@@ -298,8 +312,26 @@ class Scheduler:
     def _finished(self, job: Job, task: asyncio.Task[Job]) -> None:
         self._running.pop(job.id, None)
         self._running_per_pool[job.pool] -= 1
-        if not task.cancelled() and task.exception() is not None:
-            log.error("job task crashed", extra={"job_id": job.id}, exc_info=task.exception())
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, PoolAtLimitError):
+            self._hold(job)
+        elif error is not None:
+            log.error("job task crashed", extra={"job_id": job.id}, exc_info=error)
+        elif not task.cancelled() and self._accepting and _requeued(job, ended := task.result()):
+            self._queues[job.pool].appendleft(ended)  # its engine was lost and the pool retries: next in line
+        self._dispatch()
+
+    def _hold(self, job: Job) -> None:
+        """The pool is full across controllers: the job goes back to the head of its queue, and the pool starts
+        nothing here until POOL_RETRY_S later (a slot another controller frees is not announced: it is polled)."""
+        self._queues[job.pool].appendleft(job)
+        if job.pool not in self._held:
+            self._held.add(job.pool)
+            log.info("pool is at its limit across controllers; the job waits", extra={"job_id": job.id})
+            asyncio.get_running_loop().call_later(POOL_RETRY_S, self._unhold, job.pool)
+
+    def _unhold(self, pool: str) -> None:
+        self._held.discard(pool)
         self._dispatch()
 
     async def cancel(self, job_id: str, reason: str = "cancelled by operator") -> Job:
@@ -312,7 +344,10 @@ class Scheduler:
         if running is not None:
             running.control.cancel_reason = reason
             running.control.cancel.set()
-            return await asyncio.shield(running.task)
+            try:
+                return await asyncio.shield(running.task)
+            except PoolAtLimitError:
+                pass  # it never started (its pool was full across controllers): it is queued again, cancel it there
         if job.state is not JobState.QUEUED:
             raise NotCancellableError(f"job {job_id} is {job.state} under another controller process")
         queue = self._queues.get(job.pool, deque())

@@ -18,6 +18,10 @@ COLUMNS = (
 )
 
 
+# What counts against a pool's max_concurrent, as an SQL list (a constant: no user input reaches it).
+ACTIVE_STATES_SQL = f"('{JobState.STARTING.value}', '{JobState.RUNNING.value}')"
+
+
 def list_filter(state: JobState | None, pool: str | None, placeholder: str) -> tuple[str, list[object]]:
     """The WHERE clause and parameters of `list_jobs`, for both SQL stores (only the placeholder differs)."""
     clauses: list[str] = []
@@ -134,10 +138,12 @@ class JobStore(Protocol):
         self, *, state: JobState | None = None, pool: str | None = None, limit: int = 100
     ) -> list[Job]: ...
 
-    async def update(self, job: Job, *, expected: JobState) -> bool:
+    async def update(self, job: Job, *, expected: JobState, pool_limit: int | None = None) -> bool:
         """Compare-and-set on state: False if another writer moved the job first. A move to another state also
         writes that change's outbox rows (the store's `outbox` targets for `job`) in the same transaction, as
-        `create` does for a new job's `queued`: a stored state change never lacks its callbacks."""
+        `create` does for a new job's `queued`: a stored state change never lacks its callbacks. With
+        `pool_limit`, also False when that many jobs of the job's pool are already starting or running -- counted
+        over every controller sharing the store, atomically with the write: a pool's limit holds cluster-wide."""
         ...
 
     async def unfinished(self) -> list[Job]:

@@ -44,6 +44,7 @@ from orchestrator.callbacks.outbox import NEW_ROW_COLUMNS, PENDING, Delivery, Ou
 from orchestrator.forges.records import RunnerRecord
 from orchestrator.jobs.states import FINAL_STATES, Job, JobState
 from orchestrator.store.base import (
+    ACTIVE_STATES_SQL,
     COLUMNS,
     DELIVERY_COLUMNS,
     RUNNER_COLUMNS,
@@ -165,6 +166,11 @@ _UPDATE = (
     f"UPDATE jobs SET {', '.join(f'{c.strip()} = %s' for c in _COLUMNS.split(',')[1:])} "  # noqa: S608
     "WHERE id = %s AND state = %s AND controller_id = %s"
 )
+_UPDATE_WITHIN_LIMIT = (
+    f"{_UPDATE} AND (SELECT count(*) FROM jobs WHERE pool = %s AND state IN {ACTIVE_STATES_SQL}) < %s"  # noqa: S608
+)
+# A transaction-scoped advisory lock per pool: (a fixed class key spelling "pool", the pool name's hash).
+_POOL_LOCK = f"SELECT pg_advisory_xact_lock({0x706F6F6C}, hashtext(%s))"
 _LEASE_ACQUIRE = (
     "INSERT INTO controllers (id, generation, heartbeat_at, taken_over_by, url) VALUES (%s, 1, %s, NULL, %s) "
     "ON CONFLICT (id) DO UPDATE SET generation = controllers.generation + 1, heartbeat_at = EXCLUDED.heartbeat_at, "
@@ -185,7 +191,8 @@ _LEASE_TAKE = (
 # is not claimed away again before its new owner starts it.
 _CLAIM_QUEUED = (
     "UPDATE jobs SET controller_id = %s, updated_at = %s WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' "  # noqa: S608
-    "AND pool = %s AND controller_id <> %s AND updated_at < %s ORDER BY created_at, id LIMIT %s "
+    "AND pool = %s AND controller_id <> %s AND updated_at < %s ORDER BY created_at, id LIMIT GREATEST(0, LEAST(%s, "
+    f"%s - (SELECT count(*) FROM jobs WHERE pool = %s AND state IN {ACTIVE_STATES_SQL}))) "
     f"FOR UPDATE SKIP LOCKED) RETURNING {_COLUMNS}"
 )
 _JOBS_TAKE = (
@@ -455,17 +462,26 @@ class PostgresJobStore:
             rows = await cur.fetchall()
         return [_job(r) for r in rows]
 
-    async def update(self, job: Job, *, expected: JobState) -> bool:
-        values = (*_row(job)[1:], job.id, expected.value, job.controller_id)
+    async def update(self, job: Job, *, expected: JobState, pool_limit: int | None = None) -> bool:
+        values: tuple[object, ...] = (*_row(job)[1:], job.id, expected.value, job.controller_id)
+        sql = _UPDATE
+        if pool_limit is not None:
+            sql, values = _UPDATE_WITHIN_LIMIT, (*values, job.pool, pool_limit)
         targets = tuple(self.outbox(job)) if job.state is not expected else ()
         async with self._conn() as conn:
-            if not targets:
-                cur = await conn.execute(_UPDATE, values)
+            if not targets and pool_limit is None:
+                cur = await conn.execute(sql, values)
                 return cur.rowcount == 1
             async with conn.transaction():
-                cur = await conn.execute(_UPDATE, values)
+                if pool_limit is not None:
+                    # Controllers starting jobs of one pool take turns until commit: the count below then sees
+                    # every start committed before it (READ COMMITTED takes a snapshot per statement).
+                    await conn.execute(_POOL_LOCK, (job.pool,))
+                cur = await conn.execute(sql, values)
                 if cur.rowcount != 1:
                     return False
+                if not targets:
+                    return True
                 cur = await conn.execute(_OUTBOX_NEXT_SEQ, (job.id,))
                 row = await cur.fetchone()
                 seq = int(row[0]) if row is not None else 1
@@ -513,11 +529,16 @@ class PostgresJobStore:
             rows = await cur.fetchall()
         return [_job(r) for r in rows]
 
-    async def claim_queued(self, pool: str, limit: int, *, by: str, now: float, min_age_s: float = 1.0) -> list[Job]:
+    async def claim_queued(
+        self, pool: str, limit: int, *, pool_limit: int, by: str, now: float, min_age_s: float = 1.0
+    ) -> list[Job]:
         """Up to `limit` queued jobs of `pool` that other controllers accepted and have not touched for `min_age_s`,
-        now `by`'s (oldest first). Their old owner's attempt to start one then fails (the fenced write)."""
+        now `by`'s (oldest first); no more than the pool's free slots across controllers (`pool_limit` minus the
+        jobs starting or running): a job claimed but not startable would only wait here instead of there. Their old
+        owner's attempt to start one then fails (the fenced write)."""
+        params = (by, now, pool, by, now - min_age_s, limit, pool_limit, pool)
         async with self._conn() as conn:
-            cur = await conn.execute(_CLAIM_QUEUED, (by, now, pool, by, now - min_age_s, limit))
+            cur = await conn.execute(_CLAIM_QUEUED, params)
             rows = await cur.fetchall()
         return sorted((_job(r) for r in rows), key=lambda j: (j.created_at, j.id))
 

@@ -29,6 +29,7 @@ from orchestrator.callbacks.outbox import NEW_ROW_COLUMNS, PENDING, Delivery, Ou
 from orchestrator.forges.records import RunnerRecord
 from orchestrator.jobs.states import FINAL_STATES, Job, JobState
 from orchestrator.store.base import (
+    ACTIVE_STATES_SQL,
     COLUMNS,
     DELIVERY_COLUMNS,
     RUNNER_COLUMNS,
@@ -301,10 +302,13 @@ class SQLiteJobStore:
         sql = f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY created_at DESC, id DESC LIMIT ?"  # noqa: S608
         return await self._run(lambda c: [_job(r) for r in c.execute(sql, (*params, limit))])
 
-    async def update(self, job: Job, *, expected: JobState) -> bool:
+    async def update(self, job: Job, *, expected: JobState, pool_limit: int | None = None) -> bool:
         assignments = ", ".join(f"{c.strip()} = ?" for c in _COLUMNS.split(",")[1:])
         sql = f"UPDATE jobs SET {assignments} WHERE id = ? AND state = ?"  # noqa: S608
-        values = (*_row(job)[1:], job.id, expected.value)
+        values: tuple[object, ...] = (*_row(job)[1:], job.id, expected.value)
+        if pool_limit is not None:  # one statement: SQLite serialises writers, so the count cannot go stale
+            sql += f" AND (SELECT count(*) FROM jobs WHERE pool = ? AND state IN {ACTIVE_STATES_SQL}) < ?"  # noqa: S608
+            values = (*values, job.pool, pool_limit)
         targets = tuple(self.outbox(job)) if job.state is not expected else ()
         if targets:
             update = functools.partial(_update_with_outbox, sql=sql, values=values, job=job, targets=targets)

@@ -1,6 +1,7 @@
 """Several Docker engines with the real controller: three extra dockerd instances on this machine
 (tests/dockerds.py); jobs spread over them by free capacity, an engine killed mid-job fails its job at once naming
-it while the others carry on, and a drained engine gets no new job while its running one finishes."""
+it while the others carry on, and a drained engine gets no new job while its running one finishes; where the pool
+retries, a job lost with its engine runs again on another."""
 
 from __future__ import annotations
 
@@ -77,3 +78,27 @@ async def test_placement_loss_and_drain_across_three_engines(controller_factory:
         await until(lambda: [len(containers(d, cid)) for d in engines[1:]] == [0, 0])
         listed = {e["name"]: e for e in (await ctl.api("GET", "/api/v1/engines"))[1]["engines"]}
         assert listed[drained.name]["state"] == "draining" and listed[engines[2].name]["state"] == "healthy"
+
+
+async def test_a_job_lost_with_its_engine_runs_again_on_another(controller_factory: Any, tmp_path: Path) -> None:
+    """Pool engine_loss_retries = 1: the engine running the job is killed; the job is queued again and its second
+    attempt succeeds on the other engine, its log telling both attempts apart."""
+    with daemons(tmp_path / "dd", 2) as engines:
+        settings = {"engines": {d.name: {"base_url": d.base_url, "probe_interval_s": 0.5} for d in engines},
+                    "docker": {"stop_grace_s": 1, "retry_budget_s": 2}}  # fmt: skip
+        ctl: RunningController = await controller_factory(
+            settings=settings, max_concurrent=2, engines={d.name: 1 for d in engines}, engine_loss_retries=1
+        )
+        spec = job_spec(commands=['echo "attempt on $(hostname)"', "sleep 3", "echo finished"])
+        assert (await ctl.post_webhook(spec))[0] == 202
+        await ctl.wait_status(spec["id"], {"running"})
+        (first,) = [d for d in engines if containers(d, ctl.controller_id)]
+        await asyncio.to_thread(first.kill)
+        job = await ctl.wait_final(spec["id"], timeout=90)
+        assert (job["status"], job["attempt"]) == ("succeeded", 2), (job["reason"], job)
+        (other,) = [d for d in engines if d is not first]
+        assert containers(other, ctl.controller_id) == []  # removed after its attempt
+        status, log = await ctl.api("GET", f"/api/v1/jobs/{spec['id']}/logs")
+        text = log.decode()
+        assert status == 200 and f"engine {first.name}" in text and "queued again as attempt 2" in text, text
+        assert text.count("\nfinished\n") == 1

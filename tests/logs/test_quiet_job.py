@@ -45,10 +45,11 @@ class PausingStream:
 class Engine:
     """Just what the supervision loop asks of the Docker engine."""
 
-    outages = 0
-
     def __init__(self, stream: PausingStream) -> None:
         self._stream = stream
+
+    def outages_at(self, container_id: str) -> int:
+        return 0
 
     async def wait(self, container_id: str, timeout_s: float) -> int:
         return 0

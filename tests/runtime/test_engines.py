@@ -126,6 +126,47 @@ async def test_a_lost_engine_fails_its_job_at_once_naming_it(tmp_path: Path) -> 
     await store.close()
 
 
+async def test_a_job_lost_with_its_engine_runs_again_elsewhere_where_the_pool_retries(tmp_path: Path) -> None:
+    """engine_loss_retries = 1: the first loss queues the job again (attempt 2, the log says so), the next attempt
+    goes to an engine that answers; a second loss ends it in error."""
+    engines, fakes = engine_set(tmp_path, engine_loss_retries=1)
+    store, _, tasks = await run_jobs(tmp_path, engines, 1)
+    (cid,) = fakes["one"].containers
+    fakes["one"].fail["ping"] = [EngineError("Docker engine unreachable", transient=True)] * 99
+    await engines.probe()
+    fakes["one"].containers[cid].exit(137)
+    (job,) = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert (job.state, job.attempt) == (JobState.QUEUED, 2)
+    assert "re-queued: docker: engine one (unix:///run/one.sock) is unreachable" in (job.reason or "")
+    stored = await store.get(job.id)
+    assert stored is not None and (stored.state, stored.attempt, stored.container_id) == (JobState.QUEUED, 2, None)
+    logs = LogStore(tmp_path / "logs")
+    assert "attempt 1 lost" in logs.read(job.id).decode() and "queued again as attempt 2" in logs.read(job.id).decode()
+
+    runner = JobRunner(engines.config, store, engines, logs, RecordingEvents())
+    second = asyncio.create_task(runner.run(stored, RunControl(cancel=asyncio.Event())))
+    await asyncio.sleep(0.1)
+    assert len(fakes["two"].containers) == 1 and len(fakes["one"].containers) == 1  # elsewhere
+    (cid2,) = fakes["two"].containers
+    fakes["two"].fail["ping"] = [EngineError("Docker engine unreachable", transient=True)]
+    await engines.probe()
+    fakes["two"].containers[cid2].exit(137)
+    ended = await asyncio.wait_for(second, 10)
+    assert (ended.state, ended.attempt) == (JobState.ERROR, 2) and "engine two" in (ended.reason or "")
+    await store.close()
+
+
+async def test_another_engines_outage_does_not_taint_a_jobs_exit_code(tmp_path: Path) -> None:
+    engines, fakes = engine_set(tmp_path, engines={"one": 3, "two": 3})
+    store, _, tasks = await run_jobs(tmp_path, engines, 1)
+    (cid,) = fakes["one"].containers
+    fakes["two"].outages += 1  # engine two could not be reached meanwhile; the job runs on one
+    fakes["one"].containers[cid].exit(0)
+    (job,) = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert job.state is JobState.SUCCEEDED, job.reason
+    await store.close()
+
+
 async def test_a_drain_survives_a_restart_and_unknown_engines_are_refused(tmp_path: Path) -> None:
     engines, fakes = engine_set(tmp_path)
     engines.drain("two")

@@ -39,8 +39,8 @@ class Leases:
         self.calls.append(f"take {controller_id} {generation} by {by}")
         return self.taken.get(controller_id)
 
-    async def claim_queued(self, pool: str, limit: int, *, by: str, now: float) -> list[Job]:
-        self.calls.append(f"claim {pool} {limit} by {by}")
+    async def claim_queued(self, pool: str, limit: int, *, pool_limit: int, by: str, now: float) -> list[Job]:
+        self.calls.append(f"claim {pool} {limit} of {pool_limit} by {by}")
         return self.queued[:limit]
 
 
@@ -109,4 +109,4 @@ async def test_a_controller_with_room_claims_queued_jobs_of_others() -> None:
     leases.queued = ["old-1", "old-2", "old-3"]
     scheduler.free = 2
     await c.beat()
-    assert "claim p 2 by me" in leases.calls and scheduler.taken == ["old-1", "old-2"] and c.claimed == 2
+    assert "claim p 2 of 2 by me" in leases.calls and scheduler.taken == ["old-1", "old-2"] and c.claimed == 2

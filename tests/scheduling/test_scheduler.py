@@ -19,6 +19,7 @@ from orchestrator.jobs.states import Job, JobState, new_job, transition
 from orchestrator.logs.store import LogStore
 from orchestrator.runtime.container_spec import LABEL_POOL
 from orchestrator.runtime.job_runner import JobRunner
+from orchestrator.runtime.protocol import EngineLostError
 from orchestrator.scheduling.scheduler import NotCancellableError, QueueFullError, Scheduler
 from orchestrator.store.sqlite import SQLiteJobStore
 
@@ -179,6 +180,53 @@ async def test_a_finished_job_frees_its_slot_for_the_next(rig: Any) -> None:
     assert r.scheduler.queue_depth("a") == 1
     assert (await r.final(second)).state is JobState.SUCCEEDED
     assert (await r.final(first)).state is JobState.SUCCEEDED
+
+
+async def test_jobs_other_controllers_run_in_the_pool_count_against_its_limit(rig: Any) -> None:
+    """max_concurrent holds over every controller sharing the store: with 1 of 2 slots taken elsewhere, one job
+    starts here, the next waits (queued, not lost, not an error) until the other controller's job ends."""
+    r: Rig = await rig(forever, a={"max_concurrent": 2})
+    elsewhere = await r.job("a", controller_id="other")
+    started = transition(transition(elsewhere, JobState.STARTING, now=time.time()), JobState.RUNNING, now=time.time())
+    assert await r.store.update(started, expected=JobState.QUEUED)
+    first, second = await r.submit("a"), await r.submit("a")
+    await eventually(lambda: r.events.states(first.id)[-1:] == ["running"])
+    await asyncio.sleep(0.3)
+    waiting = await r.store.get(second.id)
+    assert waiting is not None and waiting.state is JobState.QUEUED
+    assert r.events.states(second.id) == [] and r.scheduler.queue_depth("a") == 1
+    assert r.scheduler.room("a") == 0
+    ended = transition(started, JobState.SUCCEEDED, now=time.time())
+    assert await r.store.update(ended, expected=JobState.RUNNING)
+    await eventually(lambda: r.events.states(second.id)[-1:] == ["running"])
+    assert len(r.running_pools()) == 2
+
+
+async def test_a_job_held_for_a_full_pool_can_still_be_cancelled(rig: Any) -> None:
+    r: Rig = await rig(forever, a={"max_concurrent": 1})
+    elsewhere = await r.job("a", controller_id="other")
+    assert await r.store.update(transition(elsewhere, JobState.STARTING, now=time.time()), expected=JobState.QUEUED)
+    job = await r.submit("a")
+    await asyncio.sleep(0.1)
+    cancelled = await r.scheduler.cancel(job.id)
+    assert cancelled.state is JobState.CANCELLED
+    assert r.scheduler.queue_depth("a") == 0 and r.runtime.containers == {}
+
+
+async def test_a_job_whose_engine_was_lost_runs_again_where_the_pool_retries(rig: Any) -> None:
+    r: Rig = await rig(lambda spec: runs(b"x\n", 0.05), a={"engine_loss_retries": 1})
+    r.runtime.fail["wait"] = [EngineLostError("engine e1 (unix:///e1.sock) is unreachable")]
+    job = await r.submit("a")
+    ended = await r.final(job)
+    assert (ended.state, ended.attempt) == (JobState.SUCCEEDED, 2)
+    assert r.events.states(job.id) == ["starting", "running", "queued", "starting", "running", "succeeded"]
+
+
+async def test_without_retries_a_lost_engine_ends_the_job_in_error(rig: Any) -> None:
+    r: Rig = await rig(lambda spec: runs(b"x\n", 0.05))
+    r.runtime.fail["wait"] = [EngineLostError("engine e1 (unix:///e1.sock) is unreachable")]
+    ended = await r.final(await r.submit("a"))
+    assert (ended.state, ended.attempt) == (JobState.ERROR, 1) and "engine e1" in (ended.reason or "")
 
 
 # -- queue slots ---------------------------------------------------------------------------------------------------

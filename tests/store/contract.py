@@ -481,6 +481,43 @@ class JobStoreContract:
             assert await a.get(job.id) == won[0]
             assert await b.get(job.id) == won[0]
 
+    async def test_a_start_within_the_pool_limit(self, store: JobStore) -> None:
+        for n, state in enumerate((JobState.STARTING, JobState.RUNNING)):
+            job = make_job(f"busy{n}", pool="gpu")
+            await store.create(job)
+            moved = transition(job, JobState.STARTING, now=2.0)
+            if state is JobState.RUNNING:
+                moved = transition(moved, JobState.RUNNING, now=3.0)
+            assert await store.update(moved, expected=JobState.QUEUED)
+        await store.create(make_job("done", pool="gpu"))
+        assert await store.update(transition(make_job("done", pool="gpu"), JobState.CANCELLED, now=2.0),
+                                  expected=JobState.QUEUED)  # fmt: skip
+        waiting = make_job("next", pool="gpu")
+        other = make_job("elsewhere", pool="default")
+        for job in (waiting, other):
+            await store.create(job)
+        # Two active in gpu (a final one does not count, nor the other pool's): a limit of 2 refuses, 3 starts.
+        assert not await store.update(transition(waiting, JobState.STARTING, now=4.0), expected=JobState.QUEUED,
+                                      pool_limit=2)  # fmt: skip
+        assert await store.get("next") == waiting
+        assert await store.update(transition(other, JobState.STARTING, now=4.0), expected=JobState.QUEUED,
+                                  pool_limit=1)  # fmt: skip
+        assert await store.update(transition(waiting, JobState.STARTING, now=5.0), expected=JobState.QUEUED,
+                                  pool_limit=3)  # fmt: skip
+
+    async def test_two_stores_racing_to_start_stay_within_the_pool_limit(self, open_store: OpenStore) -> None:
+        a, b = await open_store(), await open_store()
+        jobs = [make_job(f"p{i}", pool="gpu") for i in range(24)]
+        for job in jobs:
+            await a.create(job)
+        starts = [transition(job, JobState.STARTING, now=2.0) for job in jobs]
+        results = await asyncio.gather(
+            *((a, b)[n % 2].update(moved, expected=JobState.QUEUED, pool_limit=3) for n, moved in enumerate(starts))
+        )
+        assert sum(results) == 3
+        states = [j.state for j in await a.list_jobs(pool="gpu", limit=-1)]
+        assert states.count(JobState.STARTING) == 3 and states.count(JobState.QUEUED) == 21
+
     # --- check_writable -----------------------------------------------------------------------------
 
     async def test_check_writable_ok(self, store: JobStore, query: Query) -> None:

@@ -524,12 +524,23 @@ async def test_claim_queued_takes_the_oldest_of_others_once(pg_store: PostgresJo
     for job in jobs:
         assert (await pg_store.create(job))[1]
     first, second = await asyncio.gather(
-        pg_store.claim_queued("default", 2, by="b", now=200.0), pg_store.claim_queued("default", 2, by="c", now=200.0)
+        pg_store.claim_queued("default", 2, pool_limit=9, by="b", now=200.0),
+        pg_store.claim_queued("default", 2, pool_limit=9, by="c", now=200.0),
     )
     claimed = [j.id for j in first + second]
     assert len(claimed) == 4 and len(set(claimed)) == 4 and set(claimed) <= {"q0", "q1", "q2", "q3", "q4"}
     assert [j.id for j in first] == sorted(j.id for j in first)  # oldest first
-    assert await pg_store.claim_queued("other-pool", 5, by="b", now=200.0) == []
+    assert await pg_store.claim_queued("other-pool", 5, pool_limit=9, by="b", now=200.0) == []
     # the old owner's start of a claimed job is refused (fenced)
     (lost,) = [j for j in jobs if j.id == claimed[0]]
     assert not await pg_store.update(transition(lost, JobState.STARTING, now=201.0), expected=JobState.QUEUED)
+
+
+async def test_claim_queued_takes_no_more_than_the_pool_has_free_across_controllers(pg_store: PostgresJobStore) -> None:
+    busy = transition(dataclasses.replace(make_job("busy", now=10.0), controller_id="a"), JobState.STARTING, now=11.0)
+    waiting = [dataclasses.replace(make_job(f"w{n}", now=100.0 + n), controller_id="a") for n in range(4)]
+    for job in (busy, *waiting):
+        assert (await pg_store.create(job))[1]
+    # Pool limit 3, one starting on a: two free slots, although b has room for four.
+    assert [j.id for j in await pg_store.claim_queued("default", 4, pool_limit=3, by="b", now=200.0)] == ["w0", "w1"]
+    assert await pg_store.claim_queued("default", 4, pool_limit=1, by="c", now=200.0) == []
