@@ -13,6 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
+from orchestrator.access.tokens import TokenUsage
+from orchestrator.api.auth import Authenticator
 from orchestrator.api.routes import Api
 from orchestrator.artifacts.store import ArtifactStore
 from orchestrator.caches.store import CacheStore
@@ -253,6 +255,7 @@ def build_controller(
         peers=leases.controller_url if leases is not None else None,
         attestation_public_pem=public_pem(attest_key),
         audit_log=audit_log,
+        authenticator=Authenticator(config.api, usage=TokenUsage(config.data_dir)),
     )
 
     def live() -> dict[str, Any]:
@@ -441,6 +444,8 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
                 await forge.close()
         await controller.store.close()
         await controller.engine.close()
+        if controller.api.authenticator.usage is not None:
+            controller.api.authenticator.usage.flush()
         await asyncio.to_thread(controller.auditor.close)
 
     app.on_startup.append(startup)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -12,12 +13,14 @@ import secrets
 import signal
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
+from orchestrator.access.tokens import USAGE_FILE, read_usage, report
 from orchestrator.config import ConfigError, hash_token, load_config
 
 log = logging.getLogger("orchestrator")
@@ -89,26 +92,66 @@ def _config_check(path: Path) -> int:
     return 0
 
 
-def _token_new(name: str, role: str) -> int:
+def _token_new(name: str, role: str, expires_days: int | None) -> int:
     token = secrets.token_urlsafe(32)
     print(f"token (give to the client, shown once): {token}", file=sys.stderr)
-    print(f'[[api.tokens]]\nname = "{name}"\nrole = "{role}"\nsha256 = "{hash_token(token)}"')
+    entry = f'[[api.tokens]]\nname = "{name}"\nrole = "{role}"\nsha256 = "{hash_token(token)}"'
+    if expires_days is not None:
+        expires = datetime.now(UTC).replace(microsecond=0) + timedelta(days=expires_days)
+        entry += f"\nexpires = {expires.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+    print(entry)
     return 0
+
+
+def _token_list(config_path: Path, as_json: bool) -> int:
+    """The configured tokens with scope, expiry and last use (from this controller's data dir); exit 1 when one
+    is expired or unused for `api.unused_token_days`, so a cron job can report it."""
+    config = load_config(config_path)
+    usage = read_usage(config.data_dir / USAGE_FILE)
+    rows = report(config.api.tokens, usage, now=time.time(), unused_days=config.api.unused_token_days)
+    if as_json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+    else:
+        table = [("NAME", "ROLE", "SCOPE", "EXPIRES", "LAST USED", "STATUS")]
+        table += [(r.name, r.role, r.scope, r.expires, r.last_used, r.status) for r in rows]
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        for row in table:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    attention = [r for r in rows if r.status not in ("ok", "expires soon")]
+    return 1 if attention else 0
+
+
+def _audit_file(args: argparse.Namespace) -> Path | None:
+    """The FILE argument, else <data_dir>/audit.jsonl of --config; None (after saying so) when neither is given."""
+    from orchestrator.evidence.audit import AUDIT_FILE_NAME
+
+    if args.file is not None:
+        return Path(args.file)
+    if args.config is None:
+        _fail("give the audit file or --config", EXIT_USAGE)
+        return None
+    return load_config(args.config).data_dir / AUDIT_FILE_NAME
+
+
+def _audit(args: argparse.Namespace) -> int:
+    if args.audit_cmd == "search":
+        return _audit_search(args)
+    if args.audit_cmd == "export":
+        return _audit_export(args)
+    return _audit_verify(args)
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
     """0 = intact, 1 = tampered (or truncated below the anchor), 2 = usage error."""
     from cryptography.exceptions import UnsupportedAlgorithm
 
-    from orchestrator.evidence.audit import AUDIT_FILE_NAME, PUBLIC_KEY_FILE_NAME, verify_file
+    from orchestrator.evidence.audit import PUBLIC_KEY_FILE_NAME, verify_file
     from orchestrator.evidence.canonical import SHA256_HEX
     from orchestrator.evidence.keys import load_public
 
-    file = args.file
+    file = _audit_file(args)
     if file is None:
-        if args.config is None:
-            return _fail("give the audit file or --config", EXIT_USAGE)
-        file = load_config(args.config).data_dir / AUDIT_FILE_NAME
+        return EXIT_USAGE
     key_path = args.pubkey if args.pubkey is not None else file.with_name(PUBLIC_KEY_FILE_NAME)
     try:
         public_key = load_public(key_path.read_bytes())
@@ -118,15 +161,144 @@ def _audit_verify(args: argparse.Namespace) -> int:
         return _fail("--expect-head must be a 64-digit hex SHA-256", EXIT_USAGE)
     if args.expect_seq is not None and args.expect_seq < 0:
         return _fail("--expect-seq must be >= 0", EXIT_USAGE)
+    if args.expect_prev is not None and not SHA256_HEX.fullmatch(args.expect_prev.lower()):
+        return _fail("--expect-prev must be a 64-digit hex SHA-256", EXIT_USAGE)
     try:
-        result = verify_file(file, public_key, expect_head=args.expect_head, expect_seq=args.expect_seq)
+        result = verify_file(
+            file, public_key, expect_head=args.expect_head, expect_seq=args.expect_seq, expect_prev=args.expect_prev
+        )
     except OSError as exc:
         return _fail(f"cannot read {file}: {exc}", EXIT_USAGE)
+    if result.ok and result.anchored_on is not None:
+        print(
+            f"OK: {result.records} records (seq {result.first_seq}..{result.last_seq}), verified from seq "
+            f"{result.first_seq} anchored on prev {result.anchored_on}, head {result.head}"
+        )
+        return 0
     if result.ok:
         print(f"OK: {result.records} records, head {result.head or '-'}")
         return 0
     print(f"TAMPERED: {result.problem}")
     return 1
+
+
+def _audit_times(args: argparse.Namespace) -> tuple[float | None, float | None] | None:
+    """--since/--until as POSIX seconds; None (after naming the option) when one does not parse."""
+    from orchestrator.evidence.audit_search import parse_time
+
+    times: list[float | None] = []
+    for option, text in (("--since", args.since), ("--until", args.until)):
+        try:
+            times.append(None if text is None else parse_time(text))
+        except ValueError as exc:
+            _fail(f"{option}: {exc}", EXIT_USAGE)
+            return None
+    return times[0], times[1]
+
+
+def _shown(value: Any) -> str:
+    """A field of a record for a terminal: text a webhook sender chose is quoted when it holds spaces or control
+    characters, so it cannot fake columns or lines (or move the cursor)."""
+    if value is None:
+        return "-"
+    text = str(value)
+    return text if text and text.isprintable() and " " not in text else json.dumps(text)
+
+
+def _audit_actor(actor: Any) -> str:
+    if not isinstance(actor, dict):
+        return _shown(actor)
+    kind = actor.get("type")
+    if kind == "webhook":
+        return f"webhook:{_shown(actor.get('source'))}"
+    if kind == "api":
+        return f"api:{_shown(actor.get('name') or actor.get('token_name'))}"
+    return _shown(kind)
+
+
+def _audit_search(args: argparse.Namespace) -> int:
+    """One line per matching record (or JSON Lines with --json), oldest first; the cursor for more on stderr."""
+    from orchestrator.evidence.audit_search import MAX_LIMIT, AuditQuery, search
+
+    file = _audit_file(args)
+    if file is None:
+        return EXIT_USAGE
+    times = _audit_times(args)
+    if times is None:
+        return EXIT_USAGE
+    if not 1 <= args.limit <= MAX_LIMIT:
+        return _fail(f"--limit must be 1..{MAX_LIMIT}", EXIT_USAGE)
+    if args.after is not None and args.after < 0:
+        return _fail("--after must be >= 0", EXIT_USAGE)
+    if not file.exists():
+        return _fail(f"cannot read {file}: no such file", EXIT_USAGE)
+    query = AuditQuery(args.actor, args.target, args.action, times[0], times[1], args.outcome)
+    page = search(file, query, after=args.after, limit=args.limit)
+    if not args.json:
+        print(f"{'SEQ':>8}  {'TIME':24}  {'ACTOR':20}  {'ACTION':26}  {'TARGET':32}  {'OUTCOME':10}  HASH")
+    for hit in page.hits:
+        r = hit.record
+        if args.json:
+            print(json.dumps({"hash": hit.hash, "record": r}, sort_keys=True))
+        else:
+            print(
+                f"{hit.seq:>8}  {_shown(r.get('time')):24}  {_audit_actor(r.get('actor')):20}  "
+                f"{_shown(r.get('action')):26}  {_shown(r.get('target')):32}  {_shown(r.get('outcome')):10}  {hit.hash}"
+            )
+    if page.next_cursor is not None:
+        print(f"more records match: continue with --after {page.next_cursor}", file=sys.stderr)
+    return 0
+
+
+def _audit_export(args: argparse.Namespace) -> int:
+    """Writes a verifiable slice (contiguous, ending in a signed record) atomically, mode 0600."""
+    import shlex
+
+    from orchestrator.evidence.audit import PUBLIC_KEY_FILE_NAME
+    from orchestrator.evidence.audit_search import export
+    from orchestrator.platform.files import fsync_dir
+
+    file = _audit_file(args)
+    if file is None:
+        return EXIT_USAGE
+    times = _audit_times(args)
+    if times is None:
+        return EXIT_USAGE
+    for option, value in (("--from-seq", args.from_seq), ("--to-seq", args.to_seq)):
+        if value is not None and value < 0:
+            return _fail(f"{option} must be >= 0", EXIT_USAGE)
+    if not file.exists():
+        return _fail(f"cannot read {file}: no such file", EXIT_USAGE)
+    out: Path = args.out
+    if out.exists() and out.resolve() == file.resolve():
+        return _fail("--out is the audit trail itself; export to another file", EXIT_USAGE)
+    tmp = out.with_name(f".{out.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            os.fchmod(stream.fileno(), 0o600)  # whatever the umask
+            summary = export(
+                file, stream, first_seq=args.from_seq, last_seq=args.to_seq, since=times[0], until=times[1]
+            )
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(out.parent)
+    pubkey = file.with_name(PUBLIC_KEY_FILE_NAME)
+    print(f"exported records {summary.first_seq}..{summary.last_seq} ({summary.records} records) of {file} to {out}")
+    print(f"anchor (prev of record {summary.first_seq}): {summary.first_prev}")
+    print(f"head (record {summary.last_seq}, signed): {summary.head}")
+    print("check it with:")
+    print(
+        f"  orchestrator audit verify {shlex.quote(str(out))} --expect-prev {summary.first_prev} "
+        f"--pubkey {shlex.quote(str(pubkey))}"
+    )
+    if summary.first_seq > 0:
+        print(f"the anchor vouches for the slice only if it equals a hash of record {summary.first_seq - 1} you hold")
+    return 0
 
 
 def _attest_verify(args: argparse.Namespace) -> int:
@@ -353,7 +525,11 @@ def _parser() -> argparse.ArgumentParser:
     tok = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_cmd", required=True)
     new = tok.add_parser("new", help="generate a token and the config entry holding its hash")
     new.add_argument("--name", required=True)
-    new.add_argument("--role", choices=["viewer", "operator", "admin"], default="viewer")
+    new.add_argument("--role", choices=["viewer", "operator", "admin", "approver", "auditor"], default="viewer")
+    new.add_argument("--expires-days", type=int, help="the entry gets an expiry this many days from now")
+    tl = tok.add_parser("list", help="configured tokens: scope, expiry, last use; exit 1 if one needs attention")
+    tl.add_argument("--config", "-c", type=Path, required=True)
+    tl.add_argument("--json", action="store_true")
 
     jobs = sub.add_parser("jobs", help="inspect and steer jobs through the API")
     jobs.add_argument("--url", default=os.environ.get("ORCHESTRATOR_URL", DEFAULT_URL))
@@ -398,6 +574,28 @@ def _parser() -> argparse.ArgumentParser:
     av.add_argument("--pubkey", type=Path, help="PEM public key (default: audit.pub next to the file)")
     av.add_argument("--expect-head", help="a head hash anchored earlier: detects a truncated trail")
     av.add_argument("--expect-seq", type=int, help="the trail must reach at least this record")
+    av.add_argument("--expect-prev", help="verify a slice (audit export): the hash its first record's prev must be")
+    times_help = "RFC 3339 (2026-12-07T10:00:00Z) or a date (2026-12-07, UTC)"
+    asr = audit.add_parser("search", help="find records by actor, job, action, outcome and time (oldest first)")
+    asr.add_argument("file", nargs="?", type=Path, help="default: <data_dir>/audit.jsonl of --config")
+    asr.add_argument("--config", "-c", type=Path, help="controller config, to find the data directory")
+    asr.add_argument("--actor", help='an API token or principal name, a webhook source, or "controller"')
+    asr.add_argument("--job", "--target", dest="target", help="the record's target: a job id, a route, ...")
+    asr.add_argument("--action", help="exact, or a prefix ending in .* (api.*)")
+    asr.add_argument("--outcome")
+    asr.add_argument("--since", help=f"inclusive; {times_help}")
+    asr.add_argument("--until", help=f"exclusive; {times_help}")
+    asr.add_argument("--limit", type=int, default=100, help="records per page, 1..1000 (default 100)")
+    asr.add_argument("--after", type=int, metavar="SEQ", help="resume after this seq (the cursor printed on stderr)")
+    asr.add_argument("--json", action="store_true", help='JSON Lines: {"hash": ..., "record": ...}')
+    aex = audit.add_parser("export", help="write a contiguous slice that still verifies (audit verify --expect-prev)")
+    aex.add_argument("file", nargs="?", type=Path, help="default: <data_dir>/audit.jsonl of --config")
+    aex.add_argument("--config", "-c", type=Path, help="controller config, to find the data directory")
+    aex.add_argument("--since", help=f"inclusive; {times_help}")
+    aex.add_argument("--until", help=f"exclusive; {times_help}")
+    aex.add_argument("--from-seq", type=int, metavar="N")
+    aex.add_argument("--to-seq", type=int, metavar="M", help="extended to the next signed record")
+    aex.add_argument("--out", type=Path, required=True, help="written atomically, mode 0600")
 
     att = sub.add_parser("attest", help="signed job attestations").add_subparsers(dest="attest_cmd", required=True)
     atv = att.add_parser("verify", help="verify a job's DSSE attestation, e.g. before a deploy")
@@ -432,10 +630,12 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_serve(args.config, args.drain_timeout))
         if args.cmd == "config":
             return _config_check(args.file)
+        if args.cmd == "token" and args.token_cmd == "list":  # noqa: S105 (a subcommand name)
+            return _token_list(args.config, args.json)
         if args.cmd == "token":
-            return _token_new(args.name, args.role)
+            return _token_new(args.name, args.role, args.expires_days)
         if args.cmd == "audit":
-            return _audit_verify(args)
+            return _audit(args)
         if args.cmd == "attest":
             return _attest_verify(args)
         if args.cmd == "jobs":

@@ -13,6 +13,7 @@ import posixpath
 import re
 import tomllib
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -161,14 +162,89 @@ class DockerConfig(_Strict):
     sweep_interval_s: float = Field(30.0, gt=0, description="how often leftover containers are looked for")
 
 
-class ApiToken(_Strict):
+RoleName = Literal["viewer", "operator", "admin", "approver", "auditor"]
+_POOL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_REPO_GLOB = r"^[A-Za-z0-9*?\[\]!._/-]{1,200}$"
+
+
+class Scope(_Strict):
+    """Where a grant applies: the jobs of these pools and repositories (fnmatch globs, case-sensitive, e.g.
+    "org/app*"); a list left out means all. Controller-wide actions (drain an engine, the audit head, metrics)
+    need a grant with neither."""
+
+    pools: list[Annotated[str, Field(pattern=_POOL_NAME)]] | None = Field(None, min_length=1)
+    repositories: list[Annotated[str, Field(pattern=_REPO_GLOB)]] | None = Field(None, min_length=1)
+
+
+class ApiToken(Scope):
     name: str = Field(pattern=_NAME)
-    role: Literal["viewer", "operator", "admin"]
+    role: RoleName
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the bearer token")
+    expires: datetime | None = Field(None, description="refused from then on (TOML datetime with an offset)")
+
+    @field_validator("expires")
+    @classmethod
+    def _aware(cls, expires: datetime | None) -> datetime | None:
+        if expires is not None and expires.tzinfo is None:
+            raise ValueError("give the expiry with a UTC offset, e.g. 2027-06-30T00:00:00Z")
+        return expires
+
+
+class OidcGrant(Scope):
+    """Who gets `role`: members of `group` (the groups claim) or the person with `email` (verified), one of them."""
+
+    group: str | None = Field(None, min_length=1, max_length=256)
+    email: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+$")
+    role: RoleName
+
+    @model_validator(mode="after")
+    def _one_subject(self) -> OidcGrant:
+        if (self.group is None) == (self.email is None):
+            raise ValueError("an OIDC grant names exactly one of group or email")
+        return self
+
+
+# Asymmetric signatures only: `none` and HS* (a shared secret -- or a public key misused as one) never.
+OidcAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+
+
+def _default_oidc_algorithms() -> list[OidcAlgorithm]:
+    return ["RS256", "ES256"]
+
+
+class ApiOidcConfig(_Strict):
+    """Single sign-on for the API: JWT bearer tokens of an OIDC identity provider (with its MFA), mapped to grants
+    by their groups or email."""
+
+    issuer: str = Field(pattern=r"^https?://", description="exactly the provider's `iss`")
+    audience: str = Field(min_length=1, description="the `aud` tokens must carry (the client id)")
+    jwks_url: str | None = Field(None, pattern=r"^https?://", description="default: the discovery document's")
+    algorithms: list[OidcAlgorithm] = Field(default_factory=_default_oidc_algorithms, min_length=1)
+    leeway_s: int = Field(60, ge=0, le=300, description="clock skew allowed on exp, nbf and iat")
+    max_lifetime_s: int = Field(86400, ge=60, description="a token valid for longer than this (exp - iat) is refused")
+    jwks_cache_s: int = Field(300, ge=10, le=86400, description="keys are fetched again after this")
+    jwks_min_refresh_s: float = Field(30.0, ge=0, description="an unknown key id fetches the keys at most this often")
+    ca_file: Path | None = Field(None, description="CA bundle for the provider (default: the system's)")
+    name_claim: str = Field("email", min_length=1, description="who the person is in the audit trail")
+    groups_claim: str = Field("groups", min_length=1)
+    username_claims: list[str] = Field(
+        default_factory=lambda: ["preferred_username"],
+        description="claims naming the person's forge login: an approver is never the job's own sender",
+    )
+    grants: list[OidcGrant] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _http_only_on_loopback(self) -> ApiOidcConfig:
+        for what, url in (("issuer", self.issuer), ("jwks_url", self.jwks_url)):
+            if url and url.startswith("http://") and not is_loopback(url):
+                raise ValueError(f"api.oidc.{what}: {url} must be https (http only on loopback)")
+        return self
 
 
 class ApiConfig(_Strict):
     tokens: list[ApiToken] = Field(default_factory=list)
+    oidc: ApiOidcConfig | None = None
+    unused_token_days: int = Field(30, ge=1, description="`orchestrator token list` reports tokens unused this long")
 
     @field_validator("tokens")
     @classmethod
@@ -1034,6 +1110,10 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
         for key in ("ca_cert", "revoker_token_file"):
             if isinstance(vault.get(key), str):
                 vault[key] = str(base / vault[key])
+    api = raw.get("api")
+    oidc = api.get("oidc") if isinstance(api, dict) else None
+    if isinstance(oidc, dict) and isinstance(oidc.get("ca_file"), str):
+        oidc["ca_file"] = str(base / oidc["ca_file"])
     engines = raw.get("engines")
     if isinstance(engines, dict):
         for engine in engines.values():

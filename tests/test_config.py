@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import re
 import stat
+import time
 import tomllib
 from pathlib import Path
 
@@ -610,3 +612,27 @@ def test_trusted_proxies_are_networks(tmp_path: Path) -> None:
     assert [str(n) for n in server.trusted_networks] == ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32", "10.0.0.0/8"]
     with pytest.raises(ValueError, match=r"'proxy\.example' is not an IP address or network"):
         ServerConfig(trusted_proxies=["proxy.example"])
+
+
+def test_cli_token_new_with_an_expiry_and_token_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["token", "new", "--name", "ci", "--role", "approver", "--expires-days", "90"]) == 0
+    out = capsys.readouterr().out
+    expires = tomllib.loads(out)["api"]["tokens"][0]["expires"]
+    assert 89 * 86400 < expires.timestamp() - time.time() <= 90 * 86400
+    body = MINIMAL + "\n" + out + '\n[[api.tokens]]\nname = "old"\nrole = "viewer"\npools = ["default"]\n'
+    body += f'sha256 = "{hash_token("old-token")}"\nexpires = 2020-01-01T00:00:00Z\n'
+    path = write(tmp_path, body)
+    config = load_config(path)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    (config.data_dir / "token-usage.json").write_text(json.dumps({"version": 1, "last_used": {"ci": time.time()}}))
+    assert main(["token", "list", "--config", str(path)]) == 1  # "old" has expired
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["NAME", "ROLE", "SCOPE", "EXPIRES", "LAST", "USED", "STATUS"]
+    assert lines[1].split()[:3] == ["ci", "approver", "everywhere"] and lines[1].endswith("ok")
+    assert lines[2].split()[:4] == ["old", "viewer", "pools", "default"] and lines[2].endswith("expired")
+    assert main(["token", "list", "--config", str(path), "--json"]) == 1
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["name"], r["status"], r["last_used"] != "never") for r in rows] == [
+        ("ci", "ok", True),
+        ("old", "expired", False),
+    ]

@@ -1,44 +1,65 @@
-"""Bearer-token authentication for the API. Tokens are configured as SHA-256 hashes; every configured hash is
-compared in constant time so response timing does not reveal which prefix matched."""
+"""Who is calling the API: a static token (access/tokens.py) or, when `[api.oidc]` is set, a JWT of the identity
+provider (access/oidc.py). Returns a principal or a refusal with its reason; the routes map refusals to HTTP."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
-from orchestrator.config import ApiToken
-
-Role = Literal["viewer", "operator", "admin"]
-_RANK: dict[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
+from orchestrator.access.grants import Principal
+from orchestrator.access.oidc import JwtRejected, OidcUnavailable, OidcVerifier, looks_like_jwt
+from orchestrator.access.tokens import TokenUsage, bearer, match_token
+from orchestrator.config import ApiConfig
 
 
 @dataclass(frozen=True)
-class Principal:
-    name: str
-    role: Role
+class AuthRefused:
+    """`reason`: a short code (metrics, audit); `message`: what the caller is told; `status` 401, or 503 when the
+    identity provider cannot be reached."""
 
-    def allows(self, needed: Role) -> bool:
-        return _RANK[self.role] >= _RANK[needed]
+    reason: str
+    message: str
+    status: int = 401
 
 
-def authenticate(header: str | None, tokens: Sequence[ApiToken]) -> Principal | None:
-    """Returns who presented `Authorization: Bearer <token>`, or None."""
-    if not header:
-        return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    digest = hashlib.sha256(token.strip().encode()).hexdigest()
-    found: Principal | None = None
-    for candidate in tokens:
-        if hmac.compare_digest(digest, candidate.sha256) and found is None:
-            found = Principal(candidate.name, candidate.role)
-    return found
+class Authenticator:
+    def __init__(
+        self,
+        access: ApiConfig,
+        *,
+        usage: TokenUsage | None = None,
+        oidc: OidcVerifier | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.access = access
+        self.usage = usage
+        self.oidc = oidc if oidc is not None else (OidcVerifier(access.oidc) if access.oidc else None)
+        self.clock = clock
+
+    async def authenticate(self, header: str | None) -> Principal | AuthRefused:
+        token = bearer(header)
+        if token is None:
+            return AuthRefused("missing_token" if not header else "invalid_token", "missing or invalid bearer token")
+        matched = match_token(token, self.access.tokens, self.clock())
+        if matched is not None:
+            if matched.expired:
+                assert matched.token.expires is not None
+                when = matched.token.expires.isoformat()
+                return AuthRefused("expired_token", f"token {matched.token.name!r} expired at {when}")
+            if self.usage is not None:
+                self.usage.used(matched.token.name)
+            return matched.principal
+        if self.oidc is not None and looks_like_jwt(token):
+            try:
+                principal = await self.oidc.verify(token)
+            except JwtRejected as exc:
+                return AuthRefused(exc.reason, str(exc))
+            except OidcUnavailable as exc:
+                return AuthRefused("provider_unavailable", f"the identity provider cannot be reached: {exc}", 503)
+            return principal  # perhaps without any grant: then every route answers 403
+        return AuthRefused("invalid_token", "missing or invalid bearer token")
 
 
 class FailureLimiter:

@@ -7,19 +7,23 @@ import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
 
-from orchestrator.api.auth import FailureLimiter, Principal, Role, authenticate
+from orchestrator.access.grants import Principal, Role, describe_grants
+from orchestrator.api.auth import Authenticator, AuthRefused, FailureLimiter
 from orchestrator.artifacts.store import ArtifactStore
 from orchestrator.config import ApiConfig, ServerConfig
 from orchestrator.evidence.attestation_store import AttestationStore
 from orchestrator.evidence.audit import AuditLog
+from orchestrator.evidence.audit_search import MAX_LIMIT as AUDIT_MAX_LIMIT
+from orchestrator.evidence.audit_search import AuditHit, AuditQuery, parse_time, search
 from orchestrator.evidence.auditor import Auditor
 from orchestrator.evidence.refusals import RefusalThrottle, address_key
-from orchestrator.jobs.states import JobState
+from orchestrator.jobs.states import Job, JobState
 from orchestrator.jobs.views import job_view, runner_view
 from orchestrator.logs.sse import SseEncoder, parse_last_event_id
 from orchestrator.logs.store import LogStore
@@ -36,6 +40,7 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+AUDIT_SCAN_MAX = 100_000  # records a scoped auditor's search reads per request before handing back a cursor
 FORWARDED = "X-Orchestrator-Forwarded"  # a request one controller passes to another: never passed on again
 
 
@@ -64,7 +69,9 @@ class Api:
         engines: EngineSet | None = None,
         controller_id: str = "",
         peers: Callable[[str], Awaitable[str | None]] | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
+        self.authenticator = authenticator or Authenticator(access)
         self.artifacts = artifacts
         self.engines = engines
         self.controller_id = controller_id
@@ -90,7 +97,7 @@ class Api:
             web.get("/readyz", self.readyz),
             web.get(
                 "/metrics",
-                self.metrics_page if self.server.metrics_public else self._auth("viewer", self.metrics_page),
+                self.metrics_page if self.server.metrics_public else self._auth("viewer", self.metrics_page, wide=True),
             ),
             web.get("/api/v1/jobs", self._auth("viewer", self.list_jobs)),
             web.get("/api/v1/jobs/{job_id}", self._auth("viewer", self.show_job)),
@@ -101,29 +108,68 @@ class Api:
             web.get("/api/v1/jobs/{job_id}/artifacts", self._auth("viewer", self.job_artifacts)),
             web.get("/api/v1/jobs/{job_id}/artifacts/{name:.+}", self._auth("viewer", self.job_artifact)),
             web.get("/api/v1/attestation-key", self._auth("viewer", self.attestation_key)),
-            web.get("/api/v1/audit/head", self._auth("admin", self.audit_head)),
+            web.get("/api/v1/audit/head", self._auth("auditor", self.audit_head, wide=True)),
+            web.get("/api/v1/audit", self._auth("auditor", self.audit_search)),
             web.get("/api/v1/engines", self._auth("viewer", self.list_engines)),
-            web.post("/api/v1/engines/{name}/drain", self._auth("operator", self.drain_engine)),
-            web.post("/api/v1/engines/{name}/undrain", self._auth("operator", self.drain_engine)),
+            web.post("/api/v1/engines/{name}/drain", self._auth("operator", self.drain_engine, wide=True)),
+            web.post("/api/v1/engines/{name}/undrain", self._auth("operator", self.drain_engine, wide=True)),
+            web.get("/api/v1/whoami", self._auth(None, self.whoami)),
         ]
 
-    def _auth(self, role: Role, handler: Handler) -> Handler:
+    def _auth(self, role: Role | None, handler: Handler, *, wide: bool = False) -> Handler:
+        """Authenticates, then checks the principal holds `role` somewhere (`wide`: controller-wide, for what
+        concerns no single job; None: any caller who authenticates). A job's own scope is checked by the handler
+        (`_job`)."""
+
         async def wrapped(request: web.Request) -> web.StreamResponse:
             header = request.headers.get("Authorization")
-            principal = authenticate(header, self.access.tokens)
-            if principal is None:
-                return self._unauthenticated(request, header)
-            if not principal.allows(role):
-                self.auditor.api(
-                    principal.name, principal.role, "auth.forbidden", request.path, request.remote, "denied"
+            principal = await self.authenticator.authenticate(header)
+            if isinstance(principal, AuthRefused):
+                return self._unauthenticated(request, header, principal)
+            if role is not None and not (principal.anywhere(role) if wide else principal.holds(role)):
+                self.auditor.api(principal, "auth.forbidden", request.path, request.remote, "denied")
+                need = (
+                    f"a controller-wide {role} grant" if wide else f"{'an' if role[0] in 'aeiou' else 'a'} {role} grant"
                 )
-                return _err(403, f"token {principal.name!r} has role {principal.role}; this needs {role}")
+                return _err(403, f"{principal.name} holds {describe_grants(principal.grants)}; this needs {need}")
             request[PRINCIPAL] = principal
             return await handler(request)
 
         return wrapped
 
-    def _unauthenticated(self, request: web.Request, header: str | None) -> web.Response:
+    async def _job(self, request: web.Request, role: Role = "viewer") -> Job | web.Response:
+        """The job of the route, if the caller may see it (else 404, as for a job that does not exist: a scoped
+        viewer learns nothing of other jobs) and holds `role` for its pool and repository (else 403)."""
+        job_id = request.match_info["job_id"]
+        principal = request[PRINCIPAL]
+        job = await self.store.get(job_id)
+        if job is None or not principal.may("viewer", job.pool, job.spec.repository):
+            return _err(404, f"no job {job_id!r}")
+        if not principal.may(role, job.pool, job.spec.repository):
+            self.auditor.api(principal, "auth.forbidden", request.path, request.remote, "denied")
+            return _err(
+                403,
+                f"{principal.name} holds {describe_grants(principal.grants)}: no {role} grant for pool "
+                f"{job.pool!r} and repository {job.spec.repository!r}",
+            )
+        return job
+
+    def _sees(self, principal: Principal, job: Job | None) -> bool:
+        if job is None:
+            return principal.anywhere("viewer")
+        return principal.may("viewer", job.pool, job.spec.repository)
+
+    async def whoami(self, request: web.Request) -> web.Response:
+        """Who the token or login is and what it may do (for the console and for checking a grant)."""
+        principal = request[PRINCIPAL]
+        grants = [
+            {"role": g.role, "pools": list(g.pools) if g.pools is not None else None,
+             "repositories": list(g.repositories) if g.repositories is not None else None}
+            for g in principal.grants
+        ]  # fmt: skip
+        return web.json_response({"name": principal.name, "kind": principal.kind, "grants": grants})
+
+    def _unauthenticated(self, request: web.Request, header: str | None, refused: AuthRefused) -> web.Response:
         """A valid token is always served, whatever its address did before: the limiter bounds what failures cost
         (guessing speed, audit records), not what an address may do, so one guesser behind a shared proxy locks
         out nobody. A scraper polling /metrics without a token is not guessing and is not counted as failing."""
@@ -134,12 +180,15 @@ class Api:
             resp = _err(429, "too many failed authentications from this address; try again later")
             resp.headers["Retry-After"] = str(int(wait) + 1)
             return resp
+        if refused.status == 503:  # the identity provider is down: not the caller's failure
+            self.metrics.auth_failures.labels(refused.reason).inc()
+            return _err(503, refused.message)
         if not scrape:
             self.limiter.failed(key)
-            self._auth_refused(request, "missing_token" if not header else "invalid_token")
+            self._auth_refused(request, refused.reason)
         else:
             self.metrics.auth_failures.labels("metrics_scrape_without_token").inc()
-        resp = _err(401, "missing or invalid bearer token")
+        resp = _err(401, refused.message)
         resp.headers["WWW-Authenticate"] = 'Bearer realm="runner-orchestrator"'
         return resp
 
@@ -188,28 +237,51 @@ class Api:
             limit = min(max(int(request.query.get("limit", "100")), 1), 1000)
         except ValueError:
             return _err(400, "limit must be an integer")
-        jobs = await self.store.list_jobs(state=state, pool=request.query.get("pool"), limit=limit)
+        jobs = await self._visible_jobs(request[PRINCIPAL], state, request.query.get("pool"), limit)
         return web.json_response({"jobs": [job_view(j) for j in jobs]})
+
+    async def _visible_jobs(
+        self, principal: Principal, state: JobState | None, pool: str | None, limit: int
+    ) -> list[Job]:
+        """The newest `limit` jobs the principal may see: by SQL for the pools of its grants, then by repository
+        glob (which the store does not index: a repository-scoped viewer's listing reads its pools' jobs)."""
+        allowed = principal.pools_for("viewer", self.scheduler.config.pools)
+        if pool is not None and allowed is not None and pool not in allowed:
+            return []
+        pools: list[str | None] = [pool] if pool is not None or allowed is None else list(allowed)
+        by_repository = any(g.repositories is not None for g in principal.grants)
+        found: list[Job] = []
+        for p in pools:
+            found += await self.store.list_jobs(state=state, pool=p, limit=-1 if by_repository else limit)
+        visible = [j for j in found if principal.may("viewer", j.pool, j.spec.repository)]
+        visible.sort(key=lambda j: (j.created_at, j.id), reverse=True)
+        return visible[:limit]
 
     async def list_runners(self, request: web.Request) -> web.Response:
         try:
             limit = min(max(int(request.query.get("limit", "100")), 1), 1000)
         except ValueError:
             return _err(400, "limit must be an integer")
+        principal = request[PRINCIPAL]
         records = await self.store.list_runners(source=request.query.get("source"), limit=limit)
-        return web.json_response({"runners": [runner_view(r, await self.store.get(r.job_id)) for r in records]})
+        views = []
+        for r in records:
+            job = await self.store.get(r.job_id)
+            if self._sees(principal, job):
+                views.append(runner_view(r, job))
+        return web.json_response({"runners": views})
 
     async def show_job(self, request: web.Request) -> web.Response:
-        job = await self.store.get(request.match_info["job_id"])
-        if job is None:
-            return _err(404, f"no job {request.match_info['job_id']!r}")
+        job = await self._job(request)
+        if isinstance(job, web.Response):
+            return job
         return web.json_response(job_view(job))
 
     async def job_logs(self, request: web.Request) -> web.StreamResponse:
         job_id = request.match_info["job_id"]
-        job = await self.store.get(job_id)
-        if job is None:
-            return _err(404, f"no job {job_id!r}")
+        job = await self._job(request)
+        if isinstance(job, web.Response):
+            return job
         sse = "text/event-stream" in request.headers.get("Accept", "") or request.query.get("format") == "sse"
         resume = parse_last_event_id(request.headers.get("Last-Event-ID")) if sse else None
         try:
@@ -220,7 +292,7 @@ class Api:
             return _err(400, "offset must be a non-negative integer")
         follow = sse or request.query.get("follow", "false").lower() in {"1", "true", "yes"}
         principal = request[PRINCIPAL]
-        self.auditor.api(principal.name, principal.role, "api.logs_read", job_id, request.remote, "ok")
+        self.auditor.api(principal, "api.logs_read", job_id, request.remote, "ok")
         if (
             self.peers is not None
             and job.controller_id != self.controller_id
@@ -291,8 +363,8 @@ class Api:
 
     async def job_attestation(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
-        if await self.store.get(job_id) is None:
-            return _err(404, f"no job {job_id!r}")
+        if isinstance(found := await self._job(request), web.Response):
+            return found
         envelope = self.attestations.read(job_id)
         if envelope is None:
             return _err(404, f"job {job_id!r} has no attestation (yet): it is signed when the job's run ends")
@@ -301,8 +373,8 @@ class Api:
     async def job_artifacts(self, request: web.Request) -> web.Response:
         """The job's artifacts (name, size, sha256), its reports' totals, and what was refused."""
         job_id = request.match_info["job_id"]
-        if await self.store.get(job_id) is None:
-            return _err(404, f"no job {job_id!r}")
+        if isinstance(found := await self._job(request), web.Response):
+            return found
         manifest = await asyncio.to_thread(self.artifacts.manifest, job_id) if self.artifacts else None
         if manifest is None:
             return _err(404, f"job {job_id!r} has no artifacts (none declared, not produced, or expired)")
@@ -311,12 +383,14 @@ class Api:
     async def job_artifact(self, request: web.Request) -> web.StreamResponse:
         """One artifact's bytes, with its sha256 in `Digest` (RFC 3230) and `X-Checksum-Sha256`."""
         job_id, name = request.match_info["job_id"], request.match_info["name"]
+        if isinstance(job := await self._job(request), web.Response):
+            return job
         found = await asyncio.to_thread(self.artifacts.file, job_id, name) if self.artifacts else None
         if found is None:
             return _err(404, f"job {job_id!r} has no artifact {name!r}")
         artifact, path = found
         principal = request[PRINCIPAL]
-        self.auditor.api(principal.name, principal.role, "api.artifact", f"{job_id}/{name}", request.remote, "ok")
+        self.auditor.api(principal, "api.artifact", f"{job_id}/{name}", request.remote, "ok")
         response = web.FileResponse(
             path,
             headers={
@@ -344,9 +418,9 @@ class Api:
         try:
             self.engines.drain(name, draining=draining)
         except KeyError:
-            self.auditor.api(principal.name, principal.role, action, name, request.remote, "refused")
+            self.auditor.api(principal, action, name, request.remote, "refused")
             return _err(404, f"no engine {name!r} (engines: {', '.join(self.engines.engines)})")
-        self.auditor.api(principal.name, principal.role, action, name, request.remote, "ok")
+        self.auditor.api(principal, action, name, request.remote, "ok")
         log.info("engine drain changed", extra={"engine": name, "draining": draining, "by": principal.name})
         return web.json_response({"engines": self.engines.describe()})
 
@@ -358,16 +432,87 @@ class Api:
         await asyncio.to_thread(self.auditor.flush)
         return web.json_response({"next_seq": self.audit_log.next_seq, "head": self.audit_log.head})
 
+    async def audit_search(self, request: web.Request) -> web.Response:
+        """The audit trail, read-only: `actor`, `job`, `action` (`api.*` for a prefix), `outcome`, `since` and
+        `until` (RFC 3339 or a date), `after` (the cursor) and `limit`; each record with its hash, which `orchestrator
+        audit verify` checks against the chain. An auditor scoped to pools or repositories sees only the records about
+        jobs there; records about no job need a controller-wide grant."""
+        q = request.query
+        times: dict[str, float | None] = {"since": None, "until": None}
+        for key in times:
+            if q.get(key):
+                try:
+                    times[key] = parse_time(q[key])
+                except ValueError as exc:
+                    return _err(400, f"{key}: {exc}")
+        query = AuditQuery(
+            actor=q.get("actor") or None, target=q.get("job") or None, action=q.get("action") or None,
+            outcome=q.get("outcome") or None, since=times["since"], until=times["until"],
+        )  # fmt: skip
+        try:
+            limit = int(q.get("limit", "100"))
+            after = int(q["after"]) if q.get("after") else None
+        except ValueError:
+            return _err(400, "limit and after must be integers")
+        if not 1 <= limit <= AUDIT_MAX_LIMIT or (after is not None and after < 0):
+            return _err(400, f"limit must be 1..{AUDIT_MAX_LIMIT} and after a record's seq")
+        principal = request[PRINCIPAL]
+        await asyncio.to_thread(self.auditor.flush)  # what was just done is searchable at once
+        hits, cursor = await self._visible_records(principal, query, after, limit)
+        self.auditor.api(principal, "api.audit_search", None, request.remote, "ok")
+        return web.json_response(
+            {"records": [{"seq": h.seq, "hash": h.hash, "record": h.record} for h in hits], "next_cursor": cursor}
+        )
+
+    async def _visible_records(
+        self, principal: Principal, query: AuditQuery, after: int | None, limit: int
+    ) -> tuple[list[AuditHit], int | None]:
+        """A page of records the principal may see. A controller-wide auditor's is one search; a scoped one's is
+        filtered page by page against the jobs the records are about (at most AUDIT_SCAN_MAX records read per call:
+        then the cursor says where to go on)."""
+        path = self.audit_log.path
+        if principal.anywhere("auditor"):
+            page = await asyncio.to_thread(search, path, query, after=after, limit=limit)
+            return page.hits, page.next_cursor
+        jobs: dict[str, Job | None] = {}
+        hits: list[AuditHit] = []
+        scanned = 0
+        while True:
+            page = await asyncio.to_thread(search, path, query, after=after, limit=limit)
+            scanned += page.scanned
+            for hit in page.hits:
+                if await self._record_in_scope(principal, hit.record, jobs):
+                    hits.append(hit)
+                    if len(hits) == limit:
+                        return hits, hit.seq
+            if page.next_cursor is None:
+                return hits, None
+            after = page.next_cursor
+            if scanned >= AUDIT_SCAN_MAX:
+                return hits, after
+
+    async def _record_in_scope(self, principal: Principal, record: dict[str, Any], jobs: dict[str, Job | None]) -> bool:
+        target = record.get("target")
+        job_id = target.split("/", 1)[0] if isinstance(target, str) else None  # "job" or "job/artifact"
+        if job_id is not None and job_id not in jobs:
+            jobs[job_id] = await self.store.get(job_id)
+        job = jobs.get(job_id) if job_id is not None else None
+        if job is None:
+            return principal.anywhere("auditor")
+        return principal.may("auditor", job.pool, job.spec.repository)
+
     async def cancel_job(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
         principal = request[PRINCIPAL]
+        if isinstance(found := await self._job(request, "operator"), web.Response):
+            return found
         try:
             job = await self.scheduler.cancel(job_id, reason=f"cancelled by {principal.name}")
         except KeyError:
             return _err(404, f"no job {job_id!r}")
         except NotCancellableError as exc:
-            self.auditor.api(principal.name, principal.role, "api.cancel", job_id, request.remote, "refused")
+            self.auditor.api(principal, "api.cancel", job_id, request.remote, "refused")
             return _err(409, str(exc))
         log.info("job cancel requested", extra={"job_id": job_id, "by": principal.name})
-        self.auditor.api(principal.name, principal.role, "api.cancel", job_id, request.remote, "ok")
+        self.auditor.api(principal, "api.cancel", job_id, request.remote, "ok")
         return web.json_response(job_view(job))

@@ -25,7 +25,8 @@ What a chain cannot show: that nothing was cut off the *end* -- dropping the las
 shorter chain. `verify_file` therefore reports the last seq and head hash (SHA-256 of the last line); auditors
 anchor that somewhere else (a ticket, another host, the syslog copy) and pass it back as ``expect_head`` /
 ``expect_seq``. Whoever holds the private key can rewrite everything; the forwarded copy and external anchors
-are the defence against that.
+are the defence against that. A contiguous slice (`audit_search.export`) verifies on its own given
+``expect_prev``, the hash of the line before it; without that anchor a file must start at record 0.
 
 Durability trade-off: each record is one ``os.write`` on an O_APPEND descriptor (no user-space buffer), so it is
 in the kernel -- and survives a crash of the controller -- when `record` returns. It is on disk (survives power
@@ -503,7 +504,9 @@ def syslog_forwarder(ident: str = "runner-orchestrator") -> Forwarder:
 @dataclass(frozen=True)
 class VerifyResult:
     """``records``/``head``: the intact prefix (everything, when ok). ``first_bad_seq`` is the seq stored in the
-    offending line (the expected seq when it cannot be read); ``line`` its 1-based line number."""
+    offending line (the expected seq when it cannot be read); ``line`` its 1-based line number. For a slice
+    (``expect_prev``): ``first_seq`` is where it starts and ``anchored_on`` the hash its first ``prev`` matched, so
+    a report says "verified from seq N anchored on H", not "verified" -- it proves nothing about records before N."""
 
     ok: bool
     records: int
@@ -511,54 +514,84 @@ class VerifyResult:
     first_bad_seq: int | None
     problem: str | None
     line: int | None = None
+    first_seq: int = 0
+    anchored_on: str | None = None
 
     @property
     def last_seq(self) -> int | None:
-        return self.records - 1 if self.records else None
+        return self.first_seq + self.records - 1 if self.records else None
+
+
+def _sha256_hex_or_none(value: str | None, name: str) -> str | None:
+    if value is None:
+        return None
+    value = value.lower()
+    if not SHA256_HEX.fullmatch(value):
+        raise ValueError(f"{name} must be a 64-digit hex SHA-256")
+    return value
 
 
 def verify_file(
-    path: Path, public_key: Ed25519PublicKey, *, expect_head: str | None = None, expect_seq: int | None = None
+    path: Path,
+    public_key: Ed25519PublicKey,
+    *,
+    expect_head: str | None = None,
+    expect_seq: int | None = None,
+    expect_prev: str | None = None,
 ) -> VerifyResult:
     """Checks every record (signature, seq, chain) from the start; an anchor also detects a truncated tail.
 
     ``expect_head`` is a head reported earlier: the log must still contain a line with that hash (it may have
     grown since). ``expect_seq``: the log must still reach that seq (and, with ``expect_head``, that record must
-    be the anchored one)."""
-    if expect_head is not None:
-        expect_head = expect_head.lower()
-        if not SHA256_HEX.fullmatch(expect_head):
-            raise ValueError("expect_head must be a 64-digit hex SHA-256")
+    be the anchored one).
+
+    ``expect_prev`` verifies a slice (a contiguous export, see `audit_search.export`): the file may then start at
+    any seq N, and its first record's ``prev`` must be this hash -- the line hash of record N-1, or the genesis
+    hash when N = 0 -- which the caller must have from elsewhere (an earlier head, the export summary it trusts).
+    Without it the file must start at record 0, so a start cut off stays detectable."""
+    expect_head = _sha256_hex_or_none(expect_head, "expect_head")
+    expect_prev = _sha256_hex_or_none(expect_prev, "expect_prev")
     count = 0
+    first_seq = 0
+    expected = 0  # the seq the next record must carry
     head: str | None = None
     anchor_seen = False
     unsigned_from: int | None = None  # first record not yet vouched for by a signed one
 
     def bad(seq: int | None, lineno: int | None, problem: str) -> VerifyResult:
-        return VerifyResult(False, count, head, seq, problem, lineno)
+        return VerifyResult(False, count, head, seq, problem, lineno, first_seq, expect_prev)
 
     with path.open("rb") as file:
         for lineno, raw in enumerate(file, start=1):  # binary iteration splits on b"\n" only
             if not raw.endswith(b"\n"):
-                return bad(count, lineno, f"line {lineno} is an incomplete record (no newline): torn or appended")
+                return bad(expected, lineno, f"line {lineno} is an incomplete record (no newline): torn or appended")
             line = raw[:-1]
             try:
                 record = _inspect(line, public_key)
             except _BadRecord as exc:
                 name = f"line {lineno}" if exc.seq is None else f"record {exc.seq} (line {lineno})"
-                return bad(count if exc.seq is None else exc.seq, lineno, f"{name} {exc.what}")
+                return bad(expected if exc.seq is None else exc.seq, lineno, f"{name} {exc.what}")
             seq: int = record["seq"]
             name = f"record {seq} (line {lineno})"
-            if seq != count:
+            if count == 0 and expect_prev is not None:
+                first_seq = expected = seq
+                if record["prev"] != expect_prev:
+                    return bad(
+                        seq,
+                        lineno,
+                        f"{name} is the first record of the slice but its prev {record['prev']} is not the anchor "
+                        f"{expect_prev}: the slice does not follow the anchored record (start cut, or another anchor)",
+                    )
+            if seq != expected:
                 if count == 0:
                     return bad(seq, lineno, f"{name} is the first record, not record 0: the start was removed")
-                if seq > count:
-                    missing = str(count) if seq == count + 1 else f"{count}..{seq - 1}"
+                if seq > expected:
+                    missing = str(expected) if seq == expected + 1 else f"{expected}..{seq - 1}"
                     why = f"record(s) {missing} are missing (removed or reordered)"
                 else:
                     why = "seq repeats or goes backwards (a record was duplicated, inserted or reordered)"
-                return bad(seq, lineno, f"{name} follows record {count - 1}: {why}")
-            expected_prev = genesis_hash(record["chain"]) if seq == 0 else head
+                return bad(seq, lineno, f"{name} follows record {expected - 1}: {why}")
+            expected_prev = genesis_hash(record["chain"]) if seq == 0 else head if count else expect_prev
             if record["prev"] != expected_prev:
                 if seq == 0:
                     return bad(seq, lineno, f"{name} does not start a chain: prev is not the genesis hash")
@@ -580,28 +613,30 @@ def verify_file(
                 unsigned_from = seq
             head = line_hash(line)
             count += 1
+            expected += 1
             if expect_head is not None and head == expect_head and expect_seq in (None, seq):
                 anchor_seen = True
             if expect_head is not None and expect_seq == seq and head != expect_head:
                 return bad(seq, lineno, f"{name} is not the anchored record {expect_head}: the log was rewritten")
-    end = "the log is empty" if head is None else f"the log ends at record {count - 1} (head {head})"
+    end = "the log is empty" if head is None else f"the log ends at record {expected - 1} (head {head})"
+    if expect_prev is not None and head is None:
+        return bad(None, None, f"{end}: no record follows the anchor {expect_prev}, so the slice proves nothing")
     if unsigned_from is not None:
-        which = (
-            f"record {unsigned_from} is" if unsigned_from == count - 1 else f"records {unsigned_from}..{count - 1} are"
-        )
+        last = expected - 1
+        which = f"record {unsigned_from} is" if unsigned_from == last else f"records {unsigned_from}..{last} are"
         return bad(
             unsigned_from,
             None,
             f"{end}, but {which} not signed and no signed record follows: the end of a batch was cut off "
             "(crash mid-write or truncation) or the records were forged",
         )
-    if expect_seq is not None and count <= expect_seq:
-        return bad(count, None, f"{end} but record {expect_seq} was anchored: the tail was truncated")
+    if expect_seq is not None and expected <= expect_seq:
+        return bad(expected, None, f"{end} but record {expect_seq} was anchored: the tail was truncated")
     if expect_head is not None and not anchor_seen:
         return bad(
-            count, None, f"{end} and no record has the anchored head {expect_head}: tail truncated or log rewritten"
+            expected, None, f"{end} and no record has the anchored head {expect_head}: tail truncated or log rewritten"
         )
-    return VerifyResult(True, count, head, None, None)
+    return VerifyResult(True, count, head, None, None, first_seq=first_seq, anchored_on=expect_prev)
 
 
 __all__ = [

@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any
 
+from orchestrator.access.grants import Principal
 from orchestrator.evidence.audit import AuditLog, Entry, accessor_digest, looks_like_secret, prepare
 from orchestrator.evidence.refusals import Summary
 from orchestrator.jobs.states import Job
@@ -177,10 +178,14 @@ class Auditor:
         details = {"accessor_sha256": accessor_digest(accessor), "how": how}
         self._record(CONTROLLER, "credentials.revoked", job_id, outcome, details=details)
 
-    def api(
-        self, token_name: str, role: str, action: str, target: str | None, remote: str | None, outcome: str
-    ) -> None:
-        actor = {"type": "api", "token_name": token_name, "role": role}
+    def api(self, principal: Principal, action: str, target: str | None, remote: str | None, outcome: str) -> None:
+        """A static token is recorded by its `token_name` (as it always was); a person signed in through the identity
+        provider by `name` with `"kind": "oidc"`."""
+        actor: dict[str, Any] = {"type": "api", "role": principal.role}
+        if principal.kind == "token":
+            actor["token_name"] = principal.name
+        else:
+            actor.update(name=principal.name, kind=principal.kind)
         self._record(actor, action, target, outcome, remote=remote)
 
     def auth_failed(self, remote: str | None, route: str, reason: str) -> None:

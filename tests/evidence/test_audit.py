@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from orchestrator.access.grants import Grant, Principal
 from orchestrator.cli import main
 from orchestrator.evidence import audit, keys
 from orchestrator.evidence.audit import (
@@ -41,6 +42,7 @@ from fake_clock import FakeClock
 
 WEBHOOK = {"type": "webhook", "source": "gitea", "delivery": "d-1"}
 API = {"type": "api", "token_name": "ops", "role": "operator"}
+OPS_ADMIN = Principal("ops", (Grant("admin"),))
 CONTROLLER = {"type": "controller"}
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 
@@ -664,12 +666,12 @@ def test_auditor_writes_what_queued_while_it_was_busy_as_one_batch(tmp_path: Pat
     log = AuditLog(tmp_path / AUDIT_FILE_NAME, key).open()
     auditor = Auditor(log, linger_s=0)  # no linger: the batches are then exactly what queued while it was busy
     with log._lock:  # the writer takes the first event, then blocks on the file while four more queue up
-        auditor.api("ops", "admin", "api.cancel", "job-0", None, "ok")
+        auditor.api(OPS_ADMIN, "api.cancel", "job-0", None, "ok")
         deadline = time.monotonic() + 10
         while not auditor._queue.empty() and time.monotonic() < deadline:
             time.sleep(0.001)
         for i in range(1, 5):
-            auditor.api("ops", "admin", "api.cancel", f"job-{i}", None, "ok")
+            auditor.api(OPS_ADMIN, "api.cancel", f"job-{i}", None, "ok")
     auditor.close()
     records = [json.loads(line) for line in read_lines(tmp_path / AUDIT_FILE_NAME)]
     assert [r["target"] for r in records] == [f"job-{i}" for i in range(5)]
@@ -683,7 +685,7 @@ def test_auditor_lingers_so_a_burst_shares_one_signature(tmp_path: Path) -> None
     key = keys.load_or_create(tmp_path / "k")
     auditor = Auditor(AuditLog(tmp_path / AUDIT_FILE_NAME, key).open(), linger_s=0.05)
     for i in range(20):  # far quicker than the linger: the writer wakes on the first and finds the rest queued
-        auditor.api("ops", "admin", "api.cancel", f"job-{i}", None, "ok")
+        auditor.api(OPS_ADMIN, "api.cancel", f"job-{i}", None, "ok")
     auditor.close()
     records = [json.loads(line) for line in read_lines(tmp_path / AUDIT_FILE_NAME)]
     assert [r["target"] for r in records] == [f"job-{i}" for i in range(20)]
@@ -697,7 +699,7 @@ def test_auditor_records_when_the_event_happened_not_when_it_was_written(tmp_pat
     key = keys.load_or_create(tmp_path / "k")
     auditor = Auditor(AuditLog(tmp_path / AUDIT_FILE_NAME, key).open(), linger_s=0.5)
     before = time.time()
-    auditor.api("ops", "admin", "api.cancel", "job-1", None, "ok")
+    auditor.api(OPS_ADMIN, "api.cancel", "job-1", None, "ok")
     auditor.close()  # written after the linger, half a second later
     (record,) = [json.loads(line) for line in read_lines(tmp_path / AUDIT_FILE_NAME)]
     at = datetime.strptime(record["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()

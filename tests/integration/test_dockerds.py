@@ -18,7 +18,6 @@ from pathlib import Path
 
 import docker
 import pytest
-from dockerds import DockerDaemon, daemons, mount_points
 
 from orchestrator.config import PoolConfig
 from orchestrator.jobs.spec import JobSpec
@@ -27,6 +26,7 @@ from orchestrator.runtime.docker_engine import AttachedStream, DockerEngine
 from orchestrator.runtime.protocol import EngineError
 
 from conftest import REQUIRE_DOCKER, RUN_TAG, TEST_CONTROLLER_PREFIX, TEST_IMAGE
+from dockerds import DockerDaemon, daemons, mount_points
 
 pytestmark = pytest.mark.docker
 

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dockerds import daemons
 
 from orchestrator.runtime.container_spec import LABEL_CONTROLLER
 
 from conftest import RunningController, job_spec
+from dockerds import daemons
 
 pytestmark = pytest.mark.docker
 FINAL = {"succeeded", "failed", "timed_out", "cancelled", "error"}
