@@ -16,6 +16,7 @@ from aiohttp import web
 from orchestrator.access.tokens import TokenUsage
 from orchestrator.api.auth import Authenticator
 from orchestrator.api.routes import Api
+from orchestrator.approvals.service import Approvals
 from orchestrator.artifacts.store import ArtifactStore
 from orchestrator.caches.store import CacheStore
 from orchestrator.callbacks.dispatcher import Dispatcher
@@ -94,6 +95,7 @@ class Controller:
     warm: WarmPool | None = None
     engines: EngineSet | None = None  # several Docker engines ([engines]); None: the one of docker.base_url
     cluster: Cluster | None = None  # leases and takeover, when controllers share PostgreSQL
+    approvals: Approvals | None = None  # approval gates: decisions and their expiry
 
 
 def plan_connections(config: Config, soft_limit: int) -> tuple[ConnectionLimits, DescriptorPlan]:
@@ -239,6 +241,7 @@ def build_controller(
         auditor=auditor,
         forges=ForgeIntake(config, runners, auditor, metrics.forge_events) if runners is not None else None,
     )
+    approvals = Approvals(config, store, scheduler, runner, events)
     api = Api(
         config.server,
         config.api,
@@ -256,6 +259,8 @@ def build_controller(
         attestation_public_pem=public_pem(attest_key),
         audit_log=audit_log,
         authenticator=Authenticator(config.api, usage=TokenUsage(config.data_dir)),
+        warm_ready=warm.ready if warm is not None else None,
+        approvals=approvals,
     )
 
     def live() -> dict[str, Any]:
@@ -301,6 +306,7 @@ def build_controller(
         warm=warm,
         engines=engines,
         cluster=Cluster(config, leases, scheduler, auditor) if leases is not None else None,
+        approvals=approvals,
     )
 
 
@@ -395,6 +401,9 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
         await controller.scheduler.start()
         if controller.cluster is not None:
             controller.background.append(asyncio.create_task(controller.cluster.run_forever(), name="cluster"))
+        if controller.approvals is not None:
+            await controller.approvals.sweep()  # approvals that expired while no controller ran
+            controller.background.append(asyncio.create_task(controller.approvals.run_forever(), name="approvals"))
         if controller.webhook_listener is not None:
             await controller.webhook_listener.open()
         if controller.signing_keys is not None:

@@ -316,6 +316,7 @@ def _attest_verify(args: argparse.Namespace) -> int:
             expect_source=args.expect_source,
             require_checkout=args.require_checkout,
             artifact=args.artifact,
+            require_approval=args.require_approval,
         )
     except AttestationError as exc:
         print(f"INVALID: {exc}", file=sys.stderr)
@@ -323,6 +324,9 @@ def _attest_verify(args: argparse.Namespace) -> int:
     print(f"OK: job {job.job_id} {job.state} {job.repository}@{job.sha}")
     if job.fetched_commit:
         print(f"OK: commit {job.fetched_commit} of {job.ref} was fetched by the controller from {job.fetched_from}")
+    if job.approval is not None:
+        a = job.approval
+        print(f"OK: {a.get('decision')} by {a.get('by')} at {a.get('at')}: {a.get('comment')!r}")
     if args.artifact is not None:
         digest = _sha256(args.artifact)  # verify_file checked it is a subject
         print(f"OK: {args.artifact} is artifact {job.artifacts[digest]} (sha256 {digest}) of job {job.job_id}")
@@ -612,6 +616,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the controller must have fetched and verified the commit itself",
     )
     atv.add_argument("--artifact", type=Path, help="a file whose sha256 must be a subject of the attestation")
+    atv.add_argument("--require-approval", action="store_true", help="the job must have been approved by a person")
 
     wh = sub.add_parser("send-webhook", help="sign and send a job spec, as a CI front-end would")
     wh.add_argument("spec", help="job spec JSON file, or - for stdin")

@@ -241,6 +241,16 @@ class ApiOidcConfig(_Strict):
         return self
 
 
+class ApprovalsConfig(_Strict):
+    """Approval gates: a job of a pool with `requires_approval`, or one that reads a secret under `secret_paths`
+    (fnmatch globs on the secret's path, e.g. "ci/*/prod/*"), waits for a person's approval before it gets a
+    container or any secret."""
+
+    timeout_s: int = Field(86400, ge=60, le=30 * 86400, description="a job not approved this long is rejected")
+    secret_paths: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(default_factory=list)
+    check_interval_s: float = Field(30.0, gt=0, le=3600, description="how often expired approvals are looked for")
+
+
 class ApiConfig(_Strict):
     tokens: list[ApiToken] = Field(default_factory=list)
     oidc: ApiOidcConfig | None = None
@@ -662,6 +672,9 @@ class PoolConfig(_Strict):
     engines: dict[str, Annotated[int, Field(ge=1)]] = Field(
         default_factory=dict, description="[engines] this pool may use, each with its capacity; default: all"
     )
+    requires_approval: bool = Field(
+        False, description="every job waits in awaiting_approval until a person with an approver grant approves it"
+    )
     engine_loss_retries: int = Field(
         0, ge=0, le=5,
         description="times a job whose engine stopped answering mid-job is queued again to run on another engine "
@@ -851,6 +864,7 @@ class Config(_Strict):
     callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
     artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
     caches: CachesConfig = Field(default_factory=CachesConfig)
     max_total_concurrent: int = Field(16, ge=1)
     max_warm: int = Field(32, ge=0, description="warm containers across pools; the pools' `warm` must fit")

@@ -16,8 +16,8 @@ from orchestrator.config import ApiConfig
 
 @dataclass(frozen=True)
 class AuthRefused:
-    """`reason`: a short code (metrics, audit); `message`: what the caller is told; `status` 401, or 503 when the
-    identity provider cannot be reached."""
+    """`reason`: a short code (metrics, audit); `message`: what the caller is told; `status` 401, 403 for a console
+    request without its CSRF token, or 503 when the identity provider cannot be reached."""
 
     reason: str
     message: str

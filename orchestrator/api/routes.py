@@ -15,8 +15,11 @@ from aiohttp import web
 
 from orchestrator.access.grants import Principal, Role, describe_grants
 from orchestrator.api.auth import Authenticator, AuthRefused, FailureLimiter
+from orchestrator.approvals.gate import ApprovalRefused, Decision
+from orchestrator.approvals.service import Approvals
 from orchestrator.artifacts.store import ArtifactStore
 from orchestrator.config import ApiConfig, ServerConfig
+from orchestrator.console.sessions import COOKIE, CSRF_HEADER, Sessions
 from orchestrator.evidence.attestation_store import AttestationStore
 from orchestrator.evidence.audit import AuditLog
 from orchestrator.evidence.audit_search import MAX_LIMIT as AUDIT_MAX_LIMIT
@@ -70,8 +73,14 @@ class Api:
         controller_id: str = "",
         peers: Callable[[str], Awaitable[str | None]] | None = None,
         authenticator: Authenticator | None = None,
+        sessions: Sessions | None = None,
+        warm_ready: Callable[[str], int] | None = None,
+        approvals: Approvals | None = None,
     ) -> None:
+        self.approvals = approvals
+        self.warm_ready = warm_ready  # pool -> warm containers ready (runtime/warm_pool.py)
         self.authenticator = authenticator or Authenticator(access)
+        self.sessions = sessions  # the web console's logins (console/sessions.py)
         self.artifacts = artifacts
         self.engines = engines
         self.controller_id = controller_id
@@ -102,8 +111,11 @@ class Api:
             web.get("/api/v1/jobs", self._auth("viewer", self.list_jobs)),
             web.get("/api/v1/jobs/{job_id}", self._auth("viewer", self.show_job)),
             web.get("/api/v1/runners", self._auth("viewer", self.list_runners)),
+            web.get("/api/v1/pools", self._auth("viewer", self.list_pools)),
             web.get("/api/v1/jobs/{job_id}/logs", self._auth("viewer", self.job_logs)),
             web.post("/api/v1/jobs/{job_id}/cancel", self._auth("operator", self.cancel_job)),
+            web.post("/api/v1/jobs/{job_id}/approve", self._auth("approver", self.decide_job)),
+            web.post("/api/v1/jobs/{job_id}/reject", self._auth("approver", self.decide_job)),
             web.get("/api/v1/jobs/{job_id}/attestation", self._auth("viewer", self.job_attestation)),
             web.get("/api/v1/jobs/{job_id}/artifacts", self._auth("viewer", self.job_artifacts)),
             web.get("/api/v1/jobs/{job_id}/artifacts/{name:.+}", self._auth("viewer", self.job_artifact)),
@@ -123,7 +135,11 @@ class Api:
 
         async def wrapped(request: web.Request) -> web.StreamResponse:
             header = request.headers.get("Authorization")
-            principal = await self.authenticator.authenticate(header)
+            principal: Principal | AuthRefused
+            if header is None and self.sessions is not None and COOKIE in request.cookies:
+                principal = self._session_principal(request)
+            else:
+                principal = await self.authenticator.authenticate(header)
             if isinstance(principal, AuthRefused):
                 return self._unauthenticated(request, header, principal)
             if role is not None and not (principal.anywhere(role) if wide else principal.holds(role)):
@@ -136,6 +152,17 @@ class Api:
             return await handler(request)
 
         return wrapped
+
+    def _session_principal(self, request: web.Request) -> Principal | AuthRefused:
+        """The console's session: its cookie names it; a request that changes anything must carry its CSRF token
+        too (a cookie alone is what another site can make the browser send)."""
+        assert self.sessions is not None
+        session = self.sessions.get(request.cookies.get(COOKIE))
+        if session is None:
+            return AuthRefused("session_expired", "the console session has ended; sign in again")
+        if request.method not in ("GET", "HEAD") and not Sessions.csrf_ok(session, request.headers.get(CSRF_HEADER)):
+            return AuthRefused("csrf_refused", f"a console request that changes something needs its {CSRF_HEADER}", 403)
+        return session.principal
 
     async def _job(self, request: web.Request, role: Role = "viewer") -> Job | web.Response:
         """The job of the route, if the caller may see it (else 404, as for a job that does not exist: a scoped
@@ -180,6 +207,9 @@ class Api:
             resp = _err(429, "too many failed authentications from this address; try again later")
             resp.headers["Retry-After"] = str(int(wait) + 1)
             return resp
+        if refused.status == 403:  # a console request without its CSRF token: refused and audited, not a guess
+            self._auth_refused(request, refused.reason)
+            return _err(403, refused.message)
         if refused.status == 503:  # the identity provider is down: not the caller's failure
             self.metrics.auth_failures.labels(refused.reason).inc()
             return _err(503, refused.message)
@@ -256,6 +286,24 @@ class Api:
         visible = [j for j in found if principal.may("viewer", j.pool, j.spec.repository)]
         visible.sort(key=lambda j: (j.created_at, j.id), reverse=True)
         return visible[:limit]
+
+    async def list_pools(self, request: web.Request) -> web.Response:
+        """The pools the caller may see, with this controller's queued, running and warm counts and the limit."""
+        principal = request[PRINCIPAL]
+        config = self.scheduler.config
+        allowed = principal.pools_for("viewer", config.pools)
+        stats = self.scheduler.pool_stats()
+        pools = []
+        for name, pool in config.pools.items():
+            if allowed is not None and name not in allowed:
+                continue
+            queued, running = stats.get(name, (0, 0))
+            pools.append({
+                "name": name, "queued": queued, "running": running, "max_concurrent": pool.max_concurrent,
+                "warm": self.warm_ready(name) if self.warm_ready is not None else 0, "warm_target": pool.warm,
+                "runner": pool.runner is not None,
+            })  # fmt: skip
+        return web.json_response({"pools": pools})
 
     async def list_runners(self, request: web.Request) -> web.Response:
         try:
@@ -500,6 +548,34 @@ class Api:
         if job is None:
             return principal.anywhere("auditor")
         return principal.may("auditor", job.pool, job.spec.repository)
+
+    async def decide_job(self, request: web.Request) -> web.Response:
+        """Approve or reject a job awaiting approval, with an optional comment (JSON `{"comment": "..."}`); the
+        approver needs an approver grant for the job's pool and repository and must not be its sender."""
+        if isinstance(job := await self._job(request, "approver"), web.Response):
+            return job
+        principal = request[PRINCIPAL]
+        decision: Decision = "approved" if request.path.endswith("/approve") else "rejected"
+        action = "api.approve" if decision == "approved" else "api.reject"
+        comment = ""
+        if request.can_read_body:
+            try:
+                body = await request.json()
+            except ValueError:
+                return _err(400, 'the body must be JSON: {"comment": "..."}')
+            raw = body.get("comment", "") if isinstance(body, dict) else None
+            if not isinstance(raw, str) or len(raw) > 2000 or not raw.isprintable():
+                return _err(400, "comment must be printable text of at most 2000 characters")
+            comment = raw
+        if self.approvals is None:
+            return _err(409, "this controller has no approval gates")
+        try:
+            decided = await self.approvals.decide(job, principal, decision, comment)
+        except ApprovalRefused as refused:
+            self.auditor.api(principal, action, job.id, request.remote, "refused")
+            return _err(403 if refused.code in ("no_grant", "self_approval") else 409, str(refused))
+        self.auditor.api(principal, action, job.id, request.remote, "ok")
+        return web.json_response(job_view(decided))
 
     async def cancel_job(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]

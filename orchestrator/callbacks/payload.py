@@ -19,6 +19,7 @@ ForgeKind = Literal["github", "gitea", "gitlab"]
 
 # GitHub and Gitea commit statuses: pending | success | failure | error (Gitea also has warning).
 _GITHUB_STATES: dict[JobState, str] = {
+    JobState.AWAITING_APPROVAL: "pending",
     JobState.QUEUED: "pending",
     JobState.RUNNING: "pending",
     JobState.SUCCEEDED: "success",
@@ -26,9 +27,11 @@ _GITHUB_STATES: dict[JobState, str] = {
     JobState.TIMED_OUT: "failure",
     JobState.CANCELLED: "error",
     JobState.ERROR: "error",
+    JobState.REJECTED: "failure",
 }
 # GitLab commit statuses: pending | running | success | failed | canceled (GitLab also knows skipped).
 _GITLAB_STATES: dict[JobState, str] = {
+    JobState.AWAITING_APPROVAL: "pending",
     JobState.QUEUED: "pending",
     JobState.RUNNING: "running",
     JobState.SUCCEEDED: "success",
@@ -36,6 +39,7 @@ _GITLAB_STATES: dict[JobState, str] = {
     JobState.TIMED_OUT: "failed",
     JobState.CANCELLED: "canceled",
     JobState.ERROR: "failed",
+    JobState.REJECTED: "canceled",
 }
 DESCRIPTION_MAX = 140  # GitHub refuses longer commit status descriptions
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -75,6 +76,7 @@ class JobFacts:
     artifacts: list[dict[str, Any]] = field(default_factory=list)  # {"name", "sha256", "size"}
     junit: dict[str, Any] | None = None  # {"name", "sha256", "tests", "passed", "failed", "skipped"}
     sbom: dict[str, Any] | None = None  # {"name", "sha256", "format", "spec_version"}
+    approval: dict[str, Any] | None = None  # {"decision", "by", "at", "comment"}: who let a gated job run, or not
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class AttestedJob:
     fetched_from: str | None = None
     artifacts: dict[str, str] = field(default_factory=dict)  # sha256 -> name
     junit: dict[str, Any] | None = None
+    approval: dict[str, Any] | None = None  # {"decision", "by", "at" (RFC 3339), "comment"} of a gated job
 
 
 # -- building -----------------------------------------------------------------------------------------------------
@@ -194,6 +197,11 @@ def build_statement(facts: JobFacts) -> dict[str, Any]:
         reports.append({"name": "sbom", "digest": {"sha256": facts.sbom["sha256"]},
                         "annotations": {"file": facts.sbom["name"], "format": facts.sbom["format"],
                                         "specVersion": facts.sbom["spec_version"]}})  # fmt: skip
+    if facts.approval is not None:
+        approval = {**facts.approval, "at": rfc3339(float(facts.approval["at"]))}
+        reports.append({"name": "approval", "mediaType": "application/json",
+                        "content": base64.b64encode(canonical_json(approval)).decode("ascii"),
+                        "annotations": approval})  # fmt: skip
 
     return {
         "_type": STATEMENT_TYPE,
@@ -401,6 +409,15 @@ def read_job(statement: dict[str, Any]) -> AttestedJob:
         if str(s.get("name", "")).startswith(ARTIFACT_PREFIX) and isinstance(_digests(s).get("sha256"), str)
     }
     junit = next((b.get("annotations") for b in byproducts if b.get("name") == "junit"), None)
+    approval = next((b for b in byproducts if b.get("name") == "approval"), None)
+    approved = None
+    if approval is not None:  # the signed content, not its readable copy, is what counts
+        try:
+            approved = json.loads(base64.b64decode(approval.get("content", ""), validate=True))
+        except (ValueError, TypeError) as exc:
+            raise AttestationError(f"the approval byproduct is not base64 JSON: {exc}") from None
+        if approved != approval.get("annotations"):
+            raise AttestationError("the approval byproduct's content and annotations disagree")
     return AttestedJob(
         job_id=_string(statement, "predicate", "runDetails", "metadata", "invocationId"),
         state=state,
@@ -415,6 +432,7 @@ def read_job(statement: dict[str, Any]) -> AttestedJob:
         fetched_from=fetched_from,
         artifacts=artifacts,
         junit=junit if isinstance(junit, dict) else None,
+        approval=approved if isinstance(approved, dict) else None,
     )
 
 
@@ -437,9 +455,12 @@ def check_job(
     expect_source: str | None = None,
     require_checkout: bool = False,
     artifact_sha256: str | None = None,
+    require_approval: bool = False,
 ) -> list[str]:
     """Every reason a deploy gate should refuse this job; empty means it may proceed."""
     problems = []
+    if require_approval and (job.approval is None or job.approval.get("decision") != "approved"):
+        problems.append(f"job {job.job_id} was not approved by a person (no approval in its attestation)")
     if expect_ref is not None and job.ref != expect_ref:
         problems.append(f"ref mismatch: attested {job.ref!r}, expected {expect_ref!r}")
     if expect_source is not None and job.source != expect_source:
@@ -471,6 +492,7 @@ def verify_file(
     expect_source: str | None = None,
     require_checkout: bool = False,
     artifact: Path | None = None,
+    require_approval: bool = False,
 ) -> AttestedJob:
     """What `orchestrator attest verify` checks: the envelope in `file`, signed by the key in `pubkey`, attesting
     a job a deploy may rely on. AttestationError says why not. Commits are compared in full (lowercase hex): a
@@ -497,7 +519,7 @@ def verify_file(
     problems = check_job(
         job, expect_sha=expect_sha, expect_repository=expect_repository, require_success=require_success,
         expect_ref=expect_ref, expect_source=expect_source, require_checkout=require_checkout,
-        artifact_sha256=artifact_sha256,
+        artifact_sha256=artifact_sha256, require_approval=require_approval,
     )  # fmt: skip
     if problems:
         raise AttestationError("; ".join(problems))

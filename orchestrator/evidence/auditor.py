@@ -19,7 +19,7 @@ from typing import Any
 from orchestrator.access.grants import Principal
 from orchestrator.evidence.audit import AuditLog, Entry, accessor_digest, looks_like_secret, prepare
 from orchestrator.evidence.refusals import Summary
-from orchestrator.jobs.states import Job
+from orchestrator.jobs.states import Job, JobState
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,8 @@ class Auditor:
             details["exit_code"] = job.exit_code
         if job.reason:
             details["reason"] = job.reason
+        if job.approval is not None and job.state in (JobState.QUEUED, JobState.REJECTED):
+            details["approval"] = job.approval.to_json()  # who decided, when, and their comment
         self._record(CONTROLLER, "job.state", job.id, job.state.value, details=details)
 
     def credentials_issued(

@@ -197,6 +197,10 @@ class JobSpec(_Wire):
     timeout_s: int | None = Field(None, ge=1)
     secrets: list[SecretRequest] = Field(default_factory=list, max_length=100)
     runner: RunnerRequest | None = None
+    sender: str | None = Field(
+        None, min_length=1, max_length=256,
+        description="who triggered the job (e.g. the forge login of the push): an approver may not be them",
+    )  # fmt: skip
     checkout: bool = Field(True, description="false: no source checkout even where the source configures one")
     submodules: bool = Field(False, description="also check out the commit's submodules")
     artifacts: ArtifactsRequest | None = None

@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from orchestrator.jobs.spec import JobSpec
 
 
 class JobState(StrEnum):
+    AWAITING_APPROVAL = "awaiting_approval"  # its pool or a secret it reads needs a person's approval first
     QUEUED = "queued"
     STARTING = "starting"
     RUNNING = "running"
@@ -18,16 +20,20 @@ class JobState(StrEnum):
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
     ERROR = "error"
+    REJECTED = "rejected"  # an approver said no, or nobody approved in time
 
     @property
     def final(self) -> bool:
         return self in FINAL_STATES
 
 
-FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED, JobState.ERROR})
+FINAL_STATES = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED, JobState.ERROR, JobState.REJECTED}
+)
 
-_ENDINGS = FINAL_STATES
+_ENDINGS = FINAL_STATES - {JobState.REJECTED}
 ALLOWED: dict[JobState, frozenset[JobState]] = {
+    JobState.AWAITING_APPROVAL: frozenset({JobState.QUEUED, JobState.REJECTED, JobState.CANCELLED, JobState.ERROR}),
     JobState.QUEUED: frozenset({JobState.STARTING, JobState.CANCELLED, JobState.ERROR}),
     # Back to QUEUED only when a controller restart re-queues the job (pool retry_on_restart).
     JobState.STARTING: frozenset({JobState.RUNNING, JobState.QUEUED} | _ENDINGS),
@@ -40,6 +46,25 @@ class InvalidTransitionError(Exception):
         super().__init__(f"job {job_id}: cannot go from {current} to {new}")
         self.current = current
         self.new = new
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A person's decision on a job that waited for approval (in the store, the audit trail and the attestation).
+    `by` is the approver's name as the API knew them; `decision` "approved" or "rejected"; "expired" when nobody
+    decided in time (then `by` is None)."""
+
+    decision: str
+    at: float
+    by: str | None = None
+    comment: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {"decision": self.decision, "by": self.by, "at": self.at, "comment": self.comment}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Approval:
+        return cls(str(data["decision"]), float(data["at"]), data.get("by"), str(data.get("comment", "")))
 
 
 @dataclass(frozen=True)
@@ -58,6 +83,7 @@ class Job:
     container_id: str | None = None
     credentials_accessor: str | None = None
     attempt: int = 1
+    approval: Approval | None = None
 
     @property
     def id(self) -> str:
@@ -68,11 +94,15 @@ class Job:
         return self.spec.pool
 
 
-def new_job(spec: JobSpec, *, source: str, controller_id: str, timeout_s: int, now: float) -> Job:
+def new_job(
+    spec: JobSpec, *, source: str, controller_id: str, timeout_s: int, now: float, awaiting: str | None = None
+) -> Job:
+    """A job as accepted: queued, or -- `awaiting`, the reason it needs approval -- awaiting approval."""
     return Job(
         spec=spec,
         source=source,
-        state=JobState.QUEUED,
+        state=JobState.AWAITING_APPROVAL if awaiting else JobState.QUEUED,
+        reason=awaiting,
         created_at=now,
         updated_at=now,
         controller_id=controller_id,
@@ -89,6 +119,7 @@ def transition(
     exit_code: int | None = None,
     container_id: str | None = None,
     credentials_accessor: str | None = None,
+    approval: Approval | None = None,
 ) -> Job:
     """Returns the job in its new state; raises InvalidTransitionError for a move the machine forbids."""
     if new not in ALLOWED.get(job.state, frozenset()):
@@ -98,7 +129,7 @@ def transition(
         changes["started_at"] = now
     if new.final:
         changes["finished_at"] = now
-    if new is JobState.QUEUED:
+    if new is JobState.QUEUED and job.state is not JobState.AWAITING_APPROVAL:  # queued again: a new attempt
         changes.update(attempt=job.attempt + 1, started_at=None, container_id=None, exit_code=None)
         changes["credentials_accessor"] = None
     if reason is not None:
@@ -109,6 +140,8 @@ def transition(
         changes["container_id"] = container_id
     if credentials_accessor is not None:
         changes["credentials_accessor"] = credentials_accessor
+    if approval is not None:
+        changes["approval"] = approval
     return dataclasses.replace(job, **changes)  # type: ignore[arg-type]
 
 

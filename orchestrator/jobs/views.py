@@ -28,6 +28,8 @@ def job_view(job: Job) -> dict[str, object]:
         "reason": job.reason,
         "container_id": job.container_id,
         "controller_id": job.controller_id,
+        "sender": job.spec.sender,
+        "approval": job.approval.to_json() if job.approval is not None else None,
     }
 
 

@@ -499,6 +499,7 @@ class JobRunner:
                 log_sha256=log_sha256,
                 pool_config_digest=hashlib.sha256(pool.model_dump_json().encode()).hexdigest() if pool else None,
                 source=job.source,
+                approval=job.approval.to_json() if job.approval is not None else None,
                 **(workspace.facts() if workspace is not None else {}),
             )
             await self.attestations.attest(facts)

@@ -7,12 +7,14 @@ store at start-up, so an accepted job is never lost: the store is the truth, the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from orchestrator.approvals.gate import approval_needed
 from orchestrator.config import Config
 from orchestrator.credentials.base import CredentialsBackend
 from orchestrator.evidence.auditor import Auditor
@@ -98,6 +100,10 @@ class Scheduler:
     def is_running(self, job_id: str) -> bool:
         return job_id in self._running
 
+    def knows(self, job_id: str) -> bool:
+        """Whether the job is queued or running here."""
+        return job_id in self._running or any(j.id == job_id for q in self._queues.values() for j in q)
+
     def reserve(self, pool: str) -> None:
         """Claims a queue slot before the job is stored (429 beats unbounded memory). Slots are counted while
         the store commits, so concurrent webhooks cannot overshoot the limit; `release` right before `submit`."""
@@ -131,6 +137,9 @@ class Scheduler:
                 raise Refusal("queue_full", str(exc)) from None
             on_stored(existing, False)
             return existing, False
+        why = approval_needed(job.spec, self.config.pools.get(job.pool), self.config.approvals)
+        if why is not None and job.state is JobState.QUEUED:
+            job = dataclasses.replace(job, state=JobState.AWAITING_APPROVAL, reason=why)
         try:
             stored, created = await self.store.create(job)
         finally:
@@ -139,7 +148,8 @@ class Scheduler:
         on_stored(stored, created)
         if created:
             self.events.created(stored)
-            self.submit(stored)
+            if stored.state is JobState.QUEUED:
+                self.submit(stored)
         return stored, created
 
     def pool_stats(self) -> dict[str, tuple[int, int]]:
@@ -187,6 +197,8 @@ class Scheduler:
         for job in jobs:
             if job.controller_id != self.config.controller_id or job.id in self._running:
                 continue
+            if job.state is JobState.AWAITING_APPROVAL:
+                continue  # it waits for a person, not for a controller: nothing was interrupted
             if job.state is JobState.QUEUED and job.pool in self.config.pools:
                 self._queues[job.pool].append(job)
                 continue

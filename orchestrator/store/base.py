@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from orchestrator.callbacks.outbox import Delivery, Status
 from orchestrator.forges.records import UPDATABLE, RunnerRecord
 from orchestrator.jobs.spec import JobSpec
-from orchestrator.jobs.states import Job, JobState
+from orchestrator.jobs.states import Approval, Job, JobState
 
 # Column order shared by every SQL store: rows are written and read positionally in this order.
 COLUMNS = (
     "id, source, pool, state, spec, controller_id, timeout_s, created_at, updated_at, started_at, "
-    "finished_at, exit_code, reason, container_id, credentials_accessor, attempt"
+    "finished_at, exit_code, reason, container_id, credentials_accessor, attempt, approval"
 )
+# Columns added after the first release: a store opened on an older database adds them (TEXT, NULL by default).
+ADDED_COLUMNS = {"approval": "TEXT"}
 
 
 # What counts against a pool's max_concurrent, as an SQL list (a constant: no user input reaches it).
@@ -53,12 +56,13 @@ def job_to_row(job: Job) -> tuple[object, ...]:
         job.container_id,
         job.credentials_accessor,
         job.attempt,
+        json.dumps(job.approval.to_json(), sort_keys=True) if job.approval is not None else None,
     )
 
 
 def job_from_row(row: Sequence[Any]) -> Job:
     (_, source, _, state, spec, controller_id, timeout_s, created_at, updated_at, started_at, finished_at,
-     exit_code, reason, container_id, credentials_accessor, attempt) = tuple(row)  # fmt: skip
+     exit_code, reason, container_id, credentials_accessor, attempt, approval) = tuple(row)  # fmt: skip
     return Job(
         spec=JobSpec.model_validate_json(spec),
         source=source,
@@ -74,6 +78,7 @@ def job_from_row(row: Sequence[Any]) -> Job:
         container_id=container_id,
         credentials_accessor=credentials_accessor,
         attempt=attempt,
+        approval=Approval.from_json(json.loads(approval)) if approval else None,
     )
 
 

@@ -45,6 +45,7 @@ from orchestrator.forges.records import RunnerRecord
 from orchestrator.jobs.states import FINAL_STATES, Job, JobState
 from orchestrator.store.base import (
     ACTIVE_STATES_SQL,
+    ADDED_COLUMNS,
     COLUMNS,
     DELIVERY_COLUMNS,
     RUNNER_COLUMNS,
@@ -88,9 +89,11 @@ _SCHEMA = (
         reason TEXT,
         container_id TEXT,
         credentials_accessor TEXT,
-        attempt INTEGER NOT NULL DEFAULT 1
+        attempt INTEGER NOT NULL DEFAULT 1,
+        approval TEXT
     )
     """,
+    *(f"ALTER TABLE jobs ADD COLUMN IF NOT EXISTS {name} {kind}" for name, kind in ADDED_COLUMNS.items()),
     "CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at)",
     "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at)",
     "CREATE INDEX IF NOT EXISTS jobs_pool ON jobs (pool, created_at)",
@@ -153,10 +156,14 @@ _SCHEMA_OBJECTS = (
     *("callback_outbox", "callback_outbox_pending", "controllers"),
 )
 _SCHEMA_EXISTS = "SELECT " + ", ".join(["to_regclass(%s)"] * len(_SCHEMA_OBJECTS))
+_COLUMNS_PRESENT = (
+    "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = 'jobs' "
+    "AND column_name = ANY(%s)"
+)
 
 _COLUMNS = COLUMNS
 _INSERT = (
-    f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join(['%s'] * 16)}) "  # noqa: S608
+    f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join(['%s'] * len(_COLUMNS.split(',')))}) "  # noqa: S608
     "ON CONFLICT (id) DO NOTHING RETURNING id"
 )
 _SELECT_ONE = f"SELECT {_COLUMNS} FROM jobs WHERE id = %s"  # noqa: S608
@@ -325,7 +332,9 @@ async def _create_schema(conn: Connection) -> None:
     SELECT/INSERT/UPDATE on tables a DBA created beforehand (or a read-only standby) can still open the store."""
     cur = await conn.execute(_SCHEMA_EXISTS, _SCHEMA_OBJECTS)
     row = await cur.fetchone()
-    if row is not None and all(row):
+    cur = await conn.execute(_COLUMNS_PRESENT, (list(ADDED_COLUMNS),))
+    present = await cur.fetchone()
+    if row is not None and all(row) and present is not None and present[0] == len(ADDED_COLUMNS):
         return
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))

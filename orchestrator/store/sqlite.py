@@ -30,6 +30,7 @@ from orchestrator.forges.records import RunnerRecord
 from orchestrator.jobs.states import FINAL_STATES, Job, JobState
 from orchestrator.store.base import (
     ACTIVE_STATES_SQL,
+    ADDED_COLUMNS,
     COLUMNS,
     DELIVERY_COLUMNS,
     RUNNER_COLUMNS,
@@ -63,7 +64,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     reason TEXT,
     container_id TEXT,
     credentials_accessor TEXT,
-    attempt INTEGER NOT NULL DEFAULT 1
+    attempt INTEGER NOT NULL DEFAULT 1,
+    approval TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created_at);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
@@ -246,6 +248,10 @@ class SQLiteJobStore:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             conn = _connect("NORMAL")
             conn.executescript(_SCHEMA)
+            present = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+            for name, kind in ADDED_COLUMNS.items():  # a database made by an older version
+                if name not in present:
+                    conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
             return conn, _connect("FULL")
 
         self._conn, self._durable = await asyncio.get_running_loop().run_in_executor(self._executor, _open)

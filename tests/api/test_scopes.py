@@ -137,6 +137,22 @@ async def test_cancel_needs_an_operator_grant_for_the_jobs_pool_and_repository(w
             assert status == 404, (who, key)
 
 
+APPROVES = {"admin": "AGE", "app_approver": "A"}
+
+
+@pytest.mark.parametrize("who", PRINCIPALS)
+@pytest.mark.parametrize("decision", ["approve", "reject"])
+async def test_decisions_need_an_approver_grant_for_the_jobs_scope(world: World, who: str, decision: str) -> None:
+    for key, job_id in world.jobs.items():
+        status, body = await world.call("POST", f"/api/v1/jobs/{job_id}/{decision}", who)
+        if who not in APPROVES:
+            assert (status, body["error"].split("; ")[-1]) == (403, "this needs an approver grant"), (who, key)
+        elif key in APPROVES[who]:  # allowed; the job has ended, so there is nothing to decide
+            assert status == 409 and "not awaiting approval" in body["error"], (who, key, body)
+        else:
+            assert (status, body) == (404, {"error": f"no job {job_id!r}"}), (who, key)
+
+
 async def test_a_running_job_is_cancelled_by_an_operator_of_its_pool(world: World) -> None:
     ctl = world.ctl
     ctl.controller.engine.program = lambda spec: runs(b"busy\n", exit_code=None)
@@ -204,6 +220,10 @@ async def test_routes_any_grant_may_use(world: World, who: str) -> None:
     assert (await world.call("GET", "/api/v1/attestation-key", who))[0] == 200
     assert (await world.call("GET", "/api/v1/runners", who)) == (200, {"runners": []})
     assert (await world.call("GET", "/api/v1/engines", who))[0] == 404  # one engine: nothing to list
+    status, pools = await world.call("GET", "/api/v1/pools", who)
+    expected = ["gpu"] if GRANTS[who][1] == ["gpu"] else ["default", "gpu"]
+    assert status == 200 and [p["name"] for p in pools["pools"]] == expected
+    assert all(p["queued"] == p["running"] == p["warm"] == 0 and p["max_concurrent"] == 4 for p in pools["pools"])
     status, me = await world.call("GET", "/api/v1/whoami", who)
     role, pools, repositories = GRANTS[who]
     assert status == 200 and me == {
@@ -213,11 +233,11 @@ async def test_routes_any_grant_may_use(world: World, who: str) -> None:
 
 ROUTES = [
     ("GET", "/api/v1/jobs"), ("GET", "/api/v1/jobs/{A}"), ("GET", "/api/v1/jobs/{A}/logs"),
-    ("POST", "/api/v1/jobs/{A}/cancel"), ("GET", "/api/v1/jobs/{A}/attestation"), ("GET", "/api/v1/jobs/{A}/artifacts"),
+    ("POST", "/api/v1/jobs/{A}/cancel"), ("POST", "/api/v1/jobs/{A}/approve"), ("POST", "/api/v1/jobs/{A}/reject"), ("GET", "/api/v1/jobs/{A}/attestation"), ("GET", "/api/v1/jobs/{A}/artifacts"),
     ("GET", "/api/v1/jobs/{A}/artifacts/x"), ("GET", "/api/v1/attestation-key"), ("GET", "/api/v1/audit/head"),
     ("GET", "/api/v1/audit"),
     ("GET", "/api/v1/engines"), ("POST", "/api/v1/engines/default/drain"), ("POST", "/api/v1/engines/default/undrain"),
-    ("GET", "/api/v1/runners"), ("GET", "/api/v1/whoami"), ("GET", "/metrics"),
+    ("GET", "/api/v1/runners"), ("GET", "/api/v1/whoami"), ("GET", "/metrics"), ("GET", "/api/v1/pools"),
 ]  # fmt: skip
 
 

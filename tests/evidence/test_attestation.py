@@ -677,3 +677,25 @@ def test_cli_verify_artifact(tmp_path: Path, pubkey: Path, controller_key: Ed255
     built.write_bytes(b"tampered")
     assert main(argv) == 1
     assert "is not a subject" in capsys.readouterr().err
+
+
+def test_an_approval_is_signed_into_the_attestation_and_read_back() -> None:
+    key = KEY
+    approval = {"decision": "approved", "by": "bob@example.com", "at": 1_700_000_000.5, "comment": "ship it"}
+    job = read_job(verify_envelope(sign_envelope(build_statement(facts(approval=approval)), key), key.public_key()))
+    assert job.approval == {**approval, "at": "2023-11-14T22:13:20.500Z"}
+    assert check_job(job, require_approval=True) == []
+    unapproved = read_job(verify_envelope(sign_envelope(build_statement(facts()), key), key.public_key()))
+    assert unapproved.approval is None
+    assert check_job(unapproved, require_approval=True) == [
+        f"job {unapproved.job_id} was not approved by a person (no approval in its attestation)"
+    ]
+
+
+def test_an_approval_whose_readable_copy_disagrees_with_its_content_is_refused() -> None:
+    approval = {"decision": "rejected", "by": "carol", "at": 1_700_000_000.0, "comment": ""}
+    statement = build_statement(facts(approval=approval))
+    (byproduct,) = [b for b in statement["predicate"]["runDetails"]["byproducts"] if b["name"] == "approval"]
+    byproduct["annotations"] = {**byproduct["annotations"], "decision": "approved"}
+    with pytest.raises(AttestationError, match="content and annotations disagree"):
+        read_job(statement)

@@ -10,6 +10,7 @@ import pytest
 from orchestrator.jobs.spec import JobSpec
 from orchestrator.jobs.states import (
     FINAL_STATES,
+    Approval,
     InvalidTransitionError,
     Job,
     JobState,
@@ -23,7 +24,9 @@ Q, ST, R = JobState.QUEUED, JobState.STARTING, JobState.RUNNING
 OK, F, TO, C, E = JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED, JobState.ERROR
 
 # The whole machine, written out independently of the module's ALLOWED table.
+AW, RJ = JobState.AWAITING_APPROVAL, JobState.REJECTED
 EXPECTED_ALLOWED: dict[JobState, set[JobState]] = {
+    AW: {Q, RJ, C, E},
     Q: {ST, C, E},
     ST: {R, Q, OK, F, TO, C, E},
     R: {Q, OK, F, TO, C, E},
@@ -32,6 +35,7 @@ EXPECTED_ALLOWED: dict[JobState, set[JobState]] = {
     TO: set(),
     C: set(),
     E: set(),
+    RJ: set(),
 }
 
 ALL_PAIRS = list(itertools.product(list(JobState), repeat=2))
@@ -63,6 +67,7 @@ def _pair_id(pair: tuple[JobState, JobState]) -> str:
 
 def test_state_values() -> None:
     assert [s.value for s in JobState] == [
+        "awaiting_approval",
         "queued",
         "starting",
         "running",
@@ -71,20 +76,21 @@ def test_state_values() -> None:
         "timed_out",
         "cancelled",
         "error",
+        "rejected",
     ]
     assert set(EXPECTED_ALLOWED) == set(JobState)
 
 
 def test_table_sizes() -> None:
-    assert len(ALL_PAIRS) == 64
-    assert len(ALLOWED_PAIRS) == 3 + 7 + 6
-    assert len(FORBIDDEN_PAIRS) == 64 - 16
+    assert len(ALL_PAIRS) == 100
+    assert len(ALLOWED_PAIRS) == 4 + 3 + 7 + 6
+    assert len(FORBIDDEN_PAIRS) == 100 - 20
 
 
 def test_final_states() -> None:
-    assert frozenset({OK, F, TO, C, E}) == FINAL_STATES
+    assert frozenset({OK, F, TO, C, E, RJ}) == FINAL_STATES
     for state in JobState:
-        assert state.final is (state in {OK, F, TO, C, E})
+        assert state.final is (state in {OK, F, TO, C, E, RJ})
 
 
 def test_new_job() -> None:
@@ -158,7 +164,7 @@ def test_started_at_set_on_running_only() -> None:
     assert running.created_at == T0
 
 
-@pytest.mark.parametrize("final", sorted(FINAL_STATES))
+@pytest.mark.parametrize("final", sorted(FINAL_STATES - {JobState.REJECTED}))
 def test_finished_at_set_on_final_and_started_at_kept(final: JobState) -> None:
     running = transition(transition(job_in(Q), ST, now=T0 + 1), R, now=T0 + 2)
     done = transition(running, final, now=T0 + 9)
@@ -284,3 +290,16 @@ def test_exit_reason(code: int, text: str | None) -> None:
 @pytest.mark.parametrize("code", [200, 255])
 def test_exit_reason_does_not_invent_signals(code: int) -> None:
     assert "signal" not in (exit_reason(code) or "")
+
+
+def test_approval_queues_the_job_without_a_new_attempt() -> None:
+    waiting = new_job(
+        spec(), source="t", controller_id="c", timeout_s=60, now=T0, awaiting="pool 'prod' needs approval"
+    )
+    assert (waiting.state, waiting.reason) == (JobState.AWAITING_APPROVAL, "pool 'prod' needs approval")
+    decision = Approval("approved", T0 + 5, "carol", "ship it")
+    queued = transition(waiting, JobState.QUEUED, now=T0 + 5, reason="approved by carol", approval=decision)
+    assert (queued.state, queued.attempt, queued.approval) == (JobState.QUEUED, 1, decision)
+    rejected = transition(waiting, JobState.REJECTED, now=T0 + 5)
+    assert rejected.state.final and rejected.finished_at == T0 + 5
+    assert Approval.from_json(decision.to_json()) == decision

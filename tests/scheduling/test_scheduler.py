@@ -335,6 +335,24 @@ async def test_shutdown_cancels_what_did_not_finish_within_the_drain(rig: Any) -
 # -- reconciliation ------------------------------------------------------------------------------------------------
 
 
+async def test_reconcile_leaves_jobs_awaiting_approval_waiting(rig: Any) -> None:
+    r: Rig = await rig()
+    waiting = await r.job("a", state=JobState.AWAITING_APPROVAL, reason="waiting for approval")
+    await r.scheduler.reconcile()
+    stored = await r.store.get(waiting.id)
+    assert stored == waiting and r.scheduler.queue_depth("a") == 0 and r.runtime.containers == {}
+
+
+async def test_admit_holds_a_gated_job_for_approval(rig: Any) -> None:
+    r: Rig = await rig(a={"requires_approval": True})
+    spec = JobSpec.model_validate({"id": "gated-1", "pool": "a", "repository": "o/r", "ref": "main",
+                                   "sha": "abcdef0", "commands": ["true"]})  # fmt: skip
+    job = new_job(spec, source="t", controller_id="unit", timeout_s=30, now=time.time())
+    stored, created = await r.scheduler.admit(job, lambda j, c: None)
+    assert created and stored.state is JobState.AWAITING_APPROVAL and "requires it" in (stored.reason or "")
+    assert r.scheduler.queue_depth("a") == 0 and not r.scheduler.knows("gated-1")
+
+
 async def _interrupted(r: Rig, state: JobState, *, started_ago: float = 1.0, accessor: str | None = None) -> Job:
     job = await r.job("a")
     now = time.time()

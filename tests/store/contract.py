@@ -21,7 +21,7 @@ import pytest
 
 from orchestrator.forges.records import UPDATABLE, RunnerRecord
 from orchestrator.jobs.spec import JobSpec
-from orchestrator.jobs.states import FINAL_STATES, Job, JobState, new_job, transition
+from orchestrator.jobs.states import FINAL_STATES, Approval, Job, JobState, new_job, transition
 from orchestrator.store.base import JobStore, RunnerNameTaken
 
 MakeStore = Callable[[], JobStore]
@@ -708,14 +708,29 @@ class JobStoreContract:
     async def test_runners_of_unfinished_jobs_every_final_state(self, store: JobStore) -> None:
         for i, final in enumerate(sorted(FINAL_STATES)):
             job = make_job(f"f{i}")
+            if final is JobState.REJECTED:  # only a job awaiting approval is rejected
+                job = dataclasses.replace(job, state=JobState.AWAITING_APPROVAL)
             await store.create(job)
             await store.create_runner(make_runner(job.id, now=float(i)))
-            running = transition(transition(job, JobState.STARTING, now=2.0), JobState.RUNNING, now=3.0)
-            assert await store.update(running, expected=JobState.QUEUED)
+            if final is not JobState.REJECTED:
+                running = transition(transition(job, JobState.STARTING, now=2.0), JobState.RUNNING, now=3.0)
+                assert await store.update(running, expected=JobState.QUEUED)
+                job = running
             assert job_ids(await store.runners_of_unfinished_jobs()) == [job.id]
-            assert await store.update(transition(running, final, now=4.0), expected=JobState.RUNNING)
+            assert await store.update(transition(job, final, now=4.0), expected=job.state)
             assert await store.runners_of_unfinished_jobs() == []
         assert await store.runners_of_unfinished_jobs("gh") == []
+
+    async def test_an_approval_round_trips(self, store: JobStore) -> None:
+        waiting = dataclasses.replace(make_job("gated"), state=JobState.AWAITING_APPROVAL, reason="pool needs it")
+        await store.create(waiting)
+        assert await store.get("gated") == waiting
+        decision = Approval("approved", 5.5, "carol@example.com", "ok ✓")
+        queued = transition(waiting, JobState.QUEUED, now=5.5, approval=decision)
+        assert await store.update(queued, expected=JobState.AWAITING_APPROVAL)
+        stored = await store.get("gated")
+        assert stored == queued and stored is not None and stored.approval == decision
+        assert [j.id for j in await store.unfinished()] == ["gated"]
 
     async def test_runners_survive_close_and_reopen(self, open_store: OpenStore) -> None:
         first = await open_store()
