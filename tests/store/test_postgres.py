@@ -544,3 +544,22 @@ async def test_claim_queued_takes_no_more_than_the_pool_has_free_across_controll
     # Pool limit 3, one starting on a: two free slots, although b has room for four.
     assert [j.id for j in await pg_store.claim_queued("default", 4, pool_limit=3, by="b", now=200.0)] == ["w0", "w1"]
     assert await pg_store.claim_queued("default", 4, pool_limit=1, by="c", now=200.0) == []
+
+
+async def test_a_database_of_an_older_version_gains_the_new_columns(pg_dsn_file: Path, schema_dsn: str) -> None:
+    first = PostgresJobStore(pg_dsn_file, pool_size=1)
+    await first.open()
+    await first.create(make_job("old-1"))
+    await first.close()
+    with psycopg.connect(schema_dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE jobs DROP COLUMN approval")  # as an older version made it
+    again = PostgresJobStore(pg_dsn_file, pool_size=1)
+    await again.open()
+    try:
+        stored = await again.get("old-1")
+        assert stored is not None and stored.approval is None
+    finally:
+        await again.close()
+    columns = await _query(schema_dsn, "SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs' "
+                                       "AND table_schema = current_schema()")  # fmt: skip
+    assert ("approval",) in columns

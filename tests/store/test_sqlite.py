@@ -150,3 +150,31 @@ async def test_check_writable_raises_when_connection_is_read_only(db_path: Path,
         await store.check_writable()
     await store._run(lambda c: c.execute("PRAGMA query_only = OFF"))
     await store.check_writable()
+
+
+async def test_a_database_of_an_older_version_gains_the_new_columns(tmp_path: Path) -> None:
+    """A jobs table made before `approval` existed: opening adds the column, its rows read with no approval."""
+    path = tmp_path / "old.sqlite3"
+    old_columns = (
+        "id TEXT PRIMARY KEY, source TEXT NOT NULL, pool TEXT NOT NULL, state TEXT NOT NULL, spec TEXT NOT NULL, "
+        "controller_id TEXT NOT NULL, timeout_s INTEGER NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL, "
+        "started_at REAL, finished_at REAL, exit_code INTEGER, reason TEXT, container_id TEXT, "
+        "credentials_accessor TEXT, attempt INTEGER NOT NULL DEFAULT 1"
+    )
+    job = make_job("old-1")
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"CREATE TABLE jobs ({old_columns})")
+        conn.execute(f"INSERT INTO jobs VALUES ({', '.join('?' * 16)})", (
+            job.id, job.source, job.pool, job.state.value, job.spec.model_dump_json(), job.controller_id,
+            job.timeout_s, job.created_at, job.updated_at, None, None, None, None, None, None, 1,
+        ))  # fmt: skip
+    store = SQLiteJobStore(path)
+    await store.open()
+    try:
+        assert await store.get("old-1") == job
+        moved = transition(job, JobState.STARTING, now=5.0)
+        assert await store.update(moved, expected=JobState.QUEUED)
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        assert "approval" in {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
