@@ -13,6 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
+from orchestrator.access.alert_sink import AccessWatch, AlertSink
+from orchestrator.access.alerts import AccessAlerts
 from orchestrator.access.tokens import TokenUsage
 from orchestrator.api.auth import Authenticator
 from orchestrator.api.routes import Api
@@ -242,6 +244,10 @@ def build_controller(
         forges=ForgeIntake(config, runners, auditor, metrics.forge_events) if runners is not None else None,
     )
     approvals = Approvals(config, store, scheduler, runner, events)
+    watch = AccessWatch(
+        AccessAlerts(config.alerts), AlertSink(config.alerts, metrics, auditor, controller_id=config.controller_id)
+    )
+    runner.on_secrets = watch.secrets_issued
     api = Api(
         config.server,
         config.api,
@@ -258,7 +264,8 @@ def build_controller(
         peers=leases.controller_url if leases is not None else None,
         attestation_public_pem=public_pem(attest_key),
         audit_log=audit_log,
-        authenticator=Authenticator(config.api, usage=TokenUsage(config.data_dir)),
+        authenticator=Authenticator(config.api, usage=TokenUsage(config.data_dir), on_token_use=watch.token_used),
+        watch=watch,
         warm_ready=warm.ready if warm is not None else None,
         approvals=approvals,
     )
@@ -455,6 +462,8 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
         await controller.engine.close()
         if controller.api.authenticator.usage is not None:
             controller.api.authenticator.usage.flush()
+        if controller.api.watch is not None:
+            await controller.api.watch.sink.close()
         await asyncio.to_thread(controller.auditor.close)
 
     app.on_startup.append(startup)

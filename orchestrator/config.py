@@ -251,6 +251,28 @@ class ApprovalsConfig(_Strict):
     check_interval_s: float = Field(30.0, gt=0, le=3600, description="how often expired approvals are looked for")
 
 
+class AlertsConfig(_Strict):
+    """Heuristics for unusual access (access/alerts.py); each alert is a metric, an audit record and, with
+    `webhook_url`, a signed delivery (Standard Webhooks, secret in `webhook_secret_file`)."""
+
+    failed_auth_count: int = Field(20, ge=2)
+    failed_auth_window_s: float = Field(300.0, gt=0)
+    log_reads_jobs: int = Field(25, ge=2, description="distinct jobs whose logs or artifacts one identity reads")
+    log_reads_window_s: float = Field(600.0, gt=0)
+    secret_jobs: int = Field(25, ge=2, description="distinct jobs with secrets one sender starts")
+    secret_jobs_window_s: float = Field(600.0, gt=0)
+    off_hours_min_uses: int = Field(50, ge=1, description="a token's uses before its usual hours are known")
+    off_hours_max_share: float = Field(0.01, ge=0, lt=1, description="an hour with less of its uses is unusual")
+    webhook_url: str | None = Field(None, pattern=r"^https?://")
+    webhook_secret_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _webhook_needs_a_secret(self) -> AlertsConfig:
+        if (self.webhook_url is None) != (self.webhook_secret_file is None):
+            raise ValueError("alerts.webhook_url and alerts.webhook_secret_file go together (deliveries are signed)")
+        return self
+
+
 class ApiConfig(_Strict):
     tokens: list[ApiToken] = Field(default_factory=list)
     oidc: ApiOidcConfig | None = None
@@ -865,6 +887,7 @@ class Config(_Strict):
     artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     caches: CachesConfig = Field(default_factory=CachesConfig)
     max_total_concurrent: int = Field(16, ge=1)
     max_warm: int = Field(32, ge=0, description="warm containers across pools; the pools' `warm` must fit")
@@ -1045,6 +1068,10 @@ def load_config(path: Path) -> Config:
         p for name, src in config.sources.items() if src.checkout for p in _check_checkout_files(name, src.checkout)
     ]
     problems += [p for name, engine in config.engines.items() for p in _check_engine_files(name, engine)]
+    if config.alerts.webhook_secret_file is not None:
+        file = config.alerts.webhook_secret_file
+        problems += check_private_file(f"alerts.webhook_secret_file: {file}", file,
+                                       lambda text: decode_secret("standard-webhooks", text.strip()))  # fmt: skip
     if problems:
         raise ConfigError(str(path), problems)
     return config
@@ -1124,6 +1151,9 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
         for key in ("ca_cert", "revoker_token_file"):
             if isinstance(vault.get(key), str):
                 vault[key] = str(base / vault[key])
+    alerts = raw.get("alerts")
+    if isinstance(alerts, dict) and isinstance(alerts.get("webhook_secret_file"), str):
+        alerts["webhook_secret_file"] = str(base / alerts["webhook_secret_file"])
     api = raw.get("api")
     oidc = api.get("oidc") if isinstance(api, dict) else None
     if isinstance(oidc, dict) and isinstance(oidc.get("ca_file"), str):

@@ -74,14 +74,21 @@ class TokenUsage:
         self.flush_s = flush_s
         self.clock = clock
         self._last: dict[str, float] = read_usage(self.path)
+        self._hours: dict[str, list[int]] = read_usage_hours(self.path)
         self._written = clock()
         self._dirty = False
 
-    def used(self, name: str) -> None:
-        self._last[name] = self.clock()
+    def used(self, name: str) -> list[int]:
+        """Notes a use; returns the token's uses per UTC hour of day *before* this one (for off-hours alerts)."""
+        now = self.clock()
+        hours = self._hours.setdefault(name, [0] * 24)
+        before = list(hours)
+        hours[datetime.fromtimestamp(now, UTC).hour] += 1
+        self._last[name] = now
         self._dirty = True
-        if self.clock() - self._written >= self.flush_s:
+        if now - self._written >= self.flush_s:
             self.flush()
+        return before
 
     def last_used(self, name: str) -> float | None:
         return self._last.get(name)
@@ -89,7 +96,7 @@ class TokenUsage:
     def flush(self) -> None:
         if not self._dirty:
             return
-        body = json.dumps({"version": 1, "last_used": self._last}, sort_keys=True).encode()
+        body = json.dumps({"version": 1, "last_used": self._last, "hours_utc": self._hours}, sort_keys=True).encode()
         try:
             write_atomic(self.path, body, mode=0o600)
         except OSError as exc:
@@ -110,6 +117,22 @@ def read_usage(path: Path) -> dict[str, float]:
     if not isinstance(last, dict):
         return {}
     return {str(k): float(v) for k, v in last.items() if isinstance(v, int | float)}
+
+
+def read_usage_hours(path: Path) -> dict[str, list[int]]:
+    """Each token's uses per UTC hour of day, as `TokenUsage` keeps them (missing or malformed: none)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    hours = data.get("hours_utc") if isinstance(data, dict) else None
+    if not isinstance(hours, dict):
+        return {}
+    return {
+        str(k): [int(n) for n in v]
+        for k, v in hours.items()
+        if isinstance(v, list) and len(v) == 24 and all(isinstance(n, int) and n >= 0 for n in v)
+    }
 
 
 @dataclass(frozen=True)

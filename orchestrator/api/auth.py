@@ -22,6 +22,7 @@ class AuthRefused:
     reason: str
     message: str
     status: int = 401
+    identity: str | None = None  # whose token it was, when that is known (an expired one)
 
 
 class Authenticator:
@@ -32,9 +33,11 @@ class Authenticator:
         usage: TokenUsage | None = None,
         oidc: OidcVerifier | None = None,
         clock: Callable[[], float] = time.time,
+        on_token_use: Callable[[str, list[int]], None] | None = None,
     ) -> None:
         self.access = access
         self.usage = usage
+        self.on_token_use = on_token_use  # (token name, its past uses per UTC hour): the off-hours heuristic
         self.oidc = oidc if oidc is not None else (OidcVerifier(access.oidc) if access.oidc else None)
         self.clock = clock
 
@@ -47,9 +50,12 @@ class Authenticator:
             if matched.expired:
                 assert matched.token.expires is not None
                 when = matched.token.expires.isoformat()
-                return AuthRefused("expired_token", f"token {matched.token.name!r} expired at {when}")
+                name = matched.token.name
+                return AuthRefused("expired_token", f"token {name!r} expired at {when}", identity=f"token:{name}")
             if self.usage is not None:
-                self.usage.used(matched.token.name)
+                hours = self.usage.used(matched.token.name)
+                if self.on_token_use is not None:
+                    self.on_token_use(matched.token.name, hours)
             return matched.principal
         if self.oidc is not None and looks_like_jwt(token):
             try:

@@ -13,6 +13,7 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import web
 
+from orchestrator.access.alert_sink import AccessWatch
 from orchestrator.access.grants import Principal, Role, describe_grants
 from orchestrator.api.auth import Authenticator, AuthRefused, FailureLimiter
 from orchestrator.approvals.gate import ApprovalRefused, Decision
@@ -76,8 +77,10 @@ class Api:
         sessions: Sessions | None = None,
         warm_ready: Callable[[str], int] | None = None,
         approvals: Approvals | None = None,
+        watch: AccessWatch | None = None,
     ) -> None:
         self.approvals = approvals
+        self.watch = watch  # unusual access: failed-auth bursts, many logs read (access/alerts.py)
         self.warm_ready = warm_ready  # pool -> warm containers ready (runtime/warm_pool.py)
         self.authenticator = authenticator or Authenticator(access)
         self.sessions = sessions  # the web console's logins (console/sessions.py)
@@ -216,6 +219,8 @@ class Api:
         if not scrape:
             self.limiter.failed(key)
             self._auth_refused(request, refused.reason)
+            if self.watch is not None:
+                self.watch.auth_failed(key, refused.identity)
         else:
             self.metrics.auth_failures.labels("metrics_scrape_without_token").inc()
         resp = _err(401, refused.message)
@@ -341,6 +346,8 @@ class Api:
         follow = sse or request.query.get("follow", "false").lower() in {"1", "true", "yes"}
         principal = request[PRINCIPAL]
         self.auditor.api(principal, "api.logs_read", job_id, request.remote, "ok")
+        if self.watch is not None:
+            self.watch.read(principal.name, job_id)
         if (
             self.peers is not None
             and job.controller_id != self.controller_id
@@ -439,6 +446,8 @@ class Api:
         artifact, path = found
         principal = request[PRINCIPAL]
         self.auditor.api(principal, "api.artifact", f"{job_id}/{name}", request.remote, "ok")
+        if self.watch is not None:
+            self.watch.read(principal.name, job_id)
         response = web.FileResponse(
             path,
             headers={

@@ -210,5 +210,8 @@ class Auditor:
         """A status callback or commit status that will not be delivered: target, state, attempts, last error."""
         self._record(CONTROLLER, "callback.given_up", job_id, "failed", details=details)
 
+    def alert(self, kind: str, subject: str, message: str, details: dict[str, Any]) -> None:
+        self._record(CONTROLLER, f"alert.{kind}", subject, "warning", details={"message": message, **details})
+
     def reconcile(self, action: str, target: str | None, details: dict[str, Any]) -> None:
         self._record(CONTROLLER, f"reconcile.{action}", target, "ok", details=details)

@@ -98,6 +98,12 @@ class Metrics:
         self.webhook_rejections = Counter(
             "orchestrator_webhook_rejections", "Webhooks refused, by reason", ["reason"], registry=self.registry
         )
+        self.access_alerts = Counter(
+            "orchestrator_access_alerts",
+            "Unusual access detected (access/alerts.py), by kind: failed_auth, log_reads, secret_jobs, off_hours",
+            ["kind"],
+            registry=self.registry,
+        )
         self.auth_failures = Counter(
             "orchestrator_api_auth_failures",
             "API requests refused for a missing or invalid token, or while their address was limited, by reason",

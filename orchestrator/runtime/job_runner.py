@@ -111,6 +111,7 @@ class JobRunner:
         self.credentials = credentials
         self.attestations = attestations
         self.clock = clock
+        self.on_secrets: Callable[[Job], None] | None = None  # a job got its secrets (the access alerts count them)
 
     async def _move(self, job: Job, new: JobState, **fields: object) -> Job:
         moved = transition(job, new, now=self.clock(), **fields)  # type: ignore[arg-type]
@@ -196,6 +197,8 @@ class JobRunner:
             if self.credentials is None:
                 raise CredentialsError("the job asks for secrets but no credentials backend is configured")
             at.creds = await self.credentials.acquire(at.job)
+            if self.on_secrets is not None:
+                self.on_secrets(at.job)
             for secret in at.creds.secrets:
                 try:
                     secrets.add(secret.value, name=secret.name)

@@ -97,8 +97,10 @@ async def test_an_expired_token_is_refused_and_says_so() -> None:
 async def test_last_use_is_recorded_and_survives_a_restart(tmp_path: Path) -> None:
     now = [1000.0]
     usage = TokenUsage(tmp_path, flush_s=60, clock=lambda: now[0])
-    auth = Authenticator(ApiConfig(tokens=[token("live")]), usage=usage)
+    seen: list[tuple[str, list[int]]] = []
+    auth = Authenticator(ApiConfig(tokens=[token("live")]), usage=usage, on_token_use=lambda n, h: seen.append((n, h)))
     assert isinstance(await auth.authenticate("Bearer live-secret"), Principal)
+    assert seen == [("live", [0] * 24)]  # its uses per UTC hour before this one (for the off-hours alert)
     assert usage.last_used("live") == 1000.0
     assert not (tmp_path / "token-usage.json").exists()  # written at most once a minute
     now[0] = 1061.0
@@ -108,6 +110,7 @@ async def test_last_use_is_recorded_and_survives_a_restart(tmp_path: Path) -> No
     await auth.authenticate("Bearer live-secret")
     usage.flush()
     assert TokenUsage(tmp_path).last_used("live") == 1070.0
+    assert TokenUsage(tmp_path).used("live")[0] == 3  # 1000-1070 s after the epoch: hour 0 UTC, three uses
     assert (tmp_path / "token-usage.json").stat().st_mode & 0o777 == 0o600
 
 
