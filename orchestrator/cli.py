@@ -196,6 +196,18 @@ def _audit_times(args: argparse.Namespace) -> tuple[float | None, float | None] 
     return times[0], times[1]
 
 
+def _audit_range(args: argparse.Namespace) -> tuple[Path, tuple[float | None, float | None]] | None:
+    """The trail to read and --since/--until, for search and export; None (after saying why) on a usage error."""
+    file = _audit_file(args)
+    times = _audit_times(args) if file is not None else None
+    if file is None or times is None:
+        return None
+    if not file.exists():
+        _fail(f"cannot read {file}: no such file", EXIT_USAGE)
+        return None
+    return file, times
+
+
 def _shown(value: Any) -> str:
     """A field of a record for a terminal: text a webhook sender chose is quoted when it holds spaces or control
     characters, so it cannot fake columns or lines (or move the cursor)."""
@@ -220,18 +232,13 @@ def _audit_search(args: argparse.Namespace) -> int:
     """One line per matching record (or JSON Lines with --json), oldest first; the cursor for more on stderr."""
     from orchestrator.evidence.audit_search import MAX_LIMIT, AuditQuery, search
 
-    file = _audit_file(args)
-    if file is None:
-        return EXIT_USAGE
-    times = _audit_times(args)
-    if times is None:
-        return EXIT_USAGE
     if not 1 <= args.limit <= MAX_LIMIT:
         return _fail(f"--limit must be 1..{MAX_LIMIT}", EXIT_USAGE)
     if args.after is not None and args.after < 0:
         return _fail("--after must be >= 0", EXIT_USAGE)
-    if not file.exists():
-        return _fail(f"cannot read {file}: no such file", EXIT_USAGE)
+    if (found := _audit_range(args)) is None:
+        return EXIT_USAGE
+    file, times = found
     query = AuditQuery(args.actor, args.target, args.action, times[0], times[1], args.outcome)
     page = search(file, query, after=args.after, limit=args.limit)
     if not args.json:
@@ -256,37 +263,23 @@ def _audit_export(args: argparse.Namespace) -> int:
 
     from orchestrator.evidence.audit import PUBLIC_KEY_FILE_NAME
     from orchestrator.evidence.audit_search import export
-    from orchestrator.platform.files import fsync_dir
+    from orchestrator.platform.files import write_atomic_with
 
-    file = _audit_file(args)
-    if file is None:
-        return EXIT_USAGE
-    times = _audit_times(args)
-    if times is None:
-        return EXIT_USAGE
     for option, value in (("--from-seq", args.from_seq), ("--to-seq", args.to_seq)):
         if value is not None and value < 0:
             return _fail(f"{option} must be >= 0", EXIT_USAGE)
-    if not file.exists():
-        return _fail(f"cannot read {file}: no such file", EXIT_USAGE)
+    if (found := _audit_range(args)) is None:
+        return EXIT_USAGE
+    file, times = found
     out: Path = args.out
     if out.exists() and out.resolve() == file.resolve():
         return _fail("--out is the audit trail itself; export to another file", EXIT_USAGE)
-    tmp = out.with_name(f".{out.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            os.fchmod(stream.fileno(), 0o600)  # whatever the umask
-            summary = export(
-                file, stream, first_seq=args.from_seq, last_seq=args.to_seq, since=times[0], until=times[1]
-            )
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(out.parent)
+    summary = write_atomic_with(
+        out,
+        lambda stream: export(file, stream, first_seq=args.from_seq, last_seq=args.to_seq, since=times[0],
+                              until=times[1]),
+        mode=0o600,
+    )  # fmt: skip
     pubkey = file.with_name(PUBLIC_KEY_FILE_NAME)
     print(f"exported records {summary.first_seq}..{summary.last_seq} ({summary.records} records) of {file} to {out}")
     print(f"anchor (prev of record {summary.first_seq}): {summary.first_prev}")
