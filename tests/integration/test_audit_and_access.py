@@ -112,7 +112,9 @@ async def test_every_route_refuses_roles_below_it(controller_factory: Any) -> No
     ctl: RunningController = await controller_factory()
     tokens = {"viewer": ctl.viewer_token, "operator": ctl.token}
     admin_token = type(ctl.config.api.tokens[0])(name="root", role="admin", sha256=hash_token(admin))
-    ctl.controller.api.access = ctl.config.api.model_copy(update={"tokens": [*ctl.config.api.tokens, admin_token]})
+    ctl.controller.api.authenticator.access = ctl.config.api.model_copy(
+        update={"tokens": [*ctl.config.api.tokens, admin_token]}
+    )
     tokens["admin"] = admin
     spec = job_spec(commands=["sleep 30"])
     await ctl.post_webhook(spec)
