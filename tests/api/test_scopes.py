@@ -233,7 +233,8 @@ async def test_routes_any_grant_may_use(world: World, who: str) -> None:
 
 ROUTES = [
     ("GET", "/api/v1/jobs"), ("GET", "/api/v1/jobs/{A}"), ("GET", "/api/v1/jobs/{A}/logs"),
-    ("POST", "/api/v1/jobs/{A}/cancel"), ("POST", "/api/v1/jobs/{A}/approve"), ("POST", "/api/v1/jobs/{A}/reject"), ("GET", "/api/v1/jobs/{A}/attestation"), ("GET", "/api/v1/jobs/{A}/artifacts"),
+    ("POST", "/api/v1/jobs/{A}/cancel"), ("POST", "/api/v1/jobs/{A}/approve"), ("POST", "/api/v1/jobs/{A}/reject"),
+    ("GET", "/api/v1/jobs/{A}/attestation"), ("GET", "/api/v1/jobs/{A}/artifacts"),
     ("GET", "/api/v1/jobs/{A}/artifacts/x"), ("GET", "/api/v1/attestation-key"), ("GET", "/api/v1/audit/head"),
     ("GET", "/api/v1/audit"),
     ("GET", "/api/v1/engines"), ("POST", "/api/v1/engines/default/drain"), ("POST", "/api/v1/engines/default/undrain"),
