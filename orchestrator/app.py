@@ -25,6 +25,8 @@ from orchestrator.callbacks.dispatcher import Dispatcher
 from orchestrator.callbacks.setup import build_dispatcher, store_outbox
 from orchestrator.checkout.checkouts import Checkouts
 from orchestrator.config import Config, read_source_secrets
+from orchestrator.console.routes import Console
+from orchestrator.console.sessions import Sessions
 from orchestrator.credentials.base import CredentialsBackend
 from orchestrator.credentials.claims import discovery_document
 from orchestrator.credentials.oidc import SigningKeys
@@ -268,6 +270,9 @@ def build_controller(
         watch=watch,
         warm_ready=warm.ready if warm is not None else None,
         approvals=approvals,
+        sessions=Sessions(ttl_s=config.console.session_ttl_s, idle_s=config.console.session_idle_s)
+        if config.console.enabled
+        else None,  # the web console's logins, which the API accepts with their CSRF token
     )
 
     def live() -> dict[str, Any]:
@@ -388,6 +393,8 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
     app.router.add_post("/webhooks/{source}", controller.intake.handle)
     app.router.add_routes(controller.api.routes())
     app.router.add_routes(_oidc_routes(controller))
+    if controller.config.console.enabled and controller.api.sessions is not None:
+        app.router.add_routes(Console(controller.config, controller.api, controller.api.sessions).routes())
 
     async def startup(app: web.Application) -> None:
         await check_pool_runtimes(controller.config, controller.engine)  # e.g. runsc missing: no start, one line

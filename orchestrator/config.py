@@ -288,6 +288,25 @@ class ApiConfig(_Strict):
         return tokens
 
 
+class ConsoleConfig(_Strict):
+    """The web console under /console (console/routes.py): sign-in through `[api.oidc]` (authorization code flow
+    with PKCE) or with an API token; sessions in memory."""
+
+    enabled: bool = True
+    client_id: str | None = Field(None, min_length=1, description="its OIDC client id (default api.oidc.audience)")
+    client_secret_file: Path | None = Field(None, description="a confidential client's secret (chmod 600)")
+    redirect_url: str | None = Field(None, pattern=r"^https?://", description="default: public_url/console/callback")
+    session_ttl_s: int = Field(8 * 3600, ge=60, le=7 * 86400, description="a session ends this long after sign-in")
+    session_idle_s: int = Field(3600, ge=60, le=7 * 86400, description="... or after this long unused")
+    scopes: str = Field("openid email profile groups", pattern=r"(^|\s)openid(\s|$)")
+
+    @model_validator(mode="after")
+    def _redirect_http_only_on_loopback(self) -> ConsoleConfig:
+        if self.redirect_url and self.redirect_url.startswith("http://") and not is_loopback(self.redirect_url):
+            raise ValueError(f"console.redirect_url: {self.redirect_url} must be https (http only on loopback)")
+        return self
+
+
 # What each forge signs its webhooks with (Gitea also sends GitHub's X-Hub-Signature-256).
 FORGE_SCHEMES = {"github": frozenset({HUB_SHA256}), "gitea": frozenset({GITEA_SHA256, HUB_SHA256})}
 
@@ -878,6 +897,7 @@ class Config(_Strict):
     )
     storage: StorageConfig = Field(default_factory=StorageConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     sources: dict[Annotated[str, Field(pattern=_NAME)], SourceConfig] = Field(default_factory=dict)
     pools: dict[Annotated[str, Field(pattern=_NAME)], PoolConfig] = Field(min_length=1)
     credentials: CredentialsConfig | None = None
@@ -1072,6 +1092,9 @@ def load_config(path: Path) -> Config:
         file = config.alerts.webhook_secret_file
         problems += check_private_file(f"alerts.webhook_secret_file: {file}", file,
                                        lambda text: decode_secret("standard-webhooks", text.strip()))  # fmt: skip
+    if config.console.client_secret_file is not None:
+        file = config.console.client_secret_file
+        problems += check_private_file(f"console.client_secret_file: {file}", file, _not_empty)
     if problems:
         raise ConfigError(str(path), problems)
     return config
@@ -1158,6 +1181,9 @@ def _resolve_paths(raw: dict[str, object], base: Path) -> None:
     oidc = api.get("oidc") if isinstance(api, dict) else None
     if isinstance(oidc, dict) and isinstance(oidc.get("ca_file"), str):
         oidc["ca_file"] = str(base / oidc["ca_file"])
+    console = raw.get("console")
+    if isinstance(console, dict) and isinstance(console.get("client_secret_file"), str):
+        console["client_secret_file"] = str(base / console["client_secret_file"])
     engines = raw.get("engines")
     if isinstance(engines, dict):
         for engine in engines.values():

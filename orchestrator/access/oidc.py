@@ -97,6 +97,7 @@ class OidcVerifier:
         self._fetched_at: float | None = None
         self._refreshed_at = float("-inf")
         self._jwks_url = config.jwks_url
+        self._discovered: tuple[float, dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
 
     def _http_get(self, url: str) -> bytes:
@@ -119,15 +120,28 @@ class OidcVerifier:
             raise OidcUnavailable(f"{url}: not a JSON object")
         return data
 
+    def _discovery_document(self) -> dict[str, Any]:
+        """`<issuer>/.well-known/openid-configuration` (blocking), whose `issuer` must be exactly ours."""
+        issuer = self.config.issuer.rstrip("/")
+        document = self._get_json(f"{issuer}/.well-known/openid-configuration")
+        if document.get("issuer") != self.config.issuer:
+            raise OidcUnavailable(
+                f"the discovery document names issuer {document.get('issuer')!r}, not {self.config.issuer!r}"
+            )
+        return document
+
+    async def discovery(self) -> dict[str, Any]:
+        """The provider's discovery document (the console's login needs its authorization and token endpoints),
+        fetched again after `jwks_cache_s`; raises OidcUnavailable."""
+        now = self.clock()
+        if self._discovered is None or now - self._discovered[0] >= self.config.jwks_cache_s:
+            self._discovered = (now, await asyncio.to_thread(self._discovery_document))
+        return self._discovered[1]
+
     def _load_keys(self) -> None:
         """Fetches the JWKS (blocking: run in a thread), discovering its URL first if not configured."""
         if self._jwks_url is None:
-            issuer = self.config.issuer.rstrip("/")
-            document = self._get_json(f"{issuer}/.well-known/openid-configuration")
-            if document.get("issuer") != self.config.issuer:
-                raise OidcUnavailable(
-                    f"the discovery document names issuer {document.get('issuer')!r}, not {self.config.issuer!r}"
-                )
+            document = self._discovery_document()
             uri = document.get("jwks_uri")
             if not isinstance(uri, str) or not (
                 uri.startswith("https://") or (uri.startswith("http://") and is_loopback(uri))
@@ -159,6 +173,11 @@ class OidcVerifier:
 
     async def verify(self, token: str) -> Principal:
         """The principal the token names; raises JwtRejected (401) or OidcUnavailable (503)."""
+        return principal_of(await self.verify_claims(token), self.config)
+
+    async def verify_claims(self, token: str) -> dict[str, Any]:
+        """The verified claims of the token (the console checks an ID token's `nonce` in them); raises like
+        `verify`."""
         cfg = self.config
         try:
             header = jwt.get_unverified_header(token)
@@ -202,4 +221,4 @@ class OidcVerifier:
         iat, exp = claims["iat"], claims["exp"]
         if not isinstance(iat, int | float) or not isinstance(exp, int | float) or exp - iat > cfg.max_lifetime_s:
             raise JwtRejected("lifetime_too_long", f"the JWT is valid for longer than {cfg.max_lifetime_s} s")
-        return principal_of(claims, cfg)
+        return claims

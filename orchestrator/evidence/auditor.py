@@ -190,6 +190,23 @@ class Auditor:
             actor.update(name=principal.name, kind=principal.kind)
         self._record(actor, action, target, outcome, remote=remote)
 
+    def console_login(
+        self, principal: Principal | None, method: str, remote: str | None, outcome: str, *, reason: str | None = None
+    ) -> None:
+        """A sign-in to the web console (`method` "sso" or "token"): who, or for a refused one why (never the
+        token typed in)."""
+        actor: dict[str, Any] = {"type": "api", "token_name": None, "role": None}
+        if principal is not None:
+            actor = {"type": "api", "role": principal.role}
+            if principal.kind == "token":
+                actor["token_name"] = principal.name
+            else:
+                actor.update(name=principal.name, kind=principal.kind)
+        details: dict[str, Any] = {"method": method}
+        if reason is not None:
+            details["reason"] = reason
+        self._record(actor, "console.login", None, outcome, remote=remote, details=details)  # about no job
+
     def auth_failed(self, remote: str | None, route: str, reason: str) -> None:
         actor = {"type": "api", "token_name": None, "role": None}
         self._record(actor, "auth.failed", route, "denied", remote=remote, details={"reason": reason})
