@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from orchestrator.access.alert_sink import AccessWatch, AlertSink
+from orchestrator.access.alert_sink import AccessWatch, AlertSink, AlertWebhook
 from orchestrator.access.alerts import AccessAlerts
 from orchestrator.access.tokens import TokenUsage
 from orchestrator.api.auth import Authenticator
@@ -100,6 +100,7 @@ class Controller:
     engines: EngineSet | None = None  # several Docker engines ([engines]); None: the one of docker.base_url
     cluster: Cluster | None = None  # leases and takeover, when controllers share PostgreSQL
     approvals: Approvals | None = None  # approval gates: decisions and their expiry
+    alert_webhook: AlertWebhook | None = None  # [alerts] webhook_url: the trail's alerts, delivered
 
 
 def plan_connections(config: Config, soft_limit: int) -> tuple[ConnectionLimits, DescriptorPlan]:
@@ -319,7 +320,11 @@ def build_controller(
         engines=engines,
         cluster=Cluster(config, leases, scheduler, auditor) if leases is not None else None,
         approvals=approvals,
-    )
+        alert_webhook=AlertWebhook(
+            config.alerts, audit_log.path, config.data_dir, flush=auditor.flush, next_seq=lambda: audit_log.next_seq,
+            controller_id=config.controller_id,
+        ) if config.alerts.webhook_url is not None else None,
+    )  # fmt: skip
 
 
 def _oidc_routes(controller: Controller) -> list[web.RouteDef]:
@@ -415,6 +420,8 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
         await controller.scheduler.start()
         if controller.cluster is not None:
             controller.background.append(asyncio.create_task(controller.cluster.run_forever(), name="cluster"))
+        if controller.alert_webhook is not None:
+            controller.background.append(asyncio.create_task(controller.alert_webhook.run_forever(), name="alerts"))
         if controller.approvals is not None:
             await controller.approvals.sweep()  # approvals that expired while no controller ran
             controller.background.append(asyncio.create_task(controller.approvals.run_forever(), name="approvals"))
@@ -469,8 +476,7 @@ def build_app(controller: Controller, *, drain_timeout_s: float = 0.0) -> web.Ap
         await controller.engine.close()
         if controller.api.authenticator.usage is not None:
             controller.api.authenticator.usage.flush()
-        if controller.api.watch is not None:
-            await controller.api.watch.sink.close()
+
         await asyncio.to_thread(controller.auditor.close)
 
     app.on_startup.append(startup)

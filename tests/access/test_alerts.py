@@ -6,14 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from orchestrator.access.alert_sink import AlertSink, AlertWebhook
 from orchestrator.access.alerts import AccessAlerts
+from orchestrator.callbacks.backoff import RetryPolicy
 from orchestrator.config import AlertsConfig, hash_token
+from orchestrator.evidence.audit import AuditLog
+from orchestrator.evidence.auditor import Auditor
+from orchestrator.platform.metrics import Metrics
 
 from callback_receiver import Receiver
 from conftest import TEST_IMAGE, RunningController, job_spec
@@ -133,3 +142,50 @@ async def test_a_controller_raises_metrics_audit_records_and_signed_webhooks(
         assert ("alert.failed_auth", "address:127.0.0.1") in alerted and ("alert.log_reads", "reader") in alerted
     finally:
         await receiver.stop()
+
+
+async def test_the_alert_webhook_delivers_from_the_trail_after_a_crash_once(tmp_path: Path) -> None:
+    """The audit trail is the outbox: an alert raised while the receiver is down, its deliverer killed mid-retry,
+    is delivered by the next process once the receiver is up -- once, with an id derived from the record."""
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    secret_file = tmp_path / "alerts.secret"
+    secret_file.write_text(secret)
+    secret_file.chmod(0o600)
+    receiver = Receiver(secret)  # its port reserved, nothing listening yet
+    config = AlertsConfig(webhook_url=receiver.url, webhook_secret_file=secret_file)
+    log = AuditLog(tmp_path / "audit.jsonl", Ed25519PrivateKey.generate()).open()
+    auditor = Auditor(log)
+    auditor.config_loaded("d" * 64, "ctl", [])  # an older record: the webhook starts after it
+    auditor.flush()
+
+    policy = RetryPolicy(retry_for_s=600, initial_s=0.05, max_s=0.2)
+
+    def deliverer() -> AlertWebhook:
+        return AlertWebhook(config, log.path, tmp_path, flush=auditor.flush, next_seq=lambda: log.next_seq,
+                            controller_id="ctl", policy=policy)  # fmt: skip
+
+    first = deliverer()
+    watch = AccessAlerts(AlertsConfig(failed_auth_count=2))
+    raised = [alert for _ in range(2) for alert in watch.auth_failed("203.0.113.7")]
+    assert len(raised) == 1
+    AlertSink(config, Metrics(), auditor, controller_id="ctl").raise_all(raised)
+    async with aiohttp.ClientSession() as session:
+        trying = asyncio.ensure_future(first.deliver_pending(session))
+        await asyncio.sleep(0.5)  # retrying against the closed port...
+        trying.cancel()  # ...when the process dies
+        with contextlib.suppress(asyncio.CancelledError):
+            await trying
+        assert first.delivered == 0
+        await receiver.start()
+        try:
+            second = deliverer()
+            assert await second.deliver_pending(session) == 1
+            (got,) = receiver.received
+            assert (
+                got.payload["data"]["kind"] == "failed_auth" and got.payload["data"]["subject"] == "address:203.0.113.7"
+            )
+            assert got.webhook_id == f"alert_{got.payload['data']['audit']['hash'][:32]}" and receiver.rejected == 0
+            assert await deliverer().deliver_pending(session) == 0  # a third process owes nothing
+        finally:
+            await receiver.stop()
+    log.close()
